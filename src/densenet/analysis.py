@@ -1,0 +1,223 @@
+"""Closed-form analysis of a DenseNet from its config alone: shapes, parameters, MACs, activation memory.
+
+This is the tutorial's table with real numbers. Nothing here builds a module: every count is derived from
+:class:`~densenet.config.DenseNetConfig` with the formulas
+
+- F8: a convolution has ``K·K·C_in·C_out`` weights (``(K·K·C_in + 1)·C_out`` with a bias; DenseNet's convs
+  carry none because batch norm follows), a batch norm ``2·C`` (γ and β), a linear layer ``(C_in + 1)·C_out``;
+- F9: a conv or pool maps a side ``W`` to ``⌊(W − K + 2P)/S⌋ + 1``;
+
+so the tests can hold them against the parameters and shapes of a real model — two independent derivations.
+
+MACs count multiply-accumulates of the convolutions and the classifier, in the paper's order (transition conv
+before its pool), which is how torchvision's published figures are counted; ``macs_executed`` counts what this
+library runs (transition pool before the conv: a quarter of the pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from densenet.config import DenseNetConfig
+
+Shape = tuple[int, ...]
+
+
+def output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """``⌊(W − K + 2P)/S⌋ + 1`` [F9]."""
+    return (size - kernel + 2 * padding) // stride + 1
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a stage of the network (or, in ``children``, one dense layer)."""
+
+    name: str
+    input_shape: Shape
+    output_shape: Shape
+    kernel: str
+    stride: str
+    padding: str
+    param_formula: str
+    params: int
+    macs: int
+    macs_executed: int
+    children: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True)
+class ActivationMemory:
+    """Bytes autograd keeps between forward and backward for one training step (parameters excluded).
+
+    ``reference`` is the plain autograd implementation (``memory_efficient=False``): each layer keeps its
+    concatenated input and the BN-ReLU output, so it grows with the square of the depth.
+    """
+
+    reference: int
+    per_sample_reference: int
+    batch_statistics: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The table for one config and input size, with totals."""
+
+    config: DenseNetConfig
+    input_size: int
+    batch_size: int
+    rows: tuple[Row, ...]
+    params: int
+    bn_buffers: int
+    macs: int
+    macs_executed: int
+    bn_layers: int
+    activation_memory: ActivationMemory
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict of the whole summary."""
+
+        def row_dict(row: Row) -> dict:
+            data = {k: getattr(row, k) for k in Row.__dataclass_fields__ if k != "children"}
+            data["children"] = [row_dict(child) for child in row.children]
+            return data
+
+        return {
+            "config": self.config.to_dict(),
+            "input_size": self.input_size,
+            "batch_size": self.batch_size,
+            "rows": [row_dict(row) for row in self.rows],
+            "totals": {
+                "params": self.params,
+                "bn_buffers": self.bn_buffers,
+                "bn_layers": self.bn_layers,
+                "macs": self.macs,
+                "macs_executed": self.macs_executed,
+                "activation_bytes_reference": self.activation_memory.reference,
+            },
+        }
+
+
+def _dense_layer_row(config: DenseNetConfig, index: int, channels: int, side: int) -> Row:
+    k = config.growth_rate
+    shape_in = (channels, side, side)
+    pixels = side * side
+    if config.bottleneck:
+        width = config.bn_size * k
+        params = 2 * channels + channels * width + 2 * width + 9 * width * k
+        formula = f"2·{channels} + 1·1·{channels}·{width} + 2·{width} + 3·3·{width}·{k} = {params:,}"
+        macs = (channels * width + 9 * width * k) * pixels
+        kernel = "1×1, 3×3"
+    else:
+        params = 2 * channels + 9 * channels * k
+        formula = f"2·{channels} + 3·3·{channels}·{k} = {params:,}"
+        macs = 9 * channels * k * pixels
+        kernel = "3×3"
+    return Row(f"denselayer{index}", shape_in, (k, side, side), kernel, "1", "0, 1" if config.bottleneck else "1",
+               formula, params, macs, macs)
+
+
+def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1) -> Summary:
+    """The tutorial's table for ``config`` at ``input_size × input_size``.
+
+    Raises:
+        ValueError: the input is smaller than the network accepts.
+    """
+    if input_size < config.min_input_size:
+        raise ValueError(f"input size {input_size} is too small: this network needs at least {config.min_input_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    c_in, c0, k = config.in_chans, config.num_init_features, config.growth_rate
+    image = (c_in, input_size, input_size)
+    rows: list[Row] = [Row("Input", image, image, "", "", "", "", 0, 0, 0)]
+    bn_channels: list[int] = []
+    # Activation memory of the reference implementation, counted per sample in elements; int64 counted apart.
+    saved = c_in * input_size * input_size  # conv0 keeps its input
+    saved_int64 = 0
+
+    side = input_size
+    if config.stem == "imagenet":
+        conv_side = output_size(side, 7, 2, 3)
+        params = 7 * 7 * c_in * c0 + 2 * c0
+        rows.append(Row("Conv1", (c_in, side, side), (c0, conv_side, conv_side), "7×7", "2", "3",
+                        f"7·7·{c_in}·{c0} + BN 2·{c0} = {params:,}", params,
+                        7 * 7 * c_in * c0 * conv_side**2, 7 * 7 * c_in * c0 * conv_side**2))
+        pool_side = output_size(conv_side, 3, 2, 1)
+        rows.append(Row("Pool1", (c0, conv_side, conv_side), (c0, pool_side, pool_side), "3×3 max", "2", "1",
+                        "0", 0, 0, 0))
+        bn_channels.append(c0)
+        saved += 2 * c0 * conv_side**2  # conv0 output (kept by norm0), ReLU output (kept by relu0 and pool0)
+        saved_int64 += c0 * pool_side**2  # max-pool indices
+        side = pool_side
+    else:
+        params = 3 * 3 * c_in * c0
+        rows.append(Row("Conv1", (c_in, side, side), (c0, side, side), "3×3", "1", "1",
+                        f"3·3·{c_in}·{c0} = {params:,}", params, params * side**2, params * side**2))
+
+    channels = c0
+    for block_index, num_layers in enumerate(config.block_config, start=1):
+        layers = []
+        for layer_index in range(num_layers):
+            layer_channels = channels + layer_index * k
+            layers.append(_dense_layer_row(config, layer_index + 1, layer_channels, side))
+            bn_channels.append(layer_channels)
+            # torch.cat output (kept by norm1) and the BN-ReLU output (kept by relu1 and conv1)
+            saved += 2 * layer_channels * side**2
+            if config.bottleneck:
+                bn_channels.append(config.bn_size * k)
+                saved += 2 * config.bn_size * k * side**2  # conv1 output (norm2), BN-ReLU output (conv2)
+            if config.drop_rate > 0:
+                saved += k * side**2  # dropout mask
+        out_channels = channels + num_layers * k
+        saved += out_channels * side**2  # the block's final torch.cat, kept by the next batch norm
+        block_params = sum(row.params for row in layers)
+        block_macs = sum(row.macs for row in layers)
+        first, last = channels, out_channels - k
+        per_layer = (f"2·C + 1·1·C·{config.bn_size * k} + 2·{config.bn_size * k} + 3·3·{config.bn_size * k}·{k}"
+                     if config.bottleneck else f"2·C + 3·3·C·{k}")
+        rows.append(Row(f"Dense Block {block_index}", (channels, side, side), (out_channels, side, side),
+                        f"[{'1×1, 3×3' if config.bottleneck else '3×3'}] × {num_layers}", "1",
+                        "0, 1" if config.bottleneck else "1",
+                        f"Σ over C = {first}, {first + k}, …, {last} of {per_layer} = {block_params:,}",
+                        block_params, block_macs, block_macs, tuple(layers)))
+        channels = out_channels
+        if block_index < len(config.block_config):
+            reduced = config.transition_channels(channels)
+            pooled = output_size(side, 2, 2, 0)
+            params = 2 * channels + channels * reduced
+            bn_channels.append(channels)
+            saved += channels * side**2 + channels * pooled**2  # BN-ReLU output; pooled input of the conv
+            rows.append(Row(f"Transition {block_index}", (channels, side, side), (reduced, pooled, pooled),
+                            "1×1 conv, 2×2 avg", "1, 2", "0", f"2·{channels} + 1·1·{channels}·{reduced} = {params:,}",
+                            params, channels * reduced * side**2, channels * reduced * pooled**2))
+            channels, side = reduced, pooled
+
+    bn_channels.append(channels)
+    saved += channels * side**2  # final BN-ReLU output
+    rows.append(Row("Final BN-ReLU", (channels, side, side), (channels, side, side), "", "", "",
+                    f"2·{channels} = {2 * channels:,}", 2 * channels, 0, 0))
+    rows.append(Row("Global Avg Pool", (channels, side, side), (channels, 1, 1), f"{side}×{side} avg", "1", "0",
+                    "0", 0, 0, 0))
+    n = config.num_classes
+    if n:
+        saved += channels  # pooled features, kept by the classifier
+        params = (channels + 1) * n
+        rows.append(Row("Fully Connected", (channels,), (n,), "", "", "", f"({channels} + 1)·{n} = {params:,}",
+                        params, channels * n, channels * n))
+        rows.append(Row("Softmax", (n,), (n,), "", "", "", "0", 0, 0, 0))
+
+    float_bytes = 4
+    batch_statistics = 2 * sum(bn_channels) * float_bytes  # each BN's saved batch mean and 1/σ
+    per_sample = saved * float_bytes + saved_int64 * 8
+    memory = ActivationMemory(per_sample * batch_size + batch_statistics, per_sample, batch_statistics)
+    return Summary(
+        config=config,
+        input_size=input_size,
+        batch_size=batch_size,
+        rows=tuple(rows),
+        params=sum(row.params for row in rows),
+        bn_buffers=sum(2 * c + 1 for c in bn_channels),
+        macs=sum(row.macs for row in rows),
+        macs_executed=sum(row.macs_executed for row in rows),
+        bn_layers=len(bn_channels),
+        activation_memory=memory,
+    )

@@ -1,0 +1,141 @@
+"""The ``densenet`` command.
+
+Every subcommand reports a user's mistake (unknown model, missing file, bad value) as one line on stderr
+and a non-zero exit; set ``DENSENET_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from densenet import __version__
+from densenet.analysis import Row, Summary, summarize
+from densenet.config import DenseNetConfig
+from densenet.variants import get_config, list_models
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _format_count(value: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3f}{unit}"
+    return str(value)
+
+
+def _format_shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(v) for v in shape)
+
+
+def _format_bytes(value: int) -> str:
+    return f"{value / 2**20:,.1f} MiB"
+
+
+def format_summary(title: str, summary: Summary, detail: bool) -> str:
+    """The tutorial's table as text: one row per stage, dense layers too with ``detail``."""
+    header = ("Layer", "Input", "Output", "Kernel", "Stride", "Pad", "Params", "MACs", "Parameter formula (F8)")
+    lines: list[tuple[str, ...]] = []
+
+    def add(row: Row, indent: str = "") -> None:
+        lines.append((indent + row.name, _format_shape(row.input_shape), _format_shape(row.output_shape), row.kernel,
+                      row.stride, row.padding, f"{row.params:,}", _format_count(row.macs), row.param_formula))
+
+    for row in summary.rows:
+        add(row)
+        if detail:
+            for child in row.children:
+                add(child, "  ")
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header) - 1)]
+
+    def render(cells: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False)) + "  " + cells[-1]
+
+    memory = summary.activation_memory
+    out = [
+        f"{title}: input {summary.config.in_chans}×{summary.input_size}×{summary.input_size}, "
+        f"{summary.config.num_classes} classes",
+        render(header),
+        render(tuple("-" * len(h) for h in header)),
+        *(render(line).rstrip() for line in lines),
+        "",
+        f"trainable parameters   {summary.params:,}",
+        f"BN buffers             {summary.bn_buffers:,} ({summary.bn_layers} batch norms: mean, variance, count)",
+        f"MACs (conv + linear)   {summary.macs:,} ({summary.macs / 1e9:.3f} G; paper order: conv, then pool)",
+        f"MACs executed          {summary.macs_executed:,} ({summary.macs_executed / 1e9:.3f} G; pool before conv)",
+        f"activation memory      {_format_bytes(memory.reference)} for one training step at batch "
+        f"{summary.batch_size} (plain autograd; {_format_bytes(memory.per_sample_reference)} per image)",
+    ]
+    return "\n".join(out)
+
+
+def _resolve_config(name: str) -> tuple[str, DenseNetConfig]:
+    """A registered model name, or a ``save_pretrained`` directory."""
+    if Path(name).is_dir():
+        from densenet.weights import read_pretrained_config
+
+        meta = read_pretrained_config(name)
+        return meta.get("model_name") or name, DenseNetConfig.from_dict(meta["architecture"])
+    return name, get_config(name)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """``densenet summary``: the closed-form table of a model."""
+    title, config = _resolve_config(args.model)
+    size = args.input_size or (224 if config.stem == "imagenet" else 32)
+    summary = summarize(config, size, args.batch_size)
+    if args.json:
+        print(json.dumps({"model": title, **summary.to_dict()}, indent=2))
+    else:
+        print(format_summary(title, summary, args.detail))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``densenet list``: the registered model names."""
+    print("\n".join(list_models(args.pattern)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="densenet", description="DenseNet: summary, train, eval, predict, export.")
+    parser.add_argument("--version", action="version", version=f"densenet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    summary = commands.add_parser("summary", help="closed-form table: shapes, parameters, MACs, memory")
+    summary.add_argument("model", help="registered model name (see `densenet list`) or a save_pretrained directory")
+    summary.add_argument("--input-size", type=int, default=None, help="input side (default 224, CIFAR models 32)")
+    summary.add_argument("--batch-size", type=int, default=1, help="batch size for the activation memory")
+    summary.add_argument("--detail", action="store_true", help="list every dense layer")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    summary.set_defaults(handler=cmd_summary)
+
+    listing = commands.add_parser("list", help="registered model names")
+    listing.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'densenet_bc*'")
+    listing.set_defaults(handler=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; a user's mistake prints one line on stderr and returns a non-zero code."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("densenet: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as error:
+        if os.environ.get("DENSENET_DEBUG"):
+            raise
+        print(f"densenet {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

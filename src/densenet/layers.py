@@ -1,0 +1,121 @@
+"""DenseNet building blocks: dense layer, dense block, transition and the two stems.
+
+Module and parameter names are torchvision's (``denselayerN.norm1``, ``transitionN.conv``, ``conv0`` …), so
+state dicts are interchangeable.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DenseLayer(nn.Module):
+    """One composite function ``H_l`` of a dense block.
+
+    With bottleneck (DenseNet-B): BN-ReLU-Conv1×1 to ``bn_size·k`` maps, then BN-ReLU-Conv3×3 to ``k`` maps.
+    Without: BN-ReLU-Conv3×3 straight to ``k`` maps (then ``conv1`` is the 3×3 conv and there is no ``norm2``).
+    Dropout with ``drop_rate`` is applied to the ``k`` new maps.
+    """
+
+    def __init__(self, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.growth_rate = growth_rate
+        self.drop_rate = float(drop_rate)
+        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        if bn_size > 0:
+            self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, kernel_size=1, bias=False)
+            self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+            self.relu2 = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
+
+    @property
+    def bottleneck(self) -> bool:
+        """Whether this layer has the 1×1 bottleneck conv."""
+        return hasattr(self, "conv2")
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``x_l = H_l([x_0, …, x_{l−1}])`` [F2] for the already concatenated input.
+
+        Args:
+            features: ``(N, C_0 + l·k, H, W)``, the concatenation of all earlier maps.
+
+        Returns:
+            ``(N, k, H, W)``, the new maps.
+        """
+        out = self.conv1(self.relu1(self.norm1(features)))  # (N, bn_size·k or k, H, W)
+        if self.bottleneck:
+            out = self.conv2(self.relu2(self.norm2(out)))  # (N, k, H, W)
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return out
+
+
+class DenseBlock(nn.ModuleDict):
+    """``L`` dense layers; layer ``l`` sees the concatenation of the block input and all earlier outputs [F2]."""
+
+    def __init__(self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.growth_rate = growth_rate
+        self.out_channels = in_channels + num_layers * growth_rate
+        for index in range(num_layers):
+            layer = DenseLayer(in_channels + index * growth_rate, growth_rate, bn_size, drop_rate)
+            self.add_module(f"denselayer{index + 1}", layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reference implementation: re-concatenate every earlier map before each layer.
+
+        Args:
+            x: ``(N, C_0, H, W)``.
+
+        Returns:
+            ``(N, C_0 + L·k, H, W)``: ``[x_0, x_1, …, x_L]``.
+        """
+        features = [x]
+        for layer in self.values():
+            # x_l = H_l([x_0, …, x_{l−1}])   [F2]
+            features.append(layer(torch.cat(features, dim=1)))  # (N, k, H, W)
+        return torch.cat(features, dim=1)  # (N, C_0 + L·k, H, W)
+
+
+class Transition(nn.Module):
+    """BN-ReLU-Conv1×1 to ``⌊θ·C⌋`` channels and a 2×2 average pool [F3].
+
+    The pool runs before the 1×1 conv: both are linear and act on different axes, so
+    ``pool(conv(y)) = conv(pool(y))`` exactly, and the conv then runs on a quarter of the pixels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W)`` → ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
+        y = self.pool(self.relu(self.norm(x)))  # (N, C, H/2, W/2)
+        return self.conv(y)  # (N, ⌊θ·C⌋, H/2, W/2)
+
+
+def imagenet_stem(in_chans: int, num_init_features: int) -> OrderedDict[str, nn.Module]:
+    """7×7/2 conv (pad 3) [F1], BN, ReLU, 3×3/2 max-pool (pad 1): ``(N, C, H, W)`` → ``(N, C_0, H/4, W/4)``."""
+    return OrderedDict(
+        conv0=nn.Conv2d(in_chans, num_init_features, kernel_size=7, stride=2, padding=3, bias=False),
+        norm0=nn.BatchNorm2d(num_init_features),
+        relu0=nn.ReLU(inplace=True),
+        pool0=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+
+
+def cifar_stem(in_chans: int, num_init_features: int) -> OrderedDict[str, nn.Module]:
+    """One 3×3 conv (pad 1) [F1], no BN after it (the paper's CIFAR models): spatial size unchanged."""
+    return OrderedDict(conv0=nn.Conv2d(in_chans, num_init_features, kernel_size=3, padding=1, bias=False))

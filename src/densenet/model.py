@@ -1,0 +1,131 @@
+"""The DenseNet network, built from a :class:`~densenet.config.DenseNetConfig`."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densenet.config import DenseNetConfig
+from densenet.layers import DenseBlock, Transition, cifar_stem, imagenet_stem
+
+
+class DenseNet(nn.Module):
+    """Densely connected convolutional network (Huang et al., CVPR 2017).
+
+    ``features`` holds the stem, ``denseblockN`` / ``transitionN`` and the final ``norm5``; ``classifier`` is
+    the linear layer — the same names as torchvision's ``DenseNet``, so their state dicts load unchanged.
+
+    Args:
+        config: the architecture; keyword arguments (torchvision's names: ``growth_rate``, ``block_config``,
+            ``num_init_features``, ``bn_size``, ``drop_rate``, ``num_classes``, ``memory_efficient``, plus
+            ``compression``, ``in_chans``, ``stem``) override its fields or, without a config, the defaults
+            (DenseNet-121).
+        class_names: optional names of the ``num_classes`` outputs; saved by :meth:`save_pretrained`.
+    """
+
+    def __init__(
+        self, config: DenseNetConfig | None = None, *, class_names: list[str] | None = None, **overrides: Any
+    ) -> None:
+        super().__init__()
+        config = (config or DenseNetConfig()).replace(**overrides) if overrides else (config or DenseNetConfig())
+        self.config = config
+        self.class_names = _checked_class_names(class_names, config.num_classes)
+
+        stem = imagenet_stem if config.stem == "imagenet" else cifar_stem
+        modules: OrderedDict[str, nn.Module] = stem(config.in_chans, config.num_init_features)
+        channels = config.num_init_features
+        for index, num_layers in enumerate(config.block_config, start=1):
+            block = DenseBlock(num_layers, channels, config.growth_rate, config.bn_size, config.drop_rate)
+            modules[f"denseblock{index}"] = block
+            channels = block.out_channels
+            if index < len(config.block_config):
+                out_channels = config.transition_channels(channels)
+                modules[f"transition{index}"] = Transition(channels, out_channels)
+                channels = out_channels
+        modules["norm5"] = nn.BatchNorm2d(channels)
+        self.features = nn.Sequential(modules)
+        self.num_features = channels
+        self.classifier = self._new_classifier(config.num_classes)
+        self._init_weights()
+
+    def _new_classifier(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        classifier = nn.Linear(self.num_features, num_classes)
+        nn.init.zeros_(classifier.bias)
+        return classifier
+
+    def _init_weights(self) -> None:
+        """torchvision's initialisation: Kaiming-normal convs, BN weight 1 / bias 0, linear bias 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` for input this network cannot take, before torch fails deep inside."""
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.config.in_chans:
+            raise ValueError(
+                f"expected {self.config.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
+            )
+        smallest = self.config.min_input_size
+        if min(x.shape[2], x.shape[3]) < smallest:
+            raise ValueError(
+                f"input {x.shape[2]}×{x.shape[3]} is too small for this network: height and width must be at least "
+                f"{smallest}"
+            )
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(N, in_chans, H, W)`` → ``(N, num_features, h, w)``: everything up to the final BN-ReLU."""
+        return F.relu(self.features(x), inplace=True)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool [F4] and classifier [F5]: ``(N, C, h, w)`` → ``(N, num_classes)``.
+
+        With ``pre_logits`` the pooled ``(N, C)`` features are returned instead of logits.
+        """
+        # O_k = (1/HW) Σ_ij x_ijk   [F4]
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (N, C)
+        return x if pre_logits else self.classifier(x)  # (N, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, in_chans, H, W)`` → logits ``(N, num_classes)``."""
+        self.check_input(x)
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (``nn.Identity`` when ``num_classes`` is 0)."""
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, class_names: list[str] | None = None) -> None:
+        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
+        self.config = self.config.replace(num_classes=num_classes)
+        self.class_names = _checked_class_names(class_names, num_classes)
+        reference = self.features.conv0.weight
+        self.classifier = self._new_classifier(num_classes).to(device=reference.device, dtype=reference.dtype)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` to ``directory``; see :func:`densenet.from_pretrained`."""
+        # weights.py imports this module; importing it at call time keeps the module graph one-way.
+        from densenet.weights import save_pretrained
+
+        return save_pretrained(self, directory)
+
+
+def _checked_class_names(class_names: list[str] | None, num_classes: int) -> list[str] | None:
+    if class_names is None:
+        return None
+    names = [str(name) for name in class_names]
+    if len(names) != num_classes:
+        raise ValueError(f"got {len(names)} class names for {num_classes} classes")
+    return names

@@ -1,0 +1,99 @@
+"""Closed-form analysis against torchvision's published MACs and against counts taken from real models."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import densenet
+from densenet.analysis import output_size, summarize
+
+# torchvision's published GFLOPS (conv + linear multiply-accumulates at 224×224), at their precision.
+PUBLISHED_GMACS = {"densenet121": "2.834", "densenet161": "7.728", "densenet169": "3.36", "densenet201": "4.291"}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_GMACS))
+def test_macs_equal_torchvision_published(name):
+    published = PUBLISHED_GMACS[name]
+    decimals = len(published.split(".")[1])
+    macs = summarize(densenet.get_config(name), 224).macs
+    assert f"{macs / 1e9:.{decimals}f}" == published
+
+
+def _counted_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of every conv and linear layer, counted from the shapes seen in a forward pass."""
+    total = 0
+
+    def count(module, _inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += output.numel() // output.shape[0] * module.in_channels * module.weight[0, 0].numel()
+        else:
+            total += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(x)
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+@pytest.mark.parametrize(("name", "side"), [("densenet121", 224), ("densenet121", 97), ("densenet_bc100_k12", 32),
+                                            ("densenet40_k12", 35)])
+def test_executed_macs_equal_counted(name, side):
+    model = densenet.create_model(name)
+    assert summarize(model.config, side).macs_executed == _counted_macs(model, torch.randn(1, 3, side, side))
+
+
+def test_output_size_formula():
+    # ⌊(W − K + 2P)/S⌋ + 1: 224 through the 7×7/2 pad-3 conv is 112, through the 3×3/2 pad-1 max-pool 56.
+    assert output_size(224, 7, 2, 3) == 112
+    assert output_size(112, 3, 2, 1) == 56
+    assert output_size(7, 2, 2) == 3
+
+
+def test_too_small_input_rejected():
+    with pytest.raises(ValueError, match="at least 29"):
+        summarize(densenet.get_config("densenet121"), 28)
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd saves for backward in one forward pass (parameters and
+    BN running statistics excluded), measured with saved-tensor hooks."""
+    skip = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize(("stem", "bn_size", "drop_rate", "num_classes", "side"),
+                         [("imagenet", 4, 0.0, 5, 37), ("imagenet", 0, 0.2, 0, 32), ("cifar", 4, 0.2, 5, 32),
+                          ("cifar", 0, 0.0, 5, 19)])
+def test_reference_activation_memory_equals_measured(stem, bn_size, drop_rate, num_classes, side):
+    config = densenet.DenseNetConfig(growth_rate=4, block_config=(2, 3), num_init_features=8, stem=stem,
+                                     bn_size=bn_size, drop_rate=drop_rate, num_classes=num_classes,
+                                     memory_efficient=False)
+    model = densenet.DenseNet(config).train()
+    measured = saved_activation_bytes(model, torch.randn(3, 3, side, side))
+    assert summarize(config, side, batch_size=3).activation_memory.reference == measured
+
+
+def test_summary_dict_is_complete():
+    data = summarize(densenet.get_config("densenet121")).to_dict()
+    names = [row["name"] for row in data["rows"]]
+    assert names == ["Input", "Conv1", "Pool1", "Dense Block 1", "Transition 1", "Dense Block 2", "Transition 2",
+                     "Dense Block 3", "Transition 3", "Dense Block 4", "Final BN-ReLU", "Global Avg Pool",
+                     "Fully Connected", "Softmax"]
+    assert len(data["rows"][3]["children"]) == 6
+    assert data["rows"][1]["param_formula"] == "7·7·3·64 + BN 2·64 = 9,536"
+    assert data["totals"]["params"] == 7_978_856

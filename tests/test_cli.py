@@ -1,0 +1,58 @@
+"""The `densenet summary` and `densenet list` commands, and the one-line error contract."""
+
+import json
+import subprocess
+import sys
+
+import densenet
+from densenet.cli import main
+
+
+def test_summary_densenet121(capsys):
+    assert main(["summary", "densenet121"]) == 0
+    out = capsys.readouterr().out
+    assert "densenet121: input 3×224×224, 1000 classes" in out
+    assert "Conv1            3×224×224   64×112×112  7×7" in out
+    assert "trainable parameters   7,978,856" in out
+    assert "(2.834 G; paper order: conv, then pool)" in out
+    assert "denselayer1" not in out
+
+
+def test_summary_detail_and_json(capsys):
+    assert main(["summary", "densenet121", "--detail"]) == 0
+    assert "denselayer24" in capsys.readouterr().out
+    assert main(["summary", "densenet_bc100_k12", "--json", "--batch-size", "64"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["input_size"] == 32 and data["batch_size"] == 64
+    assert data["totals"]["params"] == sum(p.numel() for p in densenet.create_model("densenet_bc100_k12").parameters())
+
+
+def test_summary_of_saved_directory(tmp_path, capsys):
+    densenet.create_model("densenet40_k12", num_classes=3).save_pretrained(tmp_path)
+    assert main(["summary", str(tmp_path), "--input-size", "40"]) == 0
+    assert "densenet40_k12: input 3×40×40, 3 classes" in capsys.readouterr().out
+
+
+def test_list(capsys):
+    assert main(["list", "densenet1*"]) == 0
+    assert capsys.readouterr().out.split() == ["densenet100_k12", "densenet100_k24", "densenet121", "densenet161",
+                                               "densenet169"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "densenet", *args], capture_output=True, text=True, check=False)
+
+
+def test_bad_name_is_one_line_error():
+    result = _run("summary", "densnet121")
+    assert result.returncode == 1
+    expected = "densenet summary: error: unknown model 'densnet121'; closest: densenet121,"
+    assert result.stderr.strip().startswith(expected)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_bad_input_size_is_one_line_error():
+    result = _run("summary", "densenet121", "--input-size", "16")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "at least 29" in result.stderr
