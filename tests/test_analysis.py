@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import densenet
 from densenet.analysis import output_size, summarize
@@ -21,30 +22,20 @@ def test_macs_equal_torchvision_published(name):
     assert f"{macs / 1e9:.{decimals}f}" == published
 
 
-def _counted_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of every conv and linear layer, counted from the shapes seen in a forward pass."""
-    total = 0
-
-    def count(module, _inputs, output):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            total += output.numel() // output.shape[0] * module.in_channels * module.weight[0, 0].numel()
-        else:
-            total += module.in_features * module.out_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
+def _executed_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of the convolutions and matrix products the forward pass actually runs, counted by
+    torch's FLOP counter at the aten level (it counts 2 FLOPs per multiply-accumulate)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.eval()(x)
-    for hook in hooks:
-        hook.remove()
-    return total
+    return counter.get_total_flops() // 2
 
 
+@pytest.mark.parametrize("memory_efficient", [True, False])
 @pytest.mark.parametrize(("name", "side"), [("densenet121", 224), ("densenet121", 97), ("densenet_bc100_k12", 32),
                                             ("densenet40_k12", 35)])
-def test_executed_macs_equal_counted(name, side):
-    model = densenet.create_model(name)
-    assert summarize(model.config, side).macs_executed == _counted_macs(model, torch.randn(1, 3, side, side))
+def test_executed_macs_equal_counted(name, side, memory_efficient):
+    model = densenet.create_model(name, memory_efficient=memory_efficient)
+    assert summarize(model.config, side).macs_executed == _executed_macs(model, torch.randn(1, 3, side, side))
 
 
 def test_output_size_formula():
@@ -76,16 +67,32 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True])
 @pytest.mark.parametrize(("stem", "bn_size", "drop_rate", "num_classes", "side"),
                          [("imagenet", 4, 0.0, 5, 37), ("imagenet", 0, 0.2, 0, 32), ("cifar", 4, 0.2, 5, 32),
                           ("cifar", 0, 0.0, 5, 19)])
-def test_reference_activation_memory_equals_measured(stem, bn_size, drop_rate, num_classes, side):
+def test_activation_memory_equals_measured(memory_efficient, stem, bn_size, drop_rate, num_classes, side):
     config = densenet.DenseNetConfig(growth_rate=4, block_config=(2, 3), num_init_features=8, stem=stem,
                                      bn_size=bn_size, drop_rate=drop_rate, num_classes=num_classes,
-                                     memory_efficient=False)
+                                     memory_efficient=memory_efficient)
     model = densenet.DenseNet(config).train()
     measured = saved_activation_bytes(model, torch.randn(3, 3, side, side))
-    assert summarize(config, side, batch_size=3).activation_memory.reference == measured
+    memory = summarize(config, side, batch_size=3).activation_memory
+    assert (memory.memory_efficient if memory_efficient else memory.reference) == measured
+
+
+def test_explicit_block_memory_is_linear_in_depth():
+    """Saved bytes of the explicit block grow by the same amount for each added layer; the reference's growth
+    itself grows (quadratic)."""
+    def saved(layers: int, memory_efficient: bool) -> int:
+        config = densenet.DenseNetConfig(growth_rate=4, block_config=(layers,), num_init_features=8, stem="cifar",
+                                         num_classes=3, memory_efficient=memory_efficient)
+        return saved_activation_bytes(densenet.DenseNet(config).train(), torch.randn(2, 3, 8, 8))
+
+    ours = [saved(layers, True) for layers in (4, 8, 12)]
+    reference = [saved(layers, False) for layers in (4, 8, 12)]
+    assert ours[2] - ours[1] == ours[1] - ours[0]
+    assert reference[2] - reference[1] > reference[1] - reference[0]
 
 
 def test_summary_dict_is_complete():

@@ -47,15 +47,36 @@ class Row:
 
 @dataclass(frozen=True)
 class ActivationMemory:
-    """Bytes autograd keeps between forward and backward for one training step (parameters excluded).
+    """Bytes autograd keeps between forward and backward for one float32 training step (parameters excluded).
 
     ``reference`` is the plain autograd implementation (``memory_efficient=False``): each layer keeps its
-    concatenated input and the BN-ReLU output, so it grows with the square of the depth.
+    concatenated input and its BN-ReLU output, so it grows with the square of the depth. ``memory_efficient`` is
+    the explicit block: per block the feature buffer, per layer the bottleneck output and the dropout mask, and
+    per channel its batch statistics — linear in depth.
     """
 
     reference: int
+    memory_efficient: int
     per_sample_reference: int
-    batch_statistics: int
+    per_sample_memory_efficient: int
+
+
+class _MemoryTally:
+    """Saved-for-backward bytes of both implementations, per sample and batch-independent."""
+
+    def __init__(self) -> None:
+        self.per_sample = {"reference": 0, "memory_efficient": 0}
+        self.fixed = {"reference": 0, "memory_efficient": 0}
+
+    def add(self, per_sample: int = 0, fixed: int = 0, only: str | None = None) -> None:
+        for key in (only,) if only else self.per_sample:
+            self.per_sample[key] += per_sample
+            self.fixed[key] += fixed
+
+    def result(self, batch_size: int) -> ActivationMemory:
+        total = {key: self.per_sample[key] * batch_size + self.fixed[key] for key in self.per_sample}
+        return ActivationMemory(total["reference"], total["memory_efficient"], self.per_sample["reference"],
+                                self.per_sample["memory_efficient"])
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,7 @@ class Summary:
                 "macs": self.macs,
                 "macs_executed": self.macs_executed,
                 "activation_bytes_reference": self.activation_memory.reference,
+                "activation_bytes_memory_efficient": self.activation_memory.memory_efficient,
             },
         }
 
@@ -120,7 +142,7 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
     """The tutorial's table for ``config`` at ``input_size × input_size``.
 
     Raises:
-        ValueError: the input is smaller than the network accepts.
+        ValueError: the input is smaller than the network accepts, or the batch size is not positive.
     """
     if input_size < config.min_input_size:
         raise ValueError(f"input size {input_size} is too small: this network needs at least {config.min_input_size}")
@@ -130,9 +152,9 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
     image = (c_in, input_size, input_size)
     rows: list[Row] = [Row("Input", image, image, "", "", "", "", 0, 0, 0)]
     bn_channels: list[int] = []
-    # Activation memory of the reference implementation, counted per sample in elements; int64 counted apart.
-    saved = c_in * input_size * input_size  # conv0 keeps its input
-    saved_int64 = 0
+    f32, bool_bytes, int64_bytes = 4, 1, 8
+    memory = _MemoryTally()
+    memory.add(per_sample=c_in * input_size**2 * f32)  # conv0 keeps its input
 
     side = input_size
     if config.stem == "imagenet":
@@ -145,8 +167,8 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
         rows.append(Row("Pool1", (c0, conv_side, conv_side), (c0, pool_side, pool_side), "3×3 max", "2", "1",
                         "0", 0, 0, 0))
         bn_channels.append(c0)
-        saved += 2 * c0 * conv_side**2  # conv0 output (kept by norm0), ReLU output (kept by relu0 and pool0)
-        saved_int64 += c0 * pool_side**2  # max-pool indices
+        # conv0 output (kept by norm0), BN-ReLU output (kept by pool0), max-pool indices; norm0's μ and 1/σ
+        memory.add(per_sample=2 * c0 * conv_side**2 * f32 + c0 * pool_side**2 * int64_bytes, fixed=2 * c0 * f32)
         side = pool_side
     else:
         params = 3 * 3 * c_in * c0
@@ -154,26 +176,32 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
                         f"3·3·{c_in}·{c0} = {params:,}", params, params * side**2, params * side**2))
 
     channels = c0
+    width = config.bn_size * k
     for block_index, num_layers in enumerate(config.block_config, start=1):
         layers = []
+        pixels = side * side
         for layer_index in range(num_layers):
             layer_channels = channels + layer_index * k
             layers.append(_dense_layer_row(config, layer_index + 1, layer_channels, side))
-            bn_channels.append(layer_channels)
-            # torch.cat output (kept by norm1) and the BN-ReLU output (kept by relu1 and conv1)
-            saved += 2 * layer_channels * side**2
+            bn_channels += [layer_channels, width] if config.bottleneck else [layer_channels]
+            # reference: the torch.cat output (kept by norm1) and the BN-ReLU output (kept by conv1), μ and 1/σ
+            memory.add(per_sample=2 * layer_channels * pixels * f32, fixed=2 * layer_channels * f32, only="reference")
             if config.bottleneck:
-                bn_channels.append(config.bn_size * k)
-                saved += 2 * config.bn_size * k * side**2  # conv1 output (norm2), BN-ReLU output (conv2)
+                # both keep the conv1 output and BN2's μ and 1/σ; the reference also its BN-ReLU (kept by conv2)
+                memory.add(per_sample=width * pixels * f32, fixed=2 * width * f32)
+                memory.add(per_sample=width * pixels * f32, only="reference")
             if config.drop_rate > 0:
-                saved += k * side**2  # dropout mask
+                memory.add(per_sample=k * pixels * bool_bytes)  # the dropout mask
         out_channels = channels + num_layers * k
-        saved += out_channels * side**2  # the block's final torch.cat, kept by the next batch norm
+        # the block output (reference: the final torch.cat, kept by the next BN; explicit: the feature buffer,
+        # shared with the next BN), and in the explicit block the batch μ and 1/σ of every buffer channel
+        memory.add(per_sample=out_channels * pixels * f32)
+        memory.add(fixed=2 * out_channels * f32, only="memory_efficient")
         block_params = sum(row.params for row in layers)
         block_macs = sum(row.macs for row in layers)
         first, last = channels, out_channels - k
-        per_layer = (f"2·C + 1·1·C·{config.bn_size * k} + 2·{config.bn_size * k} + 3·3·{config.bn_size * k}·{k}"
-                     if config.bottleneck else f"2·C + 3·3·C·{k}")
+        per_layer = (f"2·C + 1·1·C·{width} + 2·{width} + 3·3·{width}·{k}" if config.bottleneck
+                     else f"2·C + 3·3·C·{k}")
         rows.append(Row(f"Dense Block {block_index}", (channels, side, side), (out_channels, side, side),
                         f"[{'1×1, 3×3' if config.bottleneck else '3×3'}] × {num_layers}", "1",
                         "0, 1" if config.bottleneck else "1",
@@ -185,30 +213,27 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
             pooled = output_size(side, 2, 2, 0)
             params = 2 * channels + channels * reduced
             bn_channels.append(channels)
-            saved += channels * side**2 + channels * pooled**2  # BN-ReLU output; pooled input of the conv
+            # BN-ReLU output (kept by the pool), pooled maps (kept by the conv), the BN's μ and 1/σ
+            memory.add(per_sample=(channels * side**2 + channels * pooled**2) * f32, fixed=2 * channels * f32)
             rows.append(Row(f"Transition {block_index}", (channels, side, side), (reduced, pooled, pooled),
                             "1×1 conv, 2×2 avg", "1, 2", "0", f"2·{channels} + 1·1·{channels}·{reduced} = {params:,}",
                             params, channels * reduced * side**2, channels * reduced * pooled**2))
             channels, side = reduced, pooled
 
     bn_channels.append(channels)
-    saved += channels * side**2  # final BN-ReLU output
+    memory.add(per_sample=channels * side**2 * f32, fixed=2 * channels * f32)  # final BN-ReLU output, μ and 1/σ
     rows.append(Row("Final BN-ReLU", (channels, side, side), (channels, side, side), "", "", "",
                     f"2·{channels} = {2 * channels:,}", 2 * channels, 0, 0))
     rows.append(Row("Global Avg Pool", (channels, side, side), (channels, 1, 1), f"{side}×{side} avg", "1", "0",
                     "0", 0, 0, 0))
     n = config.num_classes
     if n:
-        saved += channels  # pooled features, kept by the classifier
+        memory.add(per_sample=channels * f32)  # pooled features, kept by the classifier
         params = (channels + 1) * n
         rows.append(Row("Fully Connected", (channels,), (n,), "", "", "", f"({channels} + 1)·{n} = {params:,}",
                         params, channels * n, channels * n))
         rows.append(Row("Softmax", (n,), (n,), "", "", "", "0", 0, 0, 0))
 
-    float_bytes = 4
-    batch_statistics = 2 * sum(bn_channels) * float_bytes  # each BN's saved batch mean and 1/σ
-    per_sample = saved * float_bytes + saved_int64 * 8
-    memory = ActivationMemory(per_sample * batch_size + batch_statistics, per_sample, batch_statistics)
     return Summary(
         config=config,
         input_size=input_size,
@@ -219,5 +244,5 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
         macs=sum(row.macs for row in rows),
         macs_executed=sum(row.macs_executed for row in rows),
         bn_layers=len(bn_channels),
-        activation_memory=memory,
+        activation_memory=memory.result(batch_size),
     )

@@ -67,8 +67,8 @@ def format_summary(title: str, summary: Summary, detail: bool) -> str:
         f"BN buffers             {summary.bn_buffers:,} ({summary.bn_layers} batch norms: mean, variance, count)",
         f"MACs (conv + linear)   {summary.macs:,} ({summary.macs / 1e9:.3f} G; paper order: conv, then pool)",
         f"MACs executed          {summary.macs_executed:,} ({summary.macs_executed / 1e9:.3f} G; pool before conv)",
-        f"activation memory      {_format_bytes(memory.reference)} for one training step at batch "
-        f"{summary.batch_size} (plain autograd; {_format_bytes(memory.per_sample_reference)} per image)",
+        f"activation memory      {_format_bytes(memory.memory_efficient)} explicit block (memory_efficient=True), "
+        f"{_format_bytes(memory.reference)} plain autograd: one float32 training step at batch {summary.batch_size}",
     ]
     return "\n".join(out)
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from densenet import functional
+from densenet.block import BlockSpec, DenseBlockFunction, dense_block_forward
 
 
 class DenseLayer(nn.Module):
@@ -53,24 +55,78 @@ class DenseLayer(nn.Module):
         out = self.conv1(self.relu1(self.norm1(features)))  # (N, bn_size·k or k, H, W)
         if self.bottleneck:
             out = self.conv2(self.relu2(self.norm2(out)))  # (N, k, H, W)
-        if self.drop_rate > 0:
-            out = F.dropout(out, p=self.drop_rate, training=self.training)
-        return out
+        # O = D ⊙ x / (1 − p)   [F6], the same masks as the explicit block draws
+        return functional.dropout(out, self.drop_rate, self.training)
 
 
 class DenseBlock(nn.ModuleDict):
-    """``L`` dense layers; layer ``l`` sees the concatenation of the block input and all earlier outputs [F2]."""
+    """``L`` dense layers; layer ``l`` sees the concatenation of the block input and all earlier outputs [F2].
 
-    def __init__(self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float) -> None:
+    With ``memory_efficient`` the block runs as one autograd Function over a shared feature buffer with the
+    hand-written backward of :mod:`densenet.block` (memory linear in depth); otherwise it is the plain autograd
+    reference that re-concatenates with ``torch.cat`` before every layer. Both compute the same function.
+    """
+
+    def __init__(self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float,
+                 memory_efficient: bool = True) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.growth_rate = growth_rate
+        self.drop_rate = float(drop_rate)
         self.out_channels = in_channels + num_layers * growth_rate
+        self.memory_efficient = memory_efficient
         for index in range(num_layers):
             layer = DenseLayer(in_channels + index * growth_rate, growth_rate, bn_size, drop_rate)
             self.add_module(f"denselayer{index + 1}", layer)
 
+    def spec(self) -> BlockSpec:
+        """The layers' batch norms and hyperparameters, as the explicit block needs them."""
+        layers = list(self.values())
+        norms1 = tuple(layer.norm1 for layer in layers)
+        norms2 = tuple(layer.norm2 for layer in layers) if layers[0].bottleneck else ()
+        if len({norm.eps for norm in norms1}) > 1:
+            raise ValueError("the memory-efficient dense block needs one ε for all BN1 of a block")
+        return BlockSpec(norms1, norms2, self.growth_rate, self.drop_rate)
+
+    def flat_parameters(self) -> list[Tensor]:
+        """Per layer ``γ1, β1, W1`` (+ ``γ2, β2, W2``), the order :class:`DenseBlockFunction` takes them in."""
+        params: list[Tensor] = []
+        for layer in self.values():
+            params += [layer.norm1.weight, layer.norm1.bias, layer.conv1.weight]
+            if layer.bottleneck:
+                params += [layer.norm2.weight, layer.norm2.bias, layer.conv2.weight]
+        return params
+
     def forward(self, x: Tensor) -> Tensor:
+        """``(N, C_0, H, W)`` → ``(N, C_0 + L·k, H, W)``: ``[x_0, x_1, …, x_L]``."""
+        if not self.memory_efficient:
+            return self.reference_forward(x)
+        return self.explicit_forward(x)
+
+    @torch.compiler.disable
+    def explicit_forward(self, x: Tensor) -> Tensor:
+        """The explicit block of :mod:`densenet.block` (opaque to ``torch.compile``, which runs it eagerly).
+
+        Under autocast the activations and conv weights run in the autocast dtype, while the BN parameters and
+        batch statistics stay in float32, as autocast's own batch norm does.
+        """
+        params = self.flat_parameters()
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            # flat_parameters() lists (γ, β, W) triples: every third one is a conv weight
+            params = [p.to(dtype) if i % 3 == 2 else p for i, p in enumerate(params)]
+            with torch.autocast(device_type, enabled=False):
+                return self._run_explicit(x.to(dtype), params)
+        return self._run_explicit(x, params)
+
+    def _run_explicit(self, x: Tensor, params: list[Tensor]) -> Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return DenseBlockFunction.apply(self.spec(), self.training, x, *params)
+        features, _ = dense_block_forward(self.spec(), x, tuple(params), self.training, keep=False)
+        return features
+
+    def reference_forward(self, x: Tensor) -> Tensor:
         """Reference implementation: re-concatenate every earlier map before each layer.
 
         Args:

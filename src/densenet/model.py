@@ -39,7 +39,8 @@ class DenseNet(nn.Module):
         modules: OrderedDict[str, nn.Module] = stem(config.in_chans, config.num_init_features)
         channels = config.num_init_features
         for index, num_layers in enumerate(config.block_config, start=1):
-            block = DenseBlock(num_layers, channels, config.growth_rate, config.bn_size, config.drop_rate)
+            block = DenseBlock(num_layers, channels, config.growth_rate, config.bn_size, config.drop_rate,
+                               config.memory_efficient)
             modules[f"denseblock{index}"] = block
             channels = block.out_channels
             if index < len(config.block_config):
