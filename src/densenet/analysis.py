@@ -51,8 +51,8 @@ class ActivationMemory:
 
     ``reference`` is the plain autograd implementation (``memory_efficient=False``): each layer keeps its
     concatenated input and its BN-ReLU output, so it grows with the square of the depth. ``memory_efficient`` is
-    the explicit block: per block the feature buffer, per layer the bottleneck output and the dropout mask, and
-    per channel its batch statistics — linear in depth.
+    the explicit path: per block the feature buffer, per layer the bottleneck output and the dropout mask, per
+    channel its batch statistics — linear in depth — and no BN-ReLU output in the stem or the transitions.
     """
 
     reference: int
@@ -167,8 +167,10 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
         rows.append(Row("Pool1", (c0, conv_side, conv_side), (c0, pool_side, pool_side), "3×3 max", "2", "1",
                         "0", 0, 0, 0))
         bn_channels.append(c0)
-        # conv0 output (kept by norm0), BN-ReLU output (kept by pool0), max-pool indices; norm0's μ and 1/σ
-        memory.add(per_sample=2 * c0 * conv_side**2 * f32 + c0 * pool_side**2 * int64_bytes, fixed=2 * c0 * f32)
+        # conv0 output (kept by norm0) and norm0's μ and 1/σ; the reference also keeps the BN-ReLU output (for
+        # pool0) and the max-pool indices, which the explicit path recomputes
+        memory.add(per_sample=c0 * conv_side**2 * f32, fixed=2 * c0 * f32)
+        memory.add(per_sample=c0 * conv_side**2 * f32 + c0 * pool_side**2 * int64_bytes, only="reference")
         side = pool_side
     else:
         params = 3 * 3 * c_in * c0
@@ -213,8 +215,9 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
             pooled = output_size(side, 2, 2, 0)
             params = 2 * channels + channels * reduced
             bn_channels.append(channels)
-            # BN-ReLU output (kept by the pool), pooled maps (kept by the conv), the BN's μ and 1/σ
-            memory.add(per_sample=(channels * side**2 + channels * pooled**2) * f32, fixed=2 * channels * f32)
+            # pooled maps (kept by the conv), the BN's μ and 1/σ; the reference also keeps the BN-ReLU output
+            memory.add(per_sample=channels * pooled**2 * f32, fixed=2 * channels * f32)
+            memory.add(per_sample=channels * side**2 * f32, only="reference")
             rows.append(Row(f"Transition {block_index}", (channels, side, side), (reduced, pooled, pooled),
                             "1×1 conv, 2×2 avg", "1, 2", "0", f"2·{channels} + 1·1·{channels}·{reduced} = {params:,}",
                             params, channels * reduced * side**2, channels * reduced * pooled**2))

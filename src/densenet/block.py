@@ -27,6 +27,10 @@ over layers and applied once per channel, when its gradient is needed.
 Saved for backward: the feature buffer, each layer's bottleneck output (a 1×1 conv is not cheap to recompute),
 per-channel batch statistics, dropout masks — memory linear in depth. Running statistics are updated exactly
 once per forward.
+
+The same idea serves the BN-ReLU-pool that opens every transition (average pool) and closes the ImageNet stem
+(max-pool): :class:`BatchNormReLUPoolFunction` keeps only its input and the batch statistics, and recomputes
+the ReLU output (and the max-pool's argmax) in the backward instead of storing a full-size map.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ _STRIDE_ONE = (1, 1)
 _PAD_ZERO = (0, 0)
 _PAD_ONE = (1, 1)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+Pool = tuple[str, int, int, int]  # kind ("avg" | "max"), kernel, stride, padding
+_CHUNK_ELEMENTS = 1 << 20  # elements per row chunk of fused elementwise work: a few MB, resident in cache
 
 
 @dataclass(frozen=True)
@@ -125,8 +131,8 @@ def _running_affine(norm: nn.BatchNorm2d, weight: Tensor, bias: Tensor) -> tuple
 
 
 def _bn_backward(grad_u: Tensor, z: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, training: bool,
-                 eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch-norm backward of a channels-last ``(N, C, H, W)`` tensor ``z``.
+                 eps: float, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch-norm backward of a channels-last ``(N, C, H, W)`` tensor ``z``, ``∂L/∂z`` written into ``out``.
 
     ``∂L/∂β = Σδ``, ``∂L/∂γ = Σδx̂``; ``∂L/∂z = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` with batch statistics, ``a·δ``
     with running statistics (they are constants). The two sums come from one pass of
@@ -135,15 +141,40 @@ def _bn_backward(grad_u: Tensor, z: Tensor, weight: Tensor, mean: Tensor, invstd
     _, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
         grad_u, z, weight, mean, invstd.pow(-2) - eps, mean, invstd, training, eps, [False, True, True])
     scale = weight * invstd
-    rows_u = _rows(grad_u)
-    if not training:
-        return _image(rows_u * scale.to(z.dtype), *_nhw(z)), grad_gamma, grad_beta
-    count = rows_u.shape[0]
-    slope = -scale * invstd * grad_gamma / count
-    offset = -scale * grad_beta / count - slope * mean
-    grad_z = torch.addcmul(offset.to(z.dtype), _rows(z), slope.to(z.dtype))  # (M, C)
-    grad_z.addcmul_(rows_u, scale.to(z.dtype))
+    rows_u, grad_z = _rows(grad_u), out
+    if training:
+        count = rows_u.shape[0]
+        slope = -scale * invstd * grad_gamma / count
+        offset = -scale * grad_beta / count - slope * mean
+        torch.addcmul(offset.to(z.dtype), _rows(z), slope.to(z.dtype), out=grad_z)  # (M, C)
+        grad_z.addcmul_(rows_u, scale.to(z.dtype))
+    else:
+        torch.mul(rows_u, scale.to(z.dtype), out=grad_z)
     return _image(grad_z, *_nhw(z)), grad_gamma, grad_beta
+
+
+def _bn1_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs: Tensor, scale: Tensor, mean: Tensor,
+                       invstd: Tensor) -> tuple[Tensor, Tensor]:
+    """BN1-ReLU backward of one layer, fused in cache-sized chunks of rows, for ``(M, C_l)`` tensors.
+
+    Through σ: ``δ ← ∂L/∂r ⊙ 1[r > 0]``; the sums ``Σδ`` and ``Σδ(x − μ)``; and ``∂L/∂x += a·δ`` added to the
+    shared gradient buffer ``grad`` (the rest of the BN input gradient is deferred by the caller).
+
+    Returns:
+        ``∂L/∂γ = σ⁻¹ Σδ(x − μ)`` and ``∂L/∂β = Σδ``, per channel.
+    """
+    rows, channels = grad_relu.shape
+    step = max(1, _CHUNK_ELEMENTS // channels)
+    grad_beta = torch.zeros_like(mean)
+    centred_dot = torch.zeros_like(mean)
+    scale = scale.to(grad.dtype)
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        delta = torch.ops.aten.threshold_backward.grad_input(grad_relu[part], relu[part], 0, grad_input=grad_relu[part])
+        grad_beta += delta.sum(dim=0, dtype=mean.dtype)
+        centred_dot += ((inputs[part] - mean) * delta).sum(dim=0, dtype=mean.dtype)
+        grad[part].addcmul_(delta, scale)
+    return invstd * centred_dot, grad_beta
 
 
 def _nhw(image: Tensor) -> tuple[int, int, int]:
@@ -178,8 +209,12 @@ def dense_block_forward(
     if training:
         mean[:c0], invstd[:c0] = _channel_stats(x, eps)
     scratch = x.new_empty(m * (total - k))  # σ(BN1(·)) of the current layer
-    bottlenecks: list[Tensor] = []
-    stats2: list[Tensor] = []
+    width = params[3].shape[0] if spec.bottleneck else 0
+    # One slab for every layer's bottleneck output (kept for backward) and one scratch for σ(BN2(·)): a few
+    # large allocations instead of two per layer, which would fragment the heap.
+    bottlenecks = x.new_empty((num_layers if keep else 1, m, width))
+    relu2 = _image(x.new_empty((m, width)), n, h, w)
+    stats2 = torch.empty((num_layers, 2, width), dtype=stat_dtype, device=x.device)
     masks: list[Tensor] = []
 
     for index in range(num_layers):
@@ -197,20 +232,19 @@ def dense_block_forward(
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
             norm2 = spec.norms2[index]
             # z = W1 ∗ r, the 1×1 bottleneck conv
-            bottleneck = conv2d_forward(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO)  # (N, 4k, H, W)
+            bottleneck = _image(bottlenecks[index if keep else 0], n, h, w)  # (N, 4k, H, W)
+            bottleneck.copy_(conv2d_forward(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
             if training:
-                normed, mean2, invstd2 = torch.native_batch_norm(
+                torch.ops.aten.native_batch_norm.out(
                     bottleneck, gamma2, beta2, norm2.running_mean, norm2.running_var, True, _momentum(norm2),
-                    norm2.eps)
+                    norm2.eps, out=relu2, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
             else:
-                normed = F.batch_norm(bottleneck, norm2.running_mean, norm2.running_var, gamma2, beta2, False, 0.0,
-                                      norm2.eps)
-                mean2, invstd2 = norm2.running_mean, torch.rsqrt(norm2.running_var + norm2.eps)
+                torch.ops.aten.native_batch_norm.out(
+                    bottleneck, gamma2, beta2, norm2.running_mean, norm2.running_var, False, 0.0, norm2.eps,
+                    out=relu2, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
+                stats2[index, 0], stats2[index, 1] = norm2.running_mean, torch.rsqrt(norm2.running_var + norm2.eps)
             # x_l = W2 ∗ σ(BN2(z)), 3×3 conv pad 1
-            new = conv2d_forward(normed.clamp_min_(0), weight2, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, H, W)
-            if keep:
-                bottlenecks.append(bottleneck)
-                stats2.append(torch.stack([mean2, invstd2]))
+            new = conv2d_forward(relu2.clamp_min_(0), weight2, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, H, W)
         else:
             new = conv2d_forward(relu1, weight1, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, H, W)
         if spec.drop_rate > 0 and training:
@@ -223,6 +257,8 @@ def dense_block_forward(
         if training:
             mean[channels:channels + k], invstd[channels:channels + k] = _channel_stats(new, eps)
 
+    if not spec.bottleneck:
+        bottlenecks, stats2 = bottlenecks[:0], stats2[:0]
     return features, {"mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2, "masks": masks}
 
 
@@ -238,7 +274,6 @@ def dense_block_backward(
     n, total, h, w = features.shape
     k, num_layers, per_layer = spec.growth_rate, len(spec.norms1), spec.params_per_layer
     c0, m = total - num_layers * k, n * h * w
-    eps = spec.norms1[0].eps
     buffer = _rows(features)  # (M, C_0 + L·k)
     grad = torch.empty_like(buffer)  # (M, C_0 + L·k): ∂L/∂[x_0, …, x_L], the shared gradient buffer
     _image(grad, n, h, w).copy_(grad_out)
@@ -253,7 +288,6 @@ def dense_block_backward(
             x_hat = (buffer[:, start:stop] - mean[start:stop]) * invstd[start:stop]  # (M, stop − start)
             grad[:, start:stop].add_(torch.addcmul(deferred_offset[start:stop], x_hat, deferred_slope[start:stop]))
 
-    inputs_scratch = features.new_empty(m * (total - k))  # contiguous copy of [x_0, …, x_{l−1}]
     relu_scratch = features.new_empty(m * (total - k))  # recomputed σ(BN1(·))
     relu2_scratch = features.new_empty((m, params[3].shape[0])) if spec.bottleneck else None
     param_grads: list[Tensor | None] = [None] * len(params)
@@ -268,17 +302,17 @@ def dense_block_backward(
             # ∂L/∂x = D ⊙ δ / (1 − p)   [F6b]
             grad_new = dropout_backward(grad_new, saved["masks"][index], spec.drop_rate)
         grad_new = grad_new.contiguous(memory_format=torch.channels_last)
-        inputs = _image(inputs_scratch[:m * channels].view(m, channels).copy_(buffer[:, :channels]), n, h, w)
+        inputs = buffer[:, :channels]  # (M, C_l) view of [x_0, …, x_{l−1}]
         if training:
             layer_mean, layer_invstd = mean[:channels], invstd[:channels]
             scale, shift = _affine(gamma1, beta1, layer_mean, layer_invstd)
         else:
             scale, shift, layer_mean, layer_invstd = _running_affine(spec.norms1[index], gamma1, beta1)
-        relu1 = _image(_bn_relu(_rows(inputs), scale, shift, relu_scratch[:m * channels].view(m, channels)), n, h, w)
+        relu1 = _image(_bn_relu(inputs, scale, shift, relu_scratch[:m * channels].view(m, channels)), n, h, w)
 
         if spec.bottleneck:
             gamma2, _, weight2 = params[offset + 3:offset + 6]
-            bottleneck = saved["bottlenecks"][index]  # (N, 4k, H, W)
+            bottleneck = _image(saved["bottlenecks"][index], n, h, w)  # (N, 4k, H, W)
             mean2, invstd2 = saved["stats2"][index]
             scale2, shift2 = _affine(gamma2, params[offset + 4], mean2, invstd2)
             relu2 = _image(_bn_relu(_rows(bottleneck), scale2, shift2, relu2_scratch), n, h, w)
@@ -288,22 +322,18 @@ def dense_block_backward(
             # through σ: δ ⊙ 1[r2 > 0]
             grad_u2 = torch.ops.aten.threshold_backward.grad_input(grad_relu2, relu2, 0, grad_input=grad_relu2)
             grad_z, param_grads[offset + 3], param_grads[offset + 4] = _bn_backward(
-                grad_u2, bottleneck, gamma2, mean2, invstd2, training, spec.norms2[index].eps)
+                grad_u2, bottleneck, gamma2, mean2, invstd2, training, spec.norms2[index].eps, out=relu2_scratch)
             # ∂L/∂r1 = W1ᵀ ∗ δ_z, ∂L/∂W1 = r1 ⋆ δ_z for the 1×1 conv   [F1b]
             grad_relu1, param_grads[offset + 2], _ = conv2d_backward(
                 grad_z, relu1, weight1, False, _STRIDE_ONE, _PAD_ZERO, (True, needs_param_grad[offset + 2], False))
         else:
             grad_relu1, param_grads[offset + 2], _ = conv2d_backward(
                 grad_new, relu1, weight1, False, _STRIDE_ONE, _PAD_ONE, (True, needs_param_grad[offset + 2], False))
-        grad_relu1 = grad_relu1.contiguous(memory_format=torch.channels_last)
-        grad_u1 = torch.ops.aten.threshold_backward.grad_input(grad_relu1, relu1, 0, grad_input=grad_relu1)
-        # Σδ and Σδx̂ of BN1 in one pass
-        _, grad_gamma1, grad_beta1 = torch.ops.aten.native_batch_norm_backward(
-            grad_u1, inputs, gamma1, layer_mean, layer_invstd.pow(-2) - eps, layer_mean, layer_invstd, training, eps,
-            [False, True, True])
+        grad_relu1 = _rows(grad_relu1.contiguous(memory_format=torch.channels_last))  # (M, C_l)
+        grad_gamma1, grad_beta1 = _bn1_backward_into(grad[:, :channels], grad_relu1, _rows(relu1), inputs, scale,
+                                                     layer_mean, layer_invstd)
         param_grads[offset], param_grads[offset + 1] = grad_gamma1, grad_beta1
-        # ∂L/∂x += a·δ now; −(a/M)(Σδ + x̂·Σδx̂) is deferred (training only: running statistics are constants)
-        grad[:, :channels].addcmul_(_rows(grad_u1), scale.to(grad.dtype))
+        # ∂L/∂x = a·δ was added; −(a/M)(Σδ + x̂·Σδx̂) is deferred (training only: running statistics are constants)
         if training:
             deferred_offset[:channels] -= scale * grad_beta1 / m
             deferred_slope[:channels] -= scale * grad_gamma1 / m
@@ -319,9 +349,8 @@ class DenseBlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, spec: BlockSpec, training: bool, x: Tensor, *params: Tensor) -> Tensor:
         features, record = dense_block_forward(spec, x, params, training, keep=True)
-        ctx.spec, ctx.training = spec, training
-        ctx.counts = tuple(len(record[key]) for key in ("bottlenecks", "stats2", "masks"))
-        ctx.save_for_backward(features, record["mean"], record["invstd"], *record["bottlenecks"], *record["stats2"],
+        ctx.spec, ctx.training, ctx.num_masks = spec, training, len(record["masks"])
+        ctx.save_for_backward(features, record["mean"], record["invstd"], record["bottlenecks"], record["stats2"],
                               *record["masks"], *params)
         return features
 
@@ -330,13 +359,71 @@ class DenseBlockFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError("the memory-efficient dense block does not support double backward "
                                "(create_graph=True); build the model with memory_efficient=False")
-        saved_tensors = ctx.saved_tensors
-        saved: dict[str, Any] = {"features": saved_tensors[0], "mean": saved_tensors[1], "invstd": saved_tensors[2]}
-        position = 3
-        for key, count in zip(("bottlenecks", "stats2", "masks"), ctx.counts, strict=True):
-            saved[key] = list(saved_tensors[position:position + count])
-            position += count
+        features, mean, invstd, bottlenecks, stats2, *rest = ctx.saved_tensors
+        saved = {"features": features, "mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2,
+                 "masks": rest[:ctx.num_masks]}
         grad_input, param_grads = dense_block_backward(
-            ctx.spec, saved, grad_out, saved_tensors[position:], ctx.training, ctx.needs_input_grad[2],
+            ctx.spec, saved, grad_out, tuple(rest[ctx.num_masks:]), ctx.training, ctx.needs_input_grad[2],
             tuple(ctx.needs_input_grad[3:]))
         return (None, None, grad_input, *param_grads)
+
+
+class BatchNormReLUPoolFunction(torch.autograd.Function):
+    """``pool(σ(BN(x)))`` in training mode, saving ``x`` and the batch statistics only [F3 with BN and σ].
+
+    Backward recomputes ``r = σ(BN(x))``, sends the gradient back through the pool (``1/(PQ)`` to each input
+    of a window for the average pool [F3b], to the argmax for the max-pool), through σ and through BN.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, norm: nn.BatchNorm2d, pool: Pool, x: Tensor, weight: Tensor,
+                bias: Tensor) -> Tensor:
+        normed, mean, invstd = torch.native_batch_norm(x, weight, bias, norm.running_mean, norm.running_var, True,
+                                                       _momentum(norm), norm.eps)
+        ctx.pool, ctx.eps = pool, norm.eps
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        return _pool(normed.clamp_min_(0), pool)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        kind, kernel, stride, padding = ctx.pool
+        scale, shift = _affine(weight, bias, mean, invstd)
+        per_channel = (-1, 1, 1)
+        relu = torch.addcmul(shift.to(x.dtype).view(per_channel), x, scale.to(x.dtype).view(per_channel)).clamp_min_(0)
+        grad_out = grad_out.contiguous(memory_format=_memory_format(relu))
+        if kind == "avg":
+            grad_relu = torch.ops.aten.avg_pool2d_backward(grad_out, relu, [kernel] * 2, [stride] * 2, [padding] * 2,
+                                                           False, True, None)
+        else:
+            _, indices = F.max_pool2d(relu, kernel, stride, padding, return_indices=True)
+            grad_relu = torch.ops.aten.max_pool2d_with_indices_backward(
+                grad_out, relu, [kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False, indices)
+        grad_u = torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
+        del relu
+        _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_u, x, weight, mean, invstd.pow(-2) - ctx.eps, mean, invstd, True, ctx.eps, [False, True, True])
+        # ∂L/∂x = a·(δ − (1/M)(Σδ + x̂·Σδx̂)) = a·δ + c + d·x
+        count = x.numel() // x.shape[1]
+        slope = -scale * invstd * grad_weight / count
+        offset = -scale * grad_bias / count - slope * mean
+        grad_x = torch.addcmul(offset.to(x.dtype).view(per_channel), x, slope.to(x.dtype).view(per_channel))
+        grad_x.addcmul_(grad_u, scale.to(x.dtype).view(per_channel))
+        return None, None, grad_x, grad_weight, grad_bias
+
+
+def _pool(x: Tensor, pool: Pool) -> Tensor:
+    kind, kernel, stride, padding = pool
+    if kind == "avg":
+        return F.avg_pool2d(x, kernel, stride, padding)
+    return F.max_pool2d(x, kernel, stride, padding)
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def batch_norm_relu_pool(norm: nn.BatchNorm2d, x: Tensor, pool: Pool) -> Tensor:
+    """``pool(σ(norm(x)))`` through :class:`BatchNormReLUPoolFunction` (training mode)."""
+    return BatchNormReLUPoolFunction.apply(norm, pool, x, norm.weight, norm.bias)

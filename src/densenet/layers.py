@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from densenet import functional
-from densenet.block import BlockSpec, DenseBlockFunction, dense_block_forward
+from densenet.block import BlockSpec, DenseBlockFunction, batch_norm_relu_pool, dense_block_forward
 
 
 class DenseLayer(nn.Module):
@@ -146,11 +146,13 @@ class Transition(nn.Module):
     """BN-ReLU-Conv1×1 to ``⌊θ·C⌋`` channels and a 2×2 average pool [F3].
 
     The pool runs before the 1×1 conv: both are linear and act on different axes, so
-    ``pool(conv(y)) = conv(pool(y))`` exactly, and the conv then runs on a quarter of the pixels.
+    ``pool(conv(y)) = conv(pool(y))`` exactly, and the conv then runs on a quarter of the pixels. With
+    ``memory_efficient`` training, BN-ReLU-pool is one Function that recomputes the ReLU output in backward.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, memory_efficient: bool = True) -> None:
         super().__init__()
+        self.memory_efficient = memory_efficient
         self.norm = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
@@ -158,8 +160,40 @@ class Transition(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, H, W)`` → ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
-        y = self.pool(self.relu(self.norm(x)))  # (N, C, H/2, W/2)
+        if _recompute(self.memory_efficient, self.training, x, self.norm):
+            y = batch_norm_relu_pool(self.norm, x, ("avg", 2, 2, 0))  # (N, C, H/2, W/2)
+        else:
+            y = self.pool(self.relu(self.norm(x)))  # (N, C, H/2, W/2)
         return self.conv(y)  # (N, ⌊θ·C⌋, H/2, W/2)
+
+
+class Features(nn.Sequential):
+    """Stem, dense blocks, transitions and the final BN, under torchvision's names (``conv0``, ``norm0``, …).
+
+    With ``memory_efficient`` training, the ImageNet stem's ``norm0``-``relu0``-``pool0`` runs as one Function
+    that recomputes the ReLU output and the max-pool's argmax in backward instead of storing them.
+    """
+
+    def __init__(self, modules: OrderedDict[str, nn.Module], memory_efficient: bool = True) -> None:
+        super().__init__(modules)
+        self.memory_efficient = memory_efficient
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, in_chans, H, W)`` → ``(N, C, h, w)``, the final BN's output."""
+        fuse_stem = "pool0" in self._modules and _recompute(self.memory_efficient, self.training, x, self.norm0)
+        for name, module in self.named_children():
+            if fuse_stem and name == "norm0":
+                x = batch_norm_relu_pool(module, x, ("max", 3, 2, 1))
+            elif not (fuse_stem and name in ("relu0", "pool0")):
+                x = module(x)
+        return x
+
+
+def _recompute(memory_efficient: bool, training: bool, x: Tensor, norm: nn.BatchNorm2d) -> bool:
+    """Whether BN-ReLU-pool should run as the recomputing Function: memory-efficient training with autograd
+    recording (and the batch norm tracking running statistics, as the Function updates them)."""
+    return (memory_efficient and training and torch.is_grad_enabled() and norm.track_running_stats
+            and (x.requires_grad or norm.weight.requires_grad or norm.bias.requires_grad))
 
 
 def imagenet_stem(in_chans: int, num_init_features: int) -> OrderedDict[str, nn.Module]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densenet.config import DenseNetConfig
-from densenet.layers import DenseBlock, Transition, cifar_stem, imagenet_stem
+from densenet.layers import DenseBlock, Features, Transition, cifar_stem, imagenet_stem
 
 
 class DenseNet(nn.Module):
@@ -45,10 +45,10 @@ class DenseNet(nn.Module):
             channels = block.out_channels
             if index < len(config.block_config):
                 out_channels = config.transition_channels(channels)
-                modules[f"transition{index}"] = Transition(channels, out_channels)
+                modules[f"transition{index}"] = Transition(channels, out_channels, config.memory_efficient)
                 channels = out_channels
         modules["norm5"] = nn.BatchNorm2d(channels)
-        self.features = nn.Sequential(modules)
+        self.features = Features(modules, config.memory_efficient)
         self.num_features = channels
         self.classifier = self._new_classifier(config.num_classes)
         self._init_weights()
