@@ -18,7 +18,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"directory {path.parent} does not exist (writing {path.name})")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # same suffix: some writers check it
     try:
         yield temporary
         os.replace(temporary, path)

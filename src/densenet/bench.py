@@ -1,0 +1,262 @@
+"""Side-by-side speed and memory: ours against torchvision's DenseNet with identical weights (``densenet bench``).
+
+Timing: every configuration is built in one process and timed in turn, round after round (interleaved), so a
+change of machine load hits all alike; after warm-up rounds, the median time per batch gives images per second
+and latency. Peak memory: each configuration runs once more in a fresh child process, which reports its
+resident-set high-water mark above the baseline it had before the run. Achieved GFLOP/s (2 FLOPs per
+multiply-accumulate actually executed; training counts 3× the forward) is shown next to the machine's
+measured float32 matrix-multiply peak, the physical ceiling for these convolutions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from densenet.analysis import summarize
+from densenet.config import DenseNetConfig
+from densenet.model import DenseNet
+from densenet.optimize import optimize_for_inference
+from densenet.variants import create_model
+
+Runner = Callable[[], Any]
+
+
+@dataclass
+class Measurement:
+    """One configuration's numbers."""
+
+    label: str
+    images_per_second: float
+    latency_ms: float
+    gflops: float
+    peak_memory_mib: float | None
+    macs_per_image: int
+    times_ms: list[float]
+
+
+def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
+    """Measured float32 ``size×size`` matrix-multiply throughput with ``threads`` threads (the ceiling)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    seconds = (time.perf_counter() - start) / repeats
+    torch.set_num_threads(previous)
+    return 2 * size**3 / seconds / 1e9
+
+
+def torchvision_twin(model: DenseNet) -> nn.Module | None:
+    """torchvision's DenseNet with ``model``'s weights, or None when torchvision is missing or cannot express the
+    architecture (CIFAR stem, no bottleneck, compression other than ½, other input channels)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    config = model.config
+    if config.stem != "imagenet" or not config.bottleneck or config.compression != 0.5 or config.in_chans != 3:
+        return None
+    import torchvision
+
+    twin = torchvision.models.DenseNet(config.growth_rate, config.block_config, config.num_init_features,
+                                       config.bn_size, config.drop_rate, config.num_classes or 1000)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def _onnx_session(path: Path, threads: int) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_runner(session: Any, x: torch.Tensor) -> Runner:
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def _export_torchvision_onnx(twin: nn.Module, x: torch.Tensor, path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(twin.eval(), (x[:2],), dynamo=True, input_names=["image"],
+                                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                                    verbose=False)
+    program.save(str(path))
+
+
+def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: bool, threads: int,
+                  workdir: Path) -> tuple[dict[str, tuple[Runner, int]], list[str]]:
+    """The configurations to time: ``label → (run one batch, MACs per image)``, and notes for the user."""
+    torch.manual_seed(0)
+    model = create_model(name)
+    summary = summarize(model.config, input_size)
+    twin = torchvision_twin(model)
+    notes = []
+    if twin is None:
+        notes.append("torchvision is not installed or cannot express this architecture: measuring ours alone")
+    x = torch.randn(batch, model.config.in_chans, input_size, input_size)
+    runners: dict[str, tuple[Runner, int]] = {}
+    if train:
+        target = torch.randint(0, max(model.config.num_classes, 1), (batch,))
+
+        def train_step(net: nn.Module, optimizer: torch.optim.Optimizer) -> Runner:
+            def step() -> None:
+                loss = nn.functional.cross_entropy(net(x), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            return step
+
+        models = {"ours": (model.train(), summary.macs_executed)}
+        if twin is not None:
+            models["torchvision"] = (twin.train(), summary.macs)
+        for label, (net, macs) in models.items():
+            runners[label] = (train_step(net, torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)), 3 * macs)
+        return runners, notes
+
+    fast = optimize_for_inference(model.eval())
+    runners["ours"] = (_no_grad(fast, x), summary.macs_executed)
+    if twin is not None:
+        twin.eval()
+        runners["torchvision"] = (_no_grad(twin, x), summary.macs)
+        twin_cl = torchvision_twin(model).eval().to(memory_format=torch.channels_last)
+        runners["torchvision-channels-last"] = (
+            _no_grad(twin_cl, x.contiguous(memory_format=torch.channels_last)), summary.macs)
+    if onnx:
+        if importlib.util.find_spec("onnxruntime") is None:
+            notes.append("onnxruntime is not installed (pip install 'densenet[export]'): no ONNX comparison")
+        else:
+            from densenet.export import export_model
+
+            ours_path = workdir / "ours.onnx"
+            export_model(model, "onnx", ours_path, input_size=input_size, threads=threads)
+            runners["onnxruntime-ours"] = (_onnx_runner(_onnx_session(ours_path, threads), x), summary.macs_executed)
+            if twin is not None:
+                twin_path = workdir / "torchvision.onnx"
+                _export_torchvision_onnx(twin, x, twin_path)
+                runners["onnxruntime-torchvision"] = (_onnx_runner(_onnx_session(twin_path, threads), x),
+                                                      summary.macs)
+    return runners, notes
+
+
+def _no_grad(model: nn.Module, x: torch.Tensor) -> Runner:
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+def time_interleaved(runners: dict[str, tuple[Runner, int]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per batch of each runner, ``rounds`` times after ``warmup`` rounds, taking turns."""
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    for index in range(warmup + rounds):
+        for label, (run, _) in runners.items():
+            start = time.perf_counter()
+            run()
+            if index >= warmup:
+                times[label].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory_mib(label: str, name: str, batch: int, input_size: int, train: bool, threads: int) -> float | None:
+    """Peak resident memory (MiB above the baseline) of one batch of ``label``, in a fresh child process."""
+    if not Path("/proc/self/clear_refs").exists() or label.startswith("onnxruntime"):
+        return None
+    spec = {"label": label, "name": name, "batch": batch, "input_size": input_size, "train": train,
+            "threads": threads}
+    result = subprocess.run([sys.executable, "-m", "densenet.bench", json.dumps(spec)], capture_output=True,
+                            text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if result.returncode != 0:
+        raise RuntimeError(f"memory measurement of {label} failed: {result.stderr.strip().splitlines()[-1:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def _memory_child(spec: dict[str, Any]) -> float:
+    def rss(field: str) -> int:
+        return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith(field + ":"))
+
+    torch.set_num_threads(spec["threads"])
+    with tempfile.TemporaryDirectory() as workdir:
+        runners, _ = build_runners(spec["name"], spec["batch"], spec["input_size"], spec["train"], False,
+                                   spec["threads"], Path(workdir))
+        run = runners[spec["label"]][0]
+        for other in [label for label in runners if label != spec["label"]]:
+            del runners[other]
+        baseline = rss("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        run()
+        return (rss("VmHWM") - baseline) / 1024
+
+
+def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: bool = False, onnx: bool = False,
+              threads: int | None = None, rounds: int = 10, warmup: int = 2, memory: bool = True) -> dict[str, Any]:
+    """Measure every configuration; returns a JSON-able report (see :func:`format_report`)."""
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    config: DenseNetConfig = create_model(name).config
+    input_size = input_size or (224 if config.stem == "imagenet" else 32)
+    with tempfile.TemporaryDirectory() as workdir:
+        runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir))
+        times = time_interleaved(runners, rounds, warmup)
+    peak = matmul_peak_gflops(threads)
+    measurements = []
+    for label, (_, macs) in runners.items():
+        seconds = statistics.median(times[label])
+        measurements.append(Measurement(
+            label=label, images_per_second=batch / seconds, latency_ms=1e3 * seconds,
+            gflops=2 * macs * batch / seconds / 1e9,
+            peak_memory_mib=peak_memory_mib(label, name, batch, input_size, train, threads) if memory else None,
+            macs_per_image=macs, times_ms=[1e3 * t for t in times[label]]))
+    return {"model": name, "mode": "train" if train else "inference", "batch": batch, "input_size": input_size,
+            "threads": threads, "rounds": rounds, "matmul_peak_gflops": peak, "torch": torch.__version__,
+            "notes": notes, "measurements": [asdict(m) for m in measurements]}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a table with ratios to torchvision (or to ours when measured alone)."""
+    rows = report["measurements"]
+    by_label = {row["label"]: row for row in rows}
+    base = by_label.get("torchvision", rows[0])["images_per_second"]
+    header = ["configuration", "img/s", "latency ms", f"÷ {'torchvision' if 'torchvision' in by_label else 'ours'}",
+              "GFLOP/s", "% of peak", "peak MiB"]
+    lines = [[row["label"], f"{row['images_per_second']:.2f}", f"{row['latency_ms']:.1f}",
+              f"{row['images_per_second'] / base:.2f}", f"{row['gflops']:.0f}",
+              f"{100 * row['gflops'] / report['matmul_peak_gflops']:.0f}",
+              "-" if row["peak_memory_mib"] is None else f"{row['peak_memory_mib']:.0f}"] for row in rows]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
+    text = [f"{report['model']} {report['mode']}, batch {report['batch']}, {report['input_size']}×"
+            f"{report['input_size']}, {report['threads']} threads, torch {report['torch']}; matmul peak "
+            f"{report['matmul_peak_gflops']:.0f} GFLOP/s (float32)"]
+    text += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+             for line in [header, ["-" * w for w in widths], *lines]]
+    if "onnxruntime-ours" in by_label and "onnxruntime-torchvision" in by_label:
+        ratio = by_label["onnxruntime-ours"]["images_per_second"] / by_label[
+            "onnxruntime-torchvision"]["images_per_second"]
+        text.append(f"onnxruntime: our export ÷ torchvision's export = {ratio:.2f}")
+    text += [f"note: {note}" for note in report["notes"]]
+    return "\n".join(text)
+
+
+if __name__ == "__main__":
+    print(json.dumps({"peak_mib": _memory_child(json.loads(sys.argv[1]))}))

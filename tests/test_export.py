@@ -1,0 +1,59 @@
+"""Export to ONNX, TorchScript and ExportedProgram, each checked against PyTorch (ONNX with onnxruntime)."""
+
+import pytest
+import torch
+
+import densenet
+from conftest import randomize_batch_norm
+from densenet.export import ExportError, export_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    model = densenet.DenseNet(growth_rate=8, block_config=(3, 3), num_init_features=16, num_classes=4, stem="cifar")
+    randomize_batch_norm(model)
+    return model.eval()
+
+
+def _run_onnx(path, x):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "exported-program"])
+def test_export_round_trip_with_dynamic_batch(model, fmt, tmp_path):
+    path = tmp_path / f"model.{fmt}"
+    report = export_model(model, fmt, path, input_size=16)
+    assert report.path == path and path.is_file() and report.max_rel_diff <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left behind
+    x = torch.randn(5, 3, 16, 16)  # neither the traced batch (2) nor the checked one (3)
+    with torch.no_grad():
+        expected = model(x)
+        if fmt == "onnx":
+            actual = _run_onnx(path, x)
+        elif fmt == "torchscript":
+            actual = torch.jit.load(str(path))(x)
+        else:
+            actual = torch.export.load(str(path)).module()(x)
+    assert (actual - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_bad_format_and_missing_directory(model, tmp_path):
+    with pytest.raises(ValueError, match="unsupported export format 'tflite'"):
+        export_model(model, "tflite", tmp_path / "m.tflite")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_model(model, "onnx", tmp_path / "missing" / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mismatch_is_reported(model, tmp_path, monkeypatch):
+    """The check is real: an exported file that computes something else is rejected and not left in place."""
+    import densenet.export as export
+
+    monkeypatch.setattr(export, "_run_exported", lambda fmt, path, x, threads: torch.zeros(x.shape[0], 4))
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_model(model, "exported-program", tmp_path / "m.pt2")
+    assert list(tmp_path.iterdir()) == []
