@@ -48,7 +48,7 @@ class Measurement:
     times_ms: list[float]
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
+def matmul_peak_gflops(threads: int, size: int = 4096, repeats: int = 3) -> float:
     """Measured float32 ``size×size`` matrix-multiply throughput with ``threads`` threads (the ceiling)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

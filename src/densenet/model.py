@@ -6,6 +6,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -87,7 +88,13 @@ class DenseNet(nn.Module):
             )
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W)`` → ``(N, num_features, h, w)``: everything up to the final BN-ReLU."""
+        """``(N, in_chans, H, W)`` → ``(N, num_features, h, w)``: everything up to the final BN-ReLU.
+
+        The memory-efficient path runs channels-last from the input on (the dense blocks store their features
+        channels-last anyway; the stem's conv and max-pool are several times faster so on CPU).
+        """
+        if self.config.memory_efficient:
+            x = x.contiguous(memory_format=torch.channels_last)
         return F.relu(self.features(x), inplace=True)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -9,10 +9,15 @@ What changes (the weights' function does not):
 - each dense block writes its layers' maps into one preallocated buffer instead of re-concatenating;
 - transitions average-pool before their 1×1 conv (both linear: they commute), a quarter of the MACs;
 - activations are channels-last, and on CPU the convolutions run through oneDNN with the bias and the ReLU fused
-  into the convolution (``mkldnn._convolution_pointwise``); elsewhere (CUDA) a plain conv and an in-place ReLU.
+  into the convolution (``mkldnn._convolution_pointwise``); elsewhere (CUDA) a plain conv and an in-place ReLU;
+- the large intermediate tensors (each block's buffer, the BN-ReLU scratch) are kept between calls, per thread
+  and input shape, instead of being allocated afresh: fresh pages cost a page fault each on first touch, which
+  measured ~10% of a forward pass here when other work had churned the heap in between.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +59,22 @@ def affine_relu(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = No
     return torch.addcmul(shift.view(view), x, scale.view(view), out=out).clamp_min_(0)
 
 
+class Workspace:
+    """Named scratch tensors kept between calls, one set per thread; a set is rebuilt when a request's size,
+    dtype or device changes. Safe because an inference module's intermediates never leave its forward."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, name: str, numel: int, like: Tensor) -> Tensor:
+        """A flat tensor of ``numel`` elements with ``like``'s dtype and device (contents undefined)."""
+        tensors = self._local.__dict__.setdefault("tensors", {})
+        tensor = tensors.get(name)
+        if tensor is None or tensor.numel() != numel or tensor.dtype != like.dtype or tensor.device != like.device:
+            tensor = tensors[name] = like.new_empty(numel)
+        return tensor
+
+
 class FrozenDenseBlock(nn.Module):
     """A dense block for inference: ``σ(a·x + b)`` per layer, the folded bottleneck conv with fused ReLU, the 3×3
     conv, all writing into one channels-last buffer [F2]."""
@@ -63,6 +84,7 @@ class FrozenDenseBlock(nn.Module):
         self.growth_rate = block.growth_rate
         self.bottleneck = next(iter(block.values())).bottleneck
         self.num_layers = len(block)
+        self.workspace = Workspace()
         for index, layer in enumerate(block.values()):
             scale, shift = batch_norm_affine(layer.norm1)
             self.register_buffer(f"scale{index}", scale)
@@ -80,10 +102,10 @@ class FrozenDenseBlock(nn.Module):
         n, c0, h, w = x.shape
         k = self.growth_rate
         total = c0 + self.num_layers * k
-        buffer = x.new_empty((n, h, w, total))  # (N, H, W, C_0 + L·k): [x_0, …, x_L]
+        buffer = self.workspace.get("buffer", n * h * w * total, x).view(n, h, w, total)  # [x_0, …, x_L]
         features = buffer.permute(0, 3, 1, 2)  # (N, C_0 + L·k, H, W) view
         features[:, :c0].copy_(x)
-        scratch = x.new_empty(n * h * w * (total - k))
+        scratch = self.workspace.get("scratch", n * h * w * (total - k), x)
         for index in range(self.num_layers):
             channels = c0 + index * k
             # r = σ(BN1([x_0, …, x_{l−1}])), into a channels-last scratch
@@ -109,10 +131,13 @@ class FrozenTransition(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
         self.register_buffer("weight", transition.conv.weight.detach().clone())
+        self.workspace = Workspace()
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, H, W)`` → ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
-        pooled = F.avg_pool2d(affine_relu(x, self.scale, self.shift), 2)  # (N, C, H/2, W/2)
+        n, c, h, w = x.shape
+        relu = self.workspace.get("relu", x.numel(), x).view(n, h, w, c).permute(0, 3, 1, 2)
+        pooled = F.avg_pool2d(affine_relu(x, self.scale, self.shift, out=relu), 2)  # (N, C, H/2, W/2)
         return conv(pooled, self.weight, None)
 
 
