@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/densenet demo
+	$(BIN)/densenet demo --config configs/digits_demo.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

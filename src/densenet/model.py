@@ -26,15 +26,19 @@ class DenseNet(nn.Module):
             ``compression``, ``in_chans``, ``stem``) override its fields or, without a config, the defaults
             (DenseNet-121).
         class_names: optional names of the ``num_classes`` outputs; saved by :meth:`save_pretrained`.
+        preprocessing: optional description of the input preprocessing the weights expect (image mode, resize,
+            crop, mean, std, as ``densenet.data.Preprocessing.to_dict`` writes it); saved by :meth:`save_pretrained`.
     """
 
     def __init__(
-        self, config: DenseNetConfig | None = None, *, class_names: list[str] | None = None, **overrides: Any
+        self, config: DenseNetConfig | None = None, *, class_names: list[str] | None = None,
+        preprocessing: dict[str, Any] | None = None, **overrides: Any
     ) -> None:
         super().__init__()
         config = (config or DenseNetConfig()).replace(**overrides) if overrides else (config or DenseNetConfig())
         self.config = config
         self.class_names = _checked_class_names(class_names, config.num_classes)
+        self.preprocessing = preprocessing
 
         stem = imagenet_stem if config.stem == "imagenet" else cifar_stem
         modules: OrderedDict[str, nn.Module] = stem(config.in_chans, config.num_init_features)

@@ -115,7 +115,8 @@ def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor]) -> 
 
 def save_pretrained(model: DenseNet, directory: str | Path) -> Path:
     """Write ``model.safetensors`` (parameters and BN buffers) and ``config.json`` (architecture, class count,
-    class names) into ``directory``, each atomically. Returns the directory."""
+    class names, and the input preprocessing when known) into ``directory``, each
+    atomically. Returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
@@ -128,6 +129,7 @@ def save_pretrained(model: DenseNet, directory: str | Path) -> Path:
         "architecture": model.config.to_dict(),
         "num_classes": model.config.num_classes,
         "class_names": model.class_names,
+        "preprocessing": model.preprocessing,
     }
     write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
@@ -141,6 +143,8 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
         WeightsError: config.json is not valid.
     """
     directory = Path(directory)
+    if directory.is_file():
+        raise NotADirectoryError(f"{directory} is a file; expected a directory written by save_pretrained")
     if not directory.is_dir():
         raise FileNotFoundError(f"weights directory {directory} does not exist")
     config_path = directory / CONFIG_FILE
@@ -163,7 +167,8 @@ def from_pretrained(directory: str | Path, **overrides: Any) -> DenseNet:
     """
     meta = read_pretrained_config(directory)
     config = DenseNetConfig.from_dict(meta["architecture"])
-    model = DenseNet(config.replace(**overrides) if overrides else config, class_names=meta.get("class_names"))
+    model = DenseNet(config.replace(**overrides) if overrides else config, class_names=meta.get("class_names"),
+                     preprocessing=meta.get("preprocessing"))
     if meta.get("model_name"):
         model.name = meta["model_name"]
     return load_weights(model, Path(directory) / WEIGHTS_FILE)

@@ -1,0 +1,156 @@
+"""``densenet train`` → ``eval`` → ``predict`` end to end, the demo, and every bad input as a one-line error."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from densenet.cli import main
+from imagefolder import CLASSES, make_image_folder
+
+TINY_FLAGS = ["--model-arg", "block_config=[2,2]", "--model-arg", "growth_rate=8", "--log-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("colours"), train=20, val=6, size=16)
+
+
+@pytest.fixture(scope="module")
+def trained(colours, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "colours"
+    code = main(["train", "--dataset", "folder", "--data-dir", str(colours), "--image-size", "16", "--epochs", "4",
+                 "--batch-size", "12", "--lr", "0.05", "--workers", "0", "--out", str(run), *TINY_FLAGS])
+    assert code == 0
+    return run
+
+
+def _one_line_error(capsys, argv: list[str], command: str, pattern: str) -> str:
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"densenet {command}: error: ")
+    assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+def test_train_eval_predict(trained, colours, capsys, tmp_path):
+    assert (trained / "best" / "config.json").is_file() and (trained / "confusion_matrix.png").is_file()
+    assert main(["eval", "--weights", str(trained / "best"), "--dataset", "folder", "--data-dir", str(colours),
+                 "--json", "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 18 and report["class_names"] == sorted(CLASSES)
+    assert report["top1"] > 0.6 and report["top5"] == 1.0  # three classes: chance is 1/3
+    assert sum(map(sum, report["confusion"])) == 18 and set(report["per_class"]) == set(CLASSES)
+    assert Path(report["confusion_png"]).read_bytes()[:4] == b"\x89PNG"
+
+    assert main(["eval", "--weights", str(trained / "best"), "--dataset", "folder", "--data-dir", str(colours),
+                 "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "top-1" in table and "per-class top-1:" in table and all(f"  {name}" in table for name in CLASSES)
+
+    assert main(["predict", "--weights", str(trained / "best"), str(colours / "val"), "--json", "--top-k", "2"]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert len(predictions) == 18 and all(len(p["top_k"]) == 2 for p in predictions)
+    assert all(abs(sum(c["probability"] for c in p["top_k"])) <= 1.0 + 1e-6 for p in predictions)
+    right = sum(p["top_k"][0]["class"] == Path(p["file"]).parent.name for p in predictions)
+    assert right > 12  # the class is the image's colour
+
+    one = colours / "val" / "red" / "000.jpg"
+    assert main(["predict", "--weights", str(trained / "last"), str(one), "--top-k", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(one)) and all(name in line for name in CLASSES) and line.count("%") == 3
+
+
+def test_flags_override_config_file(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("dataset: synthetic\ntrain_limit: 64\neval_limit: 16\nimage_size: 8\nepochs: 5\n"
+                      "model_args: {block_config: [2, 2], growth_rate: 4}\n")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(recipe), "--epochs", "1", "--batch-size", "16", "--out", str(run),
+                 "--log-every", "0"]) == 0
+    saved = (run / "config.yaml").read_text()
+    assert "epochs: 1\n" in saved and "growth_rate: 4" in saved and "train_limit: 64" in saved
+    assert "after 1 epochs" in capsys.readouterr().out
+
+
+def test_demo_prints_accuracy_run_directory_and_predictions(tmp_path, capsys):
+    run = tmp_path / "demo"
+    assert main(["demo", "--epochs", "1", "--samples", "3", "--out", str(run), *TINY_FLAGS]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("test accuracy ") and "/360 held-out digits" in out[0]
+    assert out[1].startswith(f"run directory {run}")
+    assert len(out) == 3 + 3 and all(" true " in line and " predicted " in line for line in out[3:])
+    assert sorted(p.name for p in (run / "heldout").iterdir()) == ["digit00.png", "digit01.png", "digit02.png"]
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("dataset: digits\nbatchsize: 32\n")
+    _one_line_error(capsys, ["train", "--config", str(recipe)], "train",
+                    rf"unknown config key 'batchsize' in {recipe}; did you mean 'batch_size'")
+
+
+def test_missing_and_empty_data_directories(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--dataset", "folder", "--epochs", "1", "--out", str(out)]
+    _one_line_error(capsys, [*base, "--data-dir", str(tmp_path / "nowhere")], "train", "nowhere does not exist")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(capsys, [*base, "--data-dir", str(tmp_path / "empty")], "train", "has no train/ folder")
+    root = make_image_folder(tmp_path / "holes", train=2, val=1)
+    for image in (root / "train" / "blue").iterdir():
+        image.unlink()
+    _one_line_error(capsys, [*base, "--data-dir", str(root)], "train", r"with no images in .*train: blue")
+    assert not out.exists()  # nothing written, not even half
+    _one_line_error(capsys, ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "empty")], "train",
+                    "--download")
+
+
+def test_weights_of_another_class_count_or_architecture(trained, colours, tmp_path, capsys):
+    _one_line_error(capsys, ["eval", "--weights", str(trained / "best"), "--dataset", "digits"], "eval",
+                    "classify 3 classes; digits has 10")
+    other = tmp_path / "other"
+    shutil.copytree(trained / "best", other)
+    meta = json.loads((other / "config.json").read_text())
+    meta["architecture"]["growth_rate"] = 12
+    (other / "config.json").write_text(json.dumps(meta))
+    _one_line_error(capsys, ["predict", "--weights", str(other), str(colours / "val")], "predict",
+                    "do not fit this model")
+    _one_line_error(capsys, ["eval", "--weights", str(tmp_path / "absent"), "--dataset", "digits"], "eval",
+                    "does not exist")
+
+
+def test_bad_predict_inputs(trained, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    _one_line_error(capsys, ["predict", "--weights", str(trained / "best"), str(broken)], "predict",
+                    "cannot read image .*broken.png")
+    _one_line_error(capsys, ["predict", "--weights", str(trained / "best"), str(tmp_path / "no.png")], "predict",
+                    "no.png does not exist")
+    (tmp_path / "nothing").mkdir()
+    _one_line_error(capsys, ["predict", "--weights", str(trained / "best"), str(tmp_path / "nothing")], "predict",
+                    "no image files")
+
+
+def test_bad_resume_and_model_args(tmp_path, capsys):
+    _one_line_error(capsys, ["train", "--resume", str(tmp_path / "gone")], "train", "nothing to resume")
+    _one_line_error(capsys, ["train", "--model-arg", "growth_rate"], "train", "KEY=VALUE")
+    _one_line_error(capsys, ["train", "--model-arg", "growth=3"], "train", "unknown DenseNet config key")
+    _one_line_error(capsys, ["train", "--amp", "fp16", "--device", "cpu"], "train", "fp16 needs CUDA")
+
+
+def test_errors_print_no_traceback_in_a_real_process(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("epochz: 3\n")
+    result = subprocess.run([sys.executable, "-m", "densenet", "train", "--config", str(recipe)], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"densenet train: error: unknown config key 'epochz' in {recipe}; did you mean 'epochs'?"]
