@@ -167,10 +167,10 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
         rows.append(Row("Pool1", (c0, conv_side, conv_side), (c0, pool_side, pool_side), "3×3 max", "2", "1",
                         "0", 0, 0, 0))
         bn_channels.append(c0)
-        # conv0 output (kept by norm0) and norm0's μ and 1/σ; the reference also keeps the BN-ReLU output (for
-        # pool0) and the max-pool indices, which the explicit path recomputes
-        memory.add(per_sample=c0 * conv_side**2 * f32, fixed=2 * c0 * f32)
-        memory.add(per_sample=c0 * conv_side**2 * f32 + c0 * pool_side**2 * int64_bytes, only="reference")
+        # norm0's μ and 1/σ; the reference also keeps the conv0 output (for norm0), the BN-ReLU output (for pool0)
+        # and the max-pool indices, all of which the explicit stem recomputes from the input image
+        memory.add(fixed=2 * c0 * f32)
+        memory.add(per_sample=2 * c0 * conv_side**2 * f32 + c0 * pool_side**2 * int64_bytes, only="reference")
         side = pool_side
     else:
         params = 3 * 3 * c_in * c0

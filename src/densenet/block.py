@@ -28,9 +28,7 @@ Saved for backward: the feature buffer, each layer's bottleneck output (a 1×1 c
 per-channel batch statistics, dropout masks — memory linear in depth. Running statistics are updated exactly
 once per forward.
 
-The same idea serves the BN-ReLU-pool that opens every transition (average pool) and closes the ImageNet stem
-(max-pool): :class:`BatchNormReLUPoolFunction` keeps only its input and the batch statistics, and recomputes
-the ReLU output (and the max-pool's argmax) in the backward instead of storing a full-size map.
+The same idea serves the stem and the transitions (:mod:`densenet.recompute`).
 """
 
 from __future__ import annotations
@@ -39,17 +37,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
+from densenet.batchnorm import (
+    affine,
+    affine_relu,
+    channel_stats,
+    count_batch,
+    input_grad,
+    parameter_grads,
+    running_affine,
+    update_running_stats,
+)
 from densenet.functional import conv2d_backward, conv2d_forward, dropout_backward, dropout_forward, dropout_mask
 
 _STRIDE_ONE = (1, 1)
 _PAD_ZERO = (0, 0)
 _PAD_ONE = (1, 1)
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-Pool = tuple[str, int, int, int]  # kind ("avg" | "max"), kernel, stride, padding
 _CHUNK_ELEMENTS = 1 << 20  # elements per row chunk of fused elementwise work: a few MB, resident in cache
 
 
@@ -83,74 +88,6 @@ def _rows(image: Tensor) -> Tensor:
     """``(N, C, H, W)`` → ``(M, C)`` rows; a view for channels-last tensors."""
     n, c, h, w = image.shape
     return image.permute(0, 2, 3, 1).reshape(n * h * w, c)
-
-
-def _channel_stats(image: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Batch mean ``μ`` and ``1/√(σ² + ε)`` of each channel of ``(N, C, H, W)``, in float32 or better.
-
-    ``native_batch_norm`` in training mode computes both in one vectorised pass (far faster on CPU than
-    ``var_mean`` over three dimensions); its normalised output is discarded.
-    """
-    if image.dtype in _LOW_PRECISION:
-        image = image.float()
-    _, mean, invstd = torch.native_batch_norm(image, None, None, None, None, True, 0.0, eps)
-    return mean, invstd
-
-
-def _momentum(norm: nn.BatchNorm2d) -> float:
-    """Count one more batch and return the running-average factor, as ``nn.BatchNorm2d`` does in training."""
-    norm.num_batches_tracked.add_(1)
-    return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
-
-
-def _update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, invstd: Tensor, count: int) -> None:
-    """``running ← (1 − m)·running + m·batch``, the variance unbiased: ``σ²·M/(M − 1)``."""
-    factor = _momentum(norm)
-    var = invstd.pow(-2) - norm.eps  # σ² from 1/√(σ² + ε)
-    norm.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-    norm.running_var.mul_(1 - factor).add_(var * (count / max(count - 1, 1)), alpha=factor)
-
-
-def _affine(weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
-    """BN as a per-channel affine: ``γ(x − μ)/σ + β = a·x + b`` with ``a = γ/σ``, ``b = β − μ·a``."""
-    scale = weight * invstd
-    return scale, bias - mean * scale
-
-
-def _bn_relu(rows: Tensor, scale: Tensor, shift: Tensor, out: Tensor) -> Tensor:
-    """``out = σ(a·x + b)`` for ``(M, C)`` rows, into the preallocated ``out``."""
-    torch.addcmul(shift.to(out.dtype), rows, scale.to(out.dtype), out=out)
-    return out.clamp_min_(0)
-
-
-def _running_affine(norm: nn.BatchNorm2d, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Eval-mode BN: the affine from the running statistics, with the mean and ``1/σ`` it used."""
-    invstd = torch.rsqrt(norm.running_var + norm.eps)
-    scale, shift = _affine(weight, bias, norm.running_mean, invstd)
-    return scale, shift, norm.running_mean, invstd
-
-
-def _bn_backward(grad_u: Tensor, z: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, training: bool,
-                 eps: float, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch-norm backward of a channels-last ``(N, C, H, W)`` tensor ``z``, ``∂L/∂z`` written into ``out``.
-
-    ``∂L/∂β = Σδ``, ``∂L/∂γ = Σδx̂``; ``∂L/∂z = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` with batch statistics, ``a·δ``
-    with running statistics (they are constants). The two sums come from one pass of
-    ``native_batch_norm_backward``; ``∂L/∂z`` is ``a·δ + (c + d·z)`` with per-channel ``c, d``.
-    """
-    _, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
-        grad_u, z, weight, mean, invstd.pow(-2) - eps, mean, invstd, training, eps, [False, True, True])
-    scale = weight * invstd
-    rows_u, grad_z = _rows(grad_u), out
-    if training:
-        count = rows_u.shape[0]
-        slope = -scale * invstd * grad_gamma / count
-        offset = -scale * grad_beta / count - slope * mean
-        torch.addcmul(offset.to(z.dtype), _rows(z), slope.to(z.dtype), out=grad_z)  # (M, C)
-        grad_z.addcmul_(rows_u, scale.to(z.dtype))
-    else:
-        torch.mul(rows_u, scale.to(z.dtype), out=grad_z)
-    return _image(grad_z, *_nhw(z)), grad_gamma, grad_beta
 
 
 def _bn1_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs: Tensor, scale: Tensor, mean: Tensor,
@@ -207,7 +144,7 @@ def dense_block_forward(
     mean = torch.zeros(total, dtype=stat_dtype, device=x.device)  # batch μ of every channel, set when written
     invstd = torch.ones(total, dtype=stat_dtype, device=x.device)  # batch 1/√(σ² + ε), likewise
     if training:
-        mean[:c0], invstd[:c0] = _channel_stats(x, eps)
+        mean[:c0], invstd[:c0] = channel_stats(x, eps)
     scratch = x.new_empty(m * (total - k))  # σ(BN1(·)) of the current layer
     width = params[3].shape[0] if spec.bottleneck else 0
     # One slab for every layer's bottleneck output (kept for backward) and one scratch for σ(BN2(·)): a few
@@ -222,12 +159,13 @@ def dense_block_forward(
         gamma1, beta1, weight1 = params[index * per_layer:index * per_layer + 3]
         norm1 = spec.norms1[index]
         if training:
-            _update_running_stats(norm1, mean[:channels], invstd[:channels], m)
-            scale, shift = _affine(gamma1, beta1, mean[:channels], invstd[:channels])
+            update_running_stats(norm1, mean[:channels], invstd[:channels], m)
+            scale, shift = affine(gamma1, beta1, mean[:channels], invstd[:channels])
         else:
-            scale, shift, _, _ = _running_affine(norm1, gamma1, beta1)
+            scale, shift, _, _ = running_affine(norm1, gamma1, beta1)
         # r = σ(BN1([x_0, …, x_{l−1}]))
-        relu1 = _image(_bn_relu(buffer[:, :channels], scale, shift, scratch[:m * channels].view(m, channels)), n, h, w)
+        relu1 = _image(affine_relu(buffer[:, :channels], scale, shift, out=scratch[:m * channels].view(m, channels)),
+                       n, h, w)
         if spec.bottleneck:
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
             norm2 = spec.norms2[index]
@@ -236,7 +174,7 @@ def dense_block_forward(
             bottleneck.copy_(conv2d_forward(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
             if training:
                 torch.ops.aten.native_batch_norm.out(
-                    bottleneck, gamma2, beta2, norm2.running_mean, norm2.running_var, True, _momentum(norm2),
+                    bottleneck, gamma2, beta2, norm2.running_mean, norm2.running_var, True, count_batch(norm2),
                     norm2.eps, out=relu2, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
             else:
                 torch.ops.aten.native_batch_norm.out(
@@ -255,7 +193,7 @@ def dense_block_forward(
                 masks.append(mask)
         features[:, channels:channels + k].copy_(new)
         if training:
-            mean[channels:channels + k], invstd[channels:channels + k] = _channel_stats(new, eps)
+            mean[channels:channels + k], invstd[channels:channels + k] = channel_stats(new, eps)
 
     if not spec.bottleneck:
         bottlenecks, stats2 = bottlenecks[:0], stats2[:0]
@@ -305,24 +243,27 @@ def dense_block_backward(
         inputs = buffer[:, :channels]  # (M, C_l) view of [x_0, …, x_{l−1}]
         if training:
             layer_mean, layer_invstd = mean[:channels], invstd[:channels]
-            scale, shift = _affine(gamma1, beta1, layer_mean, layer_invstd)
+            scale, shift = affine(gamma1, beta1, layer_mean, layer_invstd)
         else:
-            scale, shift, layer_mean, layer_invstd = _running_affine(spec.norms1[index], gamma1, beta1)
-        relu1 = _image(_bn_relu(inputs, scale, shift, relu_scratch[:m * channels].view(m, channels)), n, h, w)
+            scale, shift, layer_mean, layer_invstd = running_affine(spec.norms1[index], gamma1, beta1)
+        relu1 = _image(affine_relu(inputs, scale, shift, out=relu_scratch[:m * channels].view(m, channels)), n, h, w)
 
         if spec.bottleneck:
             gamma2, _, weight2 = params[offset + 3:offset + 6]
             bottleneck = _image(saved["bottlenecks"][index], n, h, w)  # (N, 4k, H, W)
             mean2, invstd2 = saved["stats2"][index]
-            scale2, shift2 = _affine(gamma2, params[offset + 4], mean2, invstd2)
-            relu2 = _image(_bn_relu(_rows(bottleneck), scale2, shift2, relu2_scratch), n, h, w)
+            scale2, shift2 = affine(gamma2, params[offset + 4], mean2, invstd2)
+            relu2 = _image(affine_relu(_rows(bottleneck), scale2, shift2, out=relu2_scratch), n, h, w)
             # ∂L/∂r2 = W2ᵀ ∗ δ, ∂L/∂W2 = r2 ⋆ δ   [F1b]
             grad_relu2, param_grads[offset + 5], _ = conv2d_backward(
                 grad_new, relu2, weight2, False, _STRIDE_ONE, _PAD_ONE, (True, needs_param_grad[offset + 5], False))
             # through σ: δ ⊙ 1[r2 > 0]
             grad_u2 = torch.ops.aten.threshold_backward.grad_input(grad_relu2, relu2, 0, grad_input=grad_relu2)
-            grad_z, param_grads[offset + 3], param_grads[offset + 4] = _bn_backward(
-                grad_u2, bottleneck, gamma2, mean2, invstd2, training, spec.norms2[index].eps, out=relu2_scratch)
+            eps2 = spec.norms2[index].eps
+            grad_gamma2, grad_beta2 = parameter_grads(grad_u2, bottleneck, gamma2, mean2, invstd2, training, eps2)
+            param_grads[offset + 3], param_grads[offset + 4] = grad_gamma2, grad_beta2
+            grad_z = input_grad(grad_u2, bottleneck, gamma2, mean2, invstd2, grad_gamma2, grad_beta2, training,
+                                out=_image(relu2_scratch, n, h, w))  # into the scratch: σ(BN2(z)) is done with
             # ∂L/∂r1 = W1ᵀ ∗ δ_z, ∂L/∂W1 = r1 ⋆ δ_z for the 1×1 conv   [F1b]
             grad_relu1, param_grads[offset + 2], _ = conv2d_backward(
                 grad_z, relu1, weight1, False, _STRIDE_ONE, _PAD_ZERO, (True, needs_param_grad[offset + 2], False))
@@ -366,64 +307,3 @@ class DenseBlockFunction(torch.autograd.Function):
             ctx.spec, saved, grad_out, tuple(rest[ctx.num_masks:]), ctx.training, ctx.needs_input_grad[2],
             tuple(ctx.needs_input_grad[3:]))
         return (None, None, grad_input, *param_grads)
-
-
-class BatchNormReLUPoolFunction(torch.autograd.Function):
-    """``pool(σ(BN(x)))`` in training mode, saving ``x`` and the batch statistics only [F3 with BN and σ].
-
-    Backward recomputes ``r = σ(BN(x))``, sends the gradient back through the pool (``1/(PQ)`` to each input
-    of a window for the average pool [F3b], to the argmax for the max-pool), through σ and through BN.
-    """
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, norm: nn.BatchNorm2d, pool: Pool, x: Tensor, weight: Tensor,
-                bias: Tensor) -> Tensor:
-        normed, mean, invstd = torch.native_batch_norm(x, weight, bias, norm.running_mean, norm.running_var, True,
-                                                       _momentum(norm), norm.eps)
-        ctx.pool, ctx.eps = pool, norm.eps
-        ctx.save_for_backward(x, weight, bias, mean, invstd)
-        return _pool(normed.clamp_min_(0), pool)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, bias, mean, invstd = ctx.saved_tensors
-        kind, kernel, stride, padding = ctx.pool
-        scale, shift = _affine(weight, bias, mean, invstd)
-        per_channel = (-1, 1, 1)
-        relu = torch.addcmul(shift.to(x.dtype).view(per_channel), x, scale.to(x.dtype).view(per_channel)).clamp_min_(0)
-        grad_out = grad_out.contiguous(memory_format=_memory_format(relu))
-        if kind == "avg":
-            grad_relu = torch.ops.aten.avg_pool2d_backward(grad_out, relu, [kernel] * 2, [stride] * 2, [padding] * 2,
-                                                           False, True, None)
-        else:
-            _, indices = F.max_pool2d(relu, kernel, stride, padding, return_indices=True)
-            grad_relu = torch.ops.aten.max_pool2d_with_indices_backward(
-                grad_out, relu, [kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False, indices)
-        grad_u = torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
-        del relu
-        _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_u, x, weight, mean, invstd.pow(-2) - ctx.eps, mean, invstd, True, ctx.eps, [False, True, True])
-        # ∂L/∂x = a·(δ − (1/M)(Σδ + x̂·Σδx̂)) = a·δ + c + d·x
-        count = x.numel() // x.shape[1]
-        slope = -scale * invstd * grad_weight / count
-        offset = -scale * grad_bias / count - slope * mean
-        grad_x = torch.addcmul(offset.to(x.dtype).view(per_channel), x, slope.to(x.dtype).view(per_channel))
-        grad_x.addcmul_(grad_u, scale.to(x.dtype).view(per_channel))
-        return None, None, grad_x, grad_weight, grad_bias
-
-
-def _pool(x: Tensor, pool: Pool) -> Tensor:
-    kind, kernel, stride, padding = pool
-    if kind == "avg":
-        return F.avg_pool2d(x, kernel, stride, padding)
-    return F.max_pool2d(x, kernel, stride, padding)
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def batch_norm_relu_pool(norm: nn.BatchNorm2d, x: Tensor, pool: Pool) -> Tensor:
-    """``pool(σ(norm(x)))`` through :class:`BatchNormReLUPoolFunction` (training mode)."""
-    return BatchNormReLUPoolFunction.apply(norm, pool, x, norm.weight, norm.bias)

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from densenet import functional
-from densenet.block import BlockSpec, DenseBlockFunction, batch_norm_relu_pool, dense_block_forward
+from densenet.block import BlockSpec, DenseBlockFunction, dense_block_forward
+from densenet.recompute import batch_norm_relu_pool, imagenet_stem_function
 
 
 class DenseLayer(nn.Module):
@@ -170,8 +171,8 @@ class Transition(nn.Module):
 class Features(nn.Sequential):
     """Stem, dense blocks, transitions and the final BN, under torchvision's names (``conv0``, ``norm0``, …).
 
-    With ``memory_efficient`` training, the ImageNet stem's ``norm0``-``relu0``-``pool0`` runs as one Function
-    that recomputes the ReLU output and the max-pool's argmax in backward instead of storing them.
+    With ``memory_efficient`` training, the ImageNet stem ``conv0``-``norm0``-``relu0``-``pool0`` runs as one
+    Function that keeps only the input image and recomputes the rest in backward (:mod:`densenet.recompute`).
     """
 
     def __init__(self, modules: OrderedDict[str, nn.Module], memory_efficient: bool = True) -> None:
@@ -180,20 +181,23 @@ class Features(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_chans, H, W)`` → ``(N, C, h, w)``, the final BN's output."""
-        fuse_stem = "pool0" in self._modules and _recompute(self.memory_efficient, self.training, x, self.norm0)
+        stem = ("conv0", "norm0", "relu0", "pool0")
+        fused = "pool0" in self._modules and _recompute(self.memory_efficient, self.training, x, self.norm0,
+                                                         self.conv0.weight.requires_grad)
+        if fused:
+            x = imagenet_stem_function(self.conv0, self.norm0, self.pool0, x)
         for name, module in self.named_children():
-            if fuse_stem and name == "norm0":
-                x = batch_norm_relu_pool(module, x, ("max", 3, 2, 1))
-            elif not (fuse_stem and name in ("relu0", "pool0")):
+            if not (fused and name in stem):
                 x = module(x)
         return x
 
 
-def _recompute(memory_efficient: bool, training: bool, x: Tensor, norm: nn.BatchNorm2d) -> bool:
+def _recompute(memory_efficient: bool, training: bool, x: Tensor, norm: nn.BatchNorm2d,
+               other_grad: bool = False) -> bool:
     """Whether BN-ReLU-pool should run as the recomputing Function: memory-efficient training with autograd
-    recording (and the batch norm tracking running statistics, as the Function updates them)."""
-    return (memory_efficient and training and torch.is_grad_enabled() and norm.track_running_stats
-            and (x.requires_grad or norm.weight.requires_grad or norm.bias.requires_grad))
+    recording something (and the batch norm tracking running statistics, as the Function updates them)."""
+    wants_grad = x.requires_grad or norm.weight.requires_grad or norm.bias.requires_grad or other_grad
+    return memory_efficient and training and torch.is_grad_enabled() and norm.track_running_stats and wants_grad
 
 
 def imagenet_stem(in_chans: int, num_init_features: int) -> OrderedDict[str, nn.Module]:
