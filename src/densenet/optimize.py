@@ -144,7 +144,8 @@ class FrozenTransition(nn.Module):
 class OptimizedDenseNet(nn.Module):
     """The eval-mode function of a :class:`DenseNet`, for inference only (no training, no autograd).
 
-    Carries the source model's ``config``, ``class_names`` and ``name``. Built by :func:`optimize_for_inference`.
+    Carries the source model's ``config``, ``class_names``, ``preprocessing`` and ``name``. Built by
+    :func:`optimize_for_inference`.
     """
 
     def __init__(self, model: DenseNet, channels_last: bool = True) -> None:
@@ -152,6 +153,7 @@ class OptimizedDenseNet(nn.Module):
         model = model.eval()
         self.config = model.config
         self.class_names = model.class_names
+        self.preprocessing = model.preprocessing
         self.name = getattr(model, "name", None)
         self.channels_last = channels_last
         self._check_input = model.check_input
