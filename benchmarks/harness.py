@@ -25,6 +25,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+# The four ways to train densenet121 that the training benchmarks compare: torchvision's two modes, ours (the explicit
+# memory-efficient path) and our plain autograd reference.
+TRAINING_CONFIGURATIONS: dict[str, dict[str, object]] = {
+    "torchvision": {"impl": "torchvision", "memory_efficient": False},
+    "torchvision-memory-efficient": {"impl": "torchvision", "memory_efficient": True},
+    "ours": {"impl": "ours", "memory_efficient": True},
+    "ours-reference": {"impl": "ours", "memory_efficient": False},
+}
 ALLOCATORS: dict[str, dict[str, str]] = {
     "glibc-default": {},
     # A fixed threshold disables glibc's dynamic adjustment: allocations ≥ 128 KiB always use mmap and go back

@@ -14,14 +14,7 @@ import argparse
 
 import densenet
 from densenet.analysis import summarize
-from harness import ALLOCATORS, machine, measure_peak_memory, print_table, write_json
-
-CONFIGURATIONS = {
-    "torchvision": {"impl": "torchvision", "memory_efficient": False},
-    "torchvision-memory-efficient": {"impl": "torchvision", "memory_efficient": True},
-    "ours": {"impl": "ours", "memory_efficient": True},
-    "ours-reference": {"impl": "ours", "memory_efficient": False},
-}
+from harness import ALLOCATORS, TRAINING_CONFIGURATIONS, machine, measure_peak_memory, print_table, write_json
 
 
 def main() -> None:
@@ -36,7 +29,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     for allocator in ALLOCATORS:
         results[allocator] = {}
-        for label, base in CONFIGURATIONS.items():
+        for label, base in TRAINING_CONFIGURATIONS.items():
             spec = {**base, "name": args.model, "batch": args.batch, "input_size": args.input_size,
                     "threads": args.threads}
             result = measure_peak_memory(spec, allocator, limit_bytes=20 * 2**30)

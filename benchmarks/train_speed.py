@@ -18,14 +18,7 @@ import torch
 
 import densenet
 from densenet.analysis import summarize
-from harness import build_model, machine, print_table, write_json
-
-CONFIGURATIONS = {
-    "torchvision": {"impl": "torchvision", "memory_efficient": False},
-    "torchvision-memory-efficient": {"impl": "torchvision", "memory_efficient": True},
-    "ours": {"impl": "ours", "memory_efficient": True},
-    "ours-reference": {"impl": "ours", "memory_efficient": False},
-}
+from harness import TRAINING_CONFIGURATIONS, build_model, machine, print_table, write_json
 
 
 def main() -> None:
@@ -35,12 +28,13 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", nargs="+", choices=sorted(CONFIGURATIONS), default=sorted(CONFIGURATIONS))
+    labels = sorted(TRAINING_CONFIGURATIONS)
+    parser.add_argument("--only", nargs="+", choices=labels, default=labels)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    models = {label: build_model({**CONFIGURATIONS[label], "name": args.model}) for label in args.only}
+    models = {label: build_model({**TRAINING_CONFIGURATIONS[label], "name": args.model}) for label in args.only}
     reference_state = next(iter(models.values())).state_dict()
     for model in models.values():
         model.load_state_dict(reference_state)
