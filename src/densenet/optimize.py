@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densenet.batchnorm import PER_CHANNEL, affine_relu, running_affine
 from densenet.layers import DenseBlock, Transition
 from densenet.model import DenseNet
 
@@ -31,15 +32,16 @@ _FUSED_DTYPES = (torch.float32, torch.bfloat16)  # what oneDNN's fused convoluti
 
 
 def batch_norm_affine(norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Eval-mode BN as ``a·x + b``: ``a = γ/√(σ²+ε)``, ``b = β − μ·a`` (running statistics)."""
-    scale = norm.weight.detach() * torch.rsqrt(norm.running_var + norm.eps)
-    return scale, norm.bias.detach() - norm.running_mean * scale
+    """Eval-mode BN as ``a·x + b``: ``a = γ/√(σ²+ε)``, ``b = β − μ·a`` (running statistics), as per-channel
+    ``(C, 1, 1)`` views that broadcast over ``(N, C, H, W)``."""
+    scale, shift, _, _ = running_affine(norm, norm.weight.detach(), norm.bias.detach())
+    return scale.view(PER_CHANNEL), shift.view(PER_CHANNEL)
 
 
 def fold_batch_norm(weight: Tensor, norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """``BN(W ∗ x) = (a·W) ∗ x + b`` for a bias-free conv followed by an eval-mode BN: the folded weight and bias."""
     scale, shift = batch_norm_affine(norm)
-    return weight.detach() * scale.view(-1, 1, 1, 1), shift
+    return weight.detach() * scale.unsqueeze(1), shift.flatten()
 
 
 def conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0,
@@ -51,12 +53,6 @@ def conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, paddin
                                                        "relu" if relu else "none", [], "")
     out = F.conv2d(x, weight, bias, stride, padding)
     return out.relu_() if relu else out
-
-
-def affine_relu(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
-    """``σ(a·x + b)`` with per-channel ``a, b`` broadcast over ``(N, C, H, W)``."""
-    view = (-1, 1, 1)
-    return torch.addcmul(shift.view(view), x, scale.view(view), out=out).clamp_min_(0)
 
 
 class Workspace:
