@@ -47,8 +47,10 @@ def test_fold_batch_norm():
 
 
 def test_carries_metadata_and_checks_input():
-    model = densenet.create_model("densenet_bc100_k12", num_classes=2, class_names=["cat", "dog"])
+    model = densenet.create_model("densenet_bc100_k12", num_classes=2, class_names=["cat", "dog"]).train()
     fast = optimize_for_inference(model)
+    # the source model is left as it was: still in training mode, every parameter still trainable
+    assert model.training and all(p.requires_grad for p in model.parameters())
     assert isinstance(fast, OptimizedDenseNet)
     assert fast.class_names == ["cat", "dog"] and fast.config == model.config and fast.name == "densenet_bc100_k12"
     with pytest.raises(ValueError, match="expected 3 input channels"):

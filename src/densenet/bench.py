@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from densenet.analysis import summarize
-from densenet.config import DenseNetConfig
 from densenet.model import DenseNet
 from densenet.optimize import optimize_for_inference
-from densenet.variants import create_model
+from densenet.variants import create_model, get_config
 
 Runner = Callable[[], Any]
 
@@ -217,7 +216,7 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     """Measure every configuration; returns a JSON-able report (see :func:`format_report`)."""
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    config: DenseNetConfig = create_model(name).config
+    config = get_config(name)
     input_size = input_size or (224 if config.stem == "imagenet" else 32)
     with tempfile.TemporaryDirectory() as workdir:
         runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir))

@@ -114,10 +114,6 @@ def _bn1_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs: Te
     return invstd * centred_dot, grad_beta
 
 
-def _nhw(image: Tensor) -> tuple[int, int, int]:
-    return image.shape[0], image.shape[2], image.shape[3]
-
-
 def dense_block_forward(
     spec: BlockSpec, x: Tensor, params: tuple[Tensor, ...], training: bool, keep: bool
 ) -> tuple[Tensor, dict[str, Any]]:

@@ -10,7 +10,6 @@ when the largest difference stays within ``tolerance`` relative to the largest l
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from densenet.fileio import atomic_path
 from densenet.model import DenseNet
 
 FORMATS = ("onnx", "torchscript", "exported-program")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 
 
 class ExportError(ValueError):
@@ -42,7 +40,7 @@ class ExportReport:
 def exportable(model: DenseNet) -> DenseNet:
     """An eval-mode copy in plain autograd operations (``memory_efficient=False``), on the CPU in float32."""
     plain = DenseNet(model.config.replace(memory_efficient=False), class_names=model.class_names)
-    plain.load_state_dict(copy.deepcopy(model.state_dict()))
+    plain.load_state_dict(model.state_dict())  # copies the values
     return plain.float().eval()
 
 

@@ -77,19 +77,8 @@ class DenseNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def check_input(self, x: Tensor) -> None:
-        """Raise ``ValueError`` for input this network cannot take, before torch fails deep inside."""
-        if x.dim() != 4:
-            raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.config.in_chans:
-            raise ValueError(
-                f"expected {self.config.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
-            )
-        smallest = self.config.min_input_size
-        if min(x.shape[2], x.shape[3]) < smallest:
-            raise ValueError(
-                f"input {x.shape[2]}×{x.shape[3]} is too small for this network: height and width must be at least "
-                f"{smallest}"
-            )
+        """Raise ``ValueError`` for input this network cannot take (see :func:`check_input`)."""
+        check_input(self.config, x)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(N, in_chans, H, W)`` → ``(N, num_features, h, w)``: everything up to the final BN-ReLU.
@@ -132,6 +121,22 @@ class DenseNet(nn.Module):
         from densenet.weights import save_pretrained
 
         return save_pretrained(self, directory)
+
+
+def check_input(config: DenseNetConfig, x: Tensor) -> None:
+    """Raise ``ValueError`` for input this network cannot take, before torch fails deep inside."""
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != config.in_chans:
+        raise ValueError(
+            f"expected {config.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
+        )
+    smallest = config.min_input_size
+    if min(x.shape[2], x.shape[3]) < smallest:
+        raise ValueError(
+            f"input {x.shape[2]}×{x.shape[3]} is too small for this network: height and width must be at least "
+            f"{smallest}"
+        )
 
 
 def _checked_class_names(class_names: list[str] | None, num_classes: int) -> list[str] | None:

@@ -17,6 +17,7 @@ What changes (the weights' function does not):
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import torch
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from densenet.batchnorm import PER_CHANNEL, affine_relu, running_affine
 from densenet.layers import DenseBlock, Transition
-from densenet.model import DenseNet
+from densenet.model import DenseNet, check_input
 
 _FUSED_CONV = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)  # what oneDNN's fused convolution takes
@@ -146,13 +147,11 @@ class OptimizedDenseNet(nn.Module):
 
     def __init__(self, model: DenseNet, channels_last: bool = True) -> None:
         super().__init__()
-        model = model.eval()
         self.config = model.config
         self.class_names = model.class_names
         self.preprocessing = model.preprocessing
         self.name = getattr(model, "name", None)
         self.channels_last = channels_last
-        self._check_input = model.check_input
         features = model.features
         self.imagenet_stem = "pool0" in features._modules
         if self.imagenet_stem:
@@ -168,8 +167,7 @@ class OptimizedDenseNet(nn.Module):
         scale5, shift5 = batch_norm_affine(features.norm5)
         self.register_buffer("scale5", scale5)
         self.register_buffer("shift5", shift5)
-        self.classifier = model.classifier
-        self.classifier.requires_grad_(False)
+        self.classifier = copy.deepcopy(model.classifier).requires_grad_(False)
 
     @torch.no_grad()
     def forward_features(self, x: Tensor) -> Tensor:
@@ -188,7 +186,7 @@ class OptimizedDenseNet(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_chans, H, W)`` → logits ``(N, num_classes)``."""
-        self._check_input(x)
+        check_input(self.config, x)
         # O_k = (1/HW) Σ_ij x_ijk   [F4], then O = Wx + b   [F5]
         return self.classifier(self.forward_features(x).mean(dim=(2, 3)))
 
