@@ -78,3 +78,14 @@ def test_bench_training(capsys):
                  "--no-memory", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["mode"] == "train" and [m["label"] for m in report["measurements"]] == ["ours", "torchvision"]
+
+
+def test_interleaved_timing_rotates_the_order():
+    from densenet.bench import time_interleaved
+
+    calls: list[str] = []
+    runners = {label: (lambda label=label: calls.append(label), 1) for label in "abc"}
+    times = time_interleaved(runners, rounds=3, warmup=1, settle=0.0)
+    assert {label: len(seconds) for label, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}
+    # round r starts at configuration r mod 3, so every configuration follows each neighbour in turn
+    assert calls == list("abc" "bca" "cab" "abc")

@@ -1,11 +1,15 @@
 """optimize_for_inference: the same eval-mode function, faster."""
 
+import copy
+import io
+
 import pytest
 import torch
 
 import densenet
 from conftest import max_relative_error, randomize_batch_norm
-from densenet.optimize import OptimizedDenseNet, fold_batch_norm, optimize_for_inference
+from densenet.folding import fold_batch_norm, fold_relu_affine, relu_affine_as_clamp
+from densenet.optimize import OptimizedDenseNet, optimize_for_inference
 
 CASES = [("densenet121", 224, {}), ("densenet_bc100_k12", 32, {}), ("densenet40_k12", 35, {}),
          ("densenet_bc100_k12", 19, {"in_chans": 1, "num_classes": 3, "compression": 0.7})]
@@ -46,6 +50,48 @@ def test_fold_batch_norm():
         assert torch.allclose(torch.nn.functional.conv2d(x, weight, bias), norm(conv(x)))
 
 
+def test_relu_affine_as_clamp_for_every_sign():
+    """σ(a·x + b) = a'·clamp(x, lo, hi) + c for a > 0, a < 0, a = 0 and |a| too small to keep."""
+    scale = torch.tensor([1.5, -0.7, 0.0, 0.0, 1e-40, -2e-31, 3e-5], dtype=torch.float64)
+    shift = torch.tensor([0.3, 0.4, 0.8, -0.8, 0.5, -0.2, -1.0], dtype=torch.float64)
+    x = torch.linspace(-5, 5, 1001, dtype=torch.float64).unsqueeze(1) * torch.tensor([1, 1, 1, 1, 1, 1, 1e5])
+    lo, hi, live_scale, constant = relu_affine_as_clamp(scale, shift)
+    expected = torch.relu(scale * x + shift)
+    assert torch.allclose(live_scale * torch.clamp(x, lo, hi) + constant, expected, rtol=0, atol=1e-14)
+
+
+def test_fold_relu_affine_into_pooled_1x1_conv():
+    """W ∗ pool(σ(a·x + b)) + β = W' ∗ pool(clamp(x, lo, hi)) + β', with BN scales of both signs and zero."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(5, 6, 1, 1, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    scale = torch.tensor([1.2, -0.5, 0.0, 2.0, -1e-3, 0.0], dtype=torch.float64).view(-1, 1, 1)
+    shift = torch.tensor([0.1, 0.3, 0.7, -0.4, 0.2, -0.6], dtype=torch.float64).view(-1, 1, 1)
+    x = torch.randn(2, 6, 6, 6, dtype=torch.float64)
+    lo, hi, folded_weight, folded_bias = fold_relu_affine(weight, bias, scale, shift)
+    pool, conv2d = torch.nn.functional.avg_pool2d, torch.nn.functional.conv2d
+    expected = conv2d(pool(torch.relu(scale * x + shift), 2), weight, bias)
+    assert torch.allclose(conv2d(pool(torch.clamp(x, lo, hi), 2), folded_weight, folded_bias), expected,
+                          rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batch_norm_scales_of_both_signs_and_zero(dtype):
+    """Negative and zero γ (pruned channels, zero-initialised scales) in every BN: still the same function."""
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet121", num_classes=10).to(dtype)
+    randomize_batch_norm(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                signs = torch.tensor([1.0, -1.0, 0.0]).repeat(module.num_features)[:module.num_features]
+                module.weight.mul_(signs.to(dtype)[torch.randperm(module.num_features)])
+    model.eval()
+    x = torch.randn(2, 3, 64, 64, dtype=dtype)
+    with torch.no_grad():
+        error = max_relative_error(optimize_for_inference(model)(x), model(x))
+    assert error <= (1e-12 if dtype == torch.float64 else 1e-4)
+
+
 def test_carries_metadata_and_checks_input():
     model = densenet.create_model("densenet_bc100_k12", num_classes=2, class_names=["cat", "dog"]).train()
     fast = optimize_for_inference(model)
@@ -59,3 +105,29 @@ def test_carries_metadata_and_checks_input():
     assert not out.requires_grad
     with pytest.raises(TypeError, match="expects a densenet.DenseNet"):
         optimize_for_inference(torch.nn.Linear(2, 2))
+
+
+def test_new_shapes_dtypes_and_copies_recompute_the_cached_weights():
+    """The packed weights and workspaces are caches: another batch size or image size, bfloat16, a deep copy or a
+    pickle round trip, and weights changed in place all give the plain model's logits."""
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet_bc100_k12", num_classes=5)
+    randomize_batch_norm(model)
+    model.eval()
+    fast = optimize_for_inference(model)
+    with torch.no_grad():
+        for shape in [(3, 3, 32, 32), (1, 3, 32, 32), (2, 3, 40, 36), (3, 3, 32, 32)]:
+            x = torch.randn(shape)
+            assert max_relative_error(fast(x), model(x)) <= 1e-4
+        x = torch.randn(2, 3, 32, 32)
+        assert max_relative_error(copy.deepcopy(fast)(x), model(x)) <= 1e-4
+        buffer = io.BytesIO()
+        torch.save(fast, buffer)
+        buffer.seek(0)
+        assert max_relative_error(torch.load(buffer, weights_only=False)(x), model(x)) <= 1e-4
+        assert max_relative_error(copy.deepcopy(fast).bfloat16()(x.bfloat16()).float(), model(x)) <= 3e-2
+        before = fast(x)
+        fast.stages[0].conv1[0].weight.mul_(-2.0)  # changed in place: the packed copy must follow
+        after = fast(x)
+        assert not torch.allclose(after, before)
+        assert torch.equal(after, copy.deepcopy(fast)(x))  # a copy packs afresh from the current weights

@@ -32,6 +32,8 @@ from densenet.optimize import optimize_for_inference
 from densenet.variants import create_model, get_config
 
 Runner = Callable[[], Any]
+# idle time before each timed run; measured: an onnxruntime session right after a PyTorch run was 7% slower
+SETTLE_SECONDS = 0.1
 
 
 @dataclass
@@ -168,13 +170,22 @@ def _no_grad(model: nn.Module, x: torch.Tensor) -> Runner:
     return run
 
 
-def time_interleaved(runners: dict[str, tuple[Runner, int]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per batch of each runner, ``rounds`` times after ``warmup`` rounds, taking turns."""
-    times: dict[str, list[float]] = {label: [] for label in runners}
+def time_interleaved(runners: dict[str, tuple[Runner, int]], rounds: int, warmup: int,
+                     settle: float = SETTLE_SECONDS) -> dict[str, list[float]]:
+    """Seconds per batch of each runner, ``rounds`` times after ``warmup`` rounds, taking turns.
+
+    Each run starts after ``settle`` idle seconds, so the worker threads of the configuration before it (OpenMP
+    spin-waits after each parallel region) have stopped competing for the cores; and each round starts one
+    configuration later than the one before, so no configuration always follows the same neighbour.
+    """
+    labels = list(runners)
+    times: dict[str, list[float]] = {label: [] for label in labels}
     for index in range(warmup + rounds):
-        for label, (run, _) in runners.items():
+        shift = index % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            time.sleep(settle)
             start = time.perf_counter()
-            run()
+            runners[label][0]()
             if index >= warmup:
                 times[label].append(time.perf_counter() - start)
     return times
