@@ -66,6 +66,9 @@ class TrainConfig:
     amp: str = _field("off", "autocast: bf16 (CPU or CUDA) or fp16 (CUDA, with gradient scaling)", choices=AMP_MODES)
     channels_last: bool = _field(False, "channels-last memory format")
     compile: bool = _field(False, "torch.compile the model")
+    keep_freed_memory: bool = _field(True, "CPU with glibc: malloc keeps freed memory for reuse instead of returning "
+                                           "it, so steps do not fault in fresh pages (densenet121 at 224×224: steps "
+                                           "2.15 → 1.83 s, resident peak up to 1.15×)")
     device: str = _field("auto", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     seed: int = _field(0, "seed of initialisation, order and augmentation")
     out: str | None = _field(None, "run directory (default runs/<dataset>-<model>-<time>)")

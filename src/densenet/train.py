@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from densenet import distributed
+from densenet.allocator import keep_freed_memory
 from densenet.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -144,6 +145,8 @@ class _Trainer:
         if config.batch_size % shards:
             raise ValueError(f"batch size {config.batch_size} is not divisible by processes × accumulate = {shards}")
         self.micro_batch = config.batch_size // shards
+        if config.keep_freed_memory and self.device.type == "cpu" and keep_freed_memory():
+            logger.debug("malloc keeps freed memory for reuse (keep_freed_memory)")
         self.run_dir = self._run_dir()
         self.checkpoint_path = self.run_dir / CHECKPOINT_FILE
         if config.resume and not self.checkpoint_path.is_file():
