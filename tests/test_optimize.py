@@ -101,6 +101,8 @@ def test_carries_metadata_and_checks_input():
     assert fast.class_names == ["cat", "dog"] and fast.config == model.config and fast.name == "densenet_bc100_k12"
     with pytest.raises(ValueError, match="expected 3 input channels"):
         fast(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="input dtype torch.bfloat16 differs from the model's torch.float32"):
+        fast(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16))
     out = fast(torch.randn(1, 3, 32, 32, requires_grad=True))
     assert not out.requires_grad
     with pytest.raises(TypeError, match="expects a densenet.DenseNet"):

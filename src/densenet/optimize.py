@@ -228,6 +228,9 @@ class OptimizedDenseNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_chans, H, W)`` → logits ``(N, num_classes)``."""
         check_input(self.config, x)
+        if x.dtype != self.scale5.dtype:
+            raise ValueError(f"input dtype {x.dtype} differs from the model's {self.scale5.dtype}: convert one of them "
+                             f"(e.g. model.to({x.dtype}))")
         # O_k = (1/HW) Σ_ij x_ijk   [F4], then O = Wx + b   [F5]
         return self.classifier(self.forward_features(x).mean(dim=(2, 3)))
 
