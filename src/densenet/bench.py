@@ -242,8 +242,8 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
             peak_memory_mib=peak_memory_mib(label, name, batch, input_size, train, threads) if memory else None,
             macs_per_image=macs, times_ms=[1e3 * t for t in times[label]]))
     return {"model": name, "mode": "train" if train else "inference", "batch": batch, "input_size": input_size,
-            "threads": threads, "rounds": rounds, "matmul_peak_gflops": peak, "torch": torch.__version__,
-            "notes": notes, "measurements": [asdict(m) for m in measurements]}
+            "threads": threads, "rounds": rounds, "settle_seconds": SETTLE_SECONDS, "matmul_peak_gflops": peak,
+            "torch": torch.__version__, "notes": notes, "measurements": [asdict(m) for m in measurements]}
 
 
 def format_report(report: dict[str, Any]) -> str:
