@@ -97,7 +97,7 @@ def test_carries_metadata_and_checks_input():
     fast = optimize_for_inference(model)
     # the source model is left as it was: still in training mode, every parameter still trainable
     assert model.training and all(p.requires_grad for p in model.parameters())
-    assert isinstance(fast, OptimizedDenseNet)
+    assert isinstance(fast, OptimizedDenseNet) and densenet.optimize_for_inference is optimize_for_inference
     assert fast.class_names == ["cat", "dog"] and fast.config == model.config and fast.name == "densenet_bc100_k12"
     with pytest.raises(ValueError, match="expected 3 input channels"):
         fast(torch.randn(1, 1, 32, 32))
