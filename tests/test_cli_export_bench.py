@@ -1,5 +1,6 @@
 """`densenet export` and `densenet bench` from the command line, including their bad-input contract."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -80,12 +81,17 @@ def test_bench_training(capsys):
     assert report["mode"] == "train" and [m["label"] for m in report["measurements"]] == ["ours", "torchvision"]
 
 
-def test_interleaved_timing_rotates_the_order():
+def test_interleaved_timing_varies_the_order():
     from densenet.bench import time_interleaved
 
     calls: list[str] = []
     runners = {label: (lambda label=label: calls.append(label), 1) for label in "abc"}
-    times = time_interleaved(runners, rounds=3, warmup=1, settle=0.0)
-    assert {label: len(seconds) for label, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}
-    # round r starts at configuration r mod 3, so every configuration follows each neighbour in turn
-    assert calls == list("abc" "bca" "cab" "abc")
+    times = time_interleaved(runners, rounds=30, warmup=1, settle=0.0)
+    assert {label: len(seconds) for label, seconds in times.items()} == {"a": 30, "b": 30, "c": 30}
+    rounds = ["".join(calls[i:i + 3]) for i in range(0, len(calls), 3)]
+    assert all(sorted(one) == ["a", "b", "c"] for one in rounds)  # every configuration once per round
+    neighbours = {(first, second) for one in rounds for first, second in itertools.pairwise(one)}
+    assert neighbours == {(x, y) for x in "abc" for y in "abc" if x != y}  # each follows each other one
+    calls.clear()
+    time_interleaved(runners, rounds=30, warmup=1, settle=0.0)
+    assert ["".join(calls[i:i + 3]) for i in range(0, len(calls), 3)] == rounds  # seeded: the same orders

@@ -51,13 +51,41 @@ def test_fold_batch_norm():
 
 
 def test_relu_affine_as_clamp_for_every_sign():
-    """σ(a·x + b) = a'·clamp(x, lo, hi) + c for a > 0, a < 0, a = 0 and |a| too small to keep."""
+    """σ(a·x + b) = a'·clamp(x, lo, hi) + c for a > 0, a < 0, a = 0 and tiny |a|."""
     scale = torch.tensor([1.5, -0.7, 0.0, 0.0, 1e-40, -2e-31, 3e-5], dtype=torch.float64)
     shift = torch.tensor([0.3, 0.4, 0.8, -0.8, 0.5, -0.2, -1.0], dtype=torch.float64)
     x = torch.linspace(-5, 5, 1001, dtype=torch.float64).unsqueeze(1) * torch.tensor([1, 1, 1, 1, 1, 1, 1e5])
     lo, hi, live_scale, constant = relu_affine_as_clamp(scale, shift)
     expected = torch.relu(scale * x + shift)
     assert torch.allclose(live_scale * torch.clamp(x, lo, hi) + constant, expected, rtol=0, atol=1e-14)
+
+
+def test_relu_affine_as_clamp_keeps_the_bounds_inside_the_dtype():
+    """A kink beyond the largest float16 on the active side: the channel is 0 for every float16 input, and the
+    bounds stay finite (a bound of ±∞ would give ∞·0 = NaN)."""
+    scale = torch.tensor([1e-4, -1e-4, 1e-4, 2.0])
+    shift = torch.tensor([-7.0, -9.0, 7.0, 1.0])  # kinks 7e4 (never reached), −9e4 (never), −7e4 (always on), −0.5
+    lo, hi, live_scale, constant = relu_affine_as_clamp(scale, shift, torch.float16)
+    assert torch.isfinite(lo.half()[[0, 1]]).all() and torch.isfinite(hi.half()[[0, 1]]).all()
+    x = torch.tensor([-65504.0, -1000.0, -1.0, 0.0, 3.0, 65504.0], dtype=torch.float64).unsqueeze(1)
+    expected = torch.relu(scale.double() * x + shift.double())
+    actual = live_scale * torch.clamp(x, lo, hi) + constant
+    assert torch.allclose(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_float16_model_with_a_pruned_channel_gives_finite_logits():
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet_bc100_k12", num_classes=10).eval()
+    with torch.no_grad():  # γ ≈ 0 with a large negative β: kinks at 7e4 and −9e4, beyond float16's 65504
+        norm = model.features.denseblock1.denselayer3.norm1
+        norm.weight[5], norm.bias[5] = 1e-4, -7.0
+        norm = model.features.transition1.norm
+        norm.weight[3], norm.bias[3] = -1e-4, -9.0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        actual = optimize_for_inference(model.half())(x.half()).float()
+    assert torch.isfinite(actual).all() and max_relative_error(actual, expected) <= 3e-3
 
 
 def test_fold_relu_affine_into_pooled_1x1_conv():
@@ -128,8 +156,14 @@ def test_new_shapes_dtypes_and_copies_recompute_the_cached_weights():
         buffer.seek(0)
         assert max_relative_error(torch.load(buffer, weights_only=False)(x), model(x)) <= 1e-4
         assert max_relative_error(copy.deepcopy(fast).bfloat16()(x.bfloat16()).float(), model(x)) <= 3e-2
+        conv = fast.stages[0].conv1[0]
         before = fast(x)
-        fast.stages[0].conv1[0].weight.mul_(-2.0)  # changed in place: the packed copy must follow
+        conv.weight.mul_(-2.0)  # changed in place: the packed copy must follow
         after = fast(x)
         assert not torch.allclose(after, before)
         assert torch.equal(after, copy.deepcopy(fast)(x))  # a copy packs afresh from the current weights
+        conv.weight = conv.weight.clone().mul_(0.5)  # replaced by a new tensor (version 1 again, maybe same address)
+        assert torch.equal(fast(x), copy.deepcopy(fast)(x))
+        conv.weight.data.mul_(3.0)  # not seen by the version counter: clear_cache is the documented remedy
+        conv.clear_cache()
+        assert torch.equal(fast(x), copy.deepcopy(fast)(x))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -171,18 +172,19 @@ def _no_grad(model: nn.Module, x: torch.Tensor) -> Runner:
 
 
 def time_interleaved(runners: dict[str, tuple[Runner, int]], rounds: int, warmup: int,
-                     settle: float = SETTLE_SECONDS) -> dict[str, list[float]]:
+                     settle: float = SETTLE_SECONDS, seed: int = 0) -> dict[str, list[float]]:
     """Seconds per batch of each runner, ``rounds`` times after ``warmup`` rounds, taking turns.
 
     Each run starts after ``settle`` idle seconds, so the worker threads of the configuration before it (OpenMP
-    spin-waits after each parallel region) have stopped competing for the cores; and each round starts one
-    configuration later than the one before, so no configuration always follows the same neighbour.
+    spin-waits after each parallel region) have stopped competing for the cores; and each round takes the
+    configurations in a new random order (seeded: reproducible), so that none keeps the same neighbour or the same
+    place in the round.
     """
     labels = list(runners)
     times: dict[str, list[float]] = {label: [] for label in labels}
+    order = random.Random(seed)
     for index in range(warmup + rounds):
-        shift = index % len(labels)
-        for label in labels[shift:] + labels[:shift]:
+        for label in order.sample(labels, len(labels)):
             time.sleep(settle)
             start = time.perf_counter()
             runners[label][0]()

@@ -27,23 +27,30 @@ def fold_batch_norm(weight: Tensor, norm: nn.BatchNorm2d) -> tuple[Tensor, Tenso
     return weight.detach() * scale.unsqueeze(1), shift.flatten()
 
 
-def relu_affine_as_clamp(scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``σ(a·x + b) = a'·clamp(x, lo, hi) + c`` per channel, for ``(C,)`` vectors ``a, b``:
+def relu_affine_as_clamp(scale: Tensor, shift: Tensor, dtype: torch.dtype = torch.float64
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``σ(a·x + b) = a'·clamp(x, lo, hi) + c`` per channel, for ``(C,)`` vectors ``a, b`` and every finite ``x`` of
+    ``dtype``:
 
     - ``a > 0``: ``lo = −b/a, hi = +∞`` (``a·max(x, −b/a) + b = max(a·x + b, 0)``), ``a' = a``, ``c = b``;
     - ``a < 0``: ``lo = −∞, hi = −b/a`` (``a·min(x, −b/a) + b = max(a·x + b, 0)``), ``a' = a``, ``c = b``;
-    - ``a = 0`` (or ``|a|`` below 1e-30, where ``a'·W`` could leave the float range; the error is below
-      ``1e-30·|x|``): the constant ``σ(b)``: ``lo = hi = 0``, ``a' = 0``, ``c = σ(b)``.
+    - ``a = 0``: the constant ``σ(b)``: ``lo = hi = 0``, ``a' = 0``, ``c = σ(b)``;
+    - the kink ``−b/a`` beyond ``dtype``'s largest finite value on the active side (``a > 0`` and ``−b/a`` above it,
+      ``a < 0`` and below its negative; a pruned channel with a tiny ``a``): no ``x`` of ``dtype`` reaches it, the
+      channel is always 0 — ``lo = hi = 0``, ``a' = 0``, ``c = 0`` (a bound of ±∞ there would give ``∞·0``).
 
     Returns ``(lo, hi, a', c)``, computed in float64.
     """
     scale, shift = scale.double(), shift.double()
-    positive, negative = scale >= 1e-30, scale <= -1e-30
-    live = positive | negative
-    kink = torch.where(live, -shift / torch.where(live, scale, 1.0), 0.0)  # −b/a
-    lo = torch.where(negative, -torch.inf, kink)
-    hi = torch.where(positive, torch.inf, kink)
-    return lo, hi, torch.where(live, scale, 0.0), torch.where(live, shift, shift.clamp_min(0))
+    largest = torch.finfo(dtype).max
+    positive, negative = scale > 0, scale < 0
+    kink = torch.where(scale != 0, -shift / torch.where(scale != 0, scale, 1.0), 0.0)  # −b/a
+    never_active = (positive & (kink >= largest)) | (negative & (kink <= -largest))
+    constant = (scale == 0) | never_active
+    lo = torch.where(constant, 0.0, torch.where(negative, -torch.inf, kink))
+    hi = torch.where(constant, 0.0, torch.where(positive, torch.inf, kink))
+    offset = torch.where(scale == 0, shift.clamp_min(0), torch.where(never_active, 0.0, shift))
+    return lo, hi, torch.where(constant, 0.0, scale), offset
 
 
 def fold_relu_affine(weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor
@@ -53,7 +60,7 @@ def fold_relu_affine(weight: Tensor, bias: Tensor | None, scale: Tensor, shift: 
     linear and keeps constants. Returns ``(lo, hi, W', β')``, the bounds as ``(C, 1, 1)`` views."""
     if tuple(weight.shape[2:]) != (1, 1):
         raise ValueError(f"only a 1×1 convolution takes a folded BN-ReLU exactly, got kernel {tuple(weight.shape[2:])}")
-    lo, hi, live_scale, constant = relu_affine_as_clamp(scale.flatten(), shift.flatten())
+    lo, hi, live_scale, constant = relu_affine_as_clamp(scale.flatten(), shift.flatten(), weight.dtype)
     matrix = weight.detach().double().flatten(1)  # (C_out, C)
     folded_bias = matrix @ constant + (0 if bias is None else bias.detach().double())
     folded = (matrix * live_scale).view_as(weight)

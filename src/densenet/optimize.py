@@ -43,9 +43,12 @@ class FrozenConv(nn.Module):
     """``σ(W ∗ x + b)`` (σ optional) with fixed weights.
 
     On CPU in float32/bfloat16: one oneDNN call with the bias and the ReLU fused, the weight reordered into
-    oneDNN's blocked layout once per input shape (kept until the shape, the dtype or the weight changes; measured
-    3% of a DenseNet-121 forward pass against reordering it on every call). Otherwise ``F.conv2d`` and an
-    in-place ReLU.
+    oneDNN's blocked layout once per input shape (measured: 3% of a DenseNet-121 forward pass against reordering it
+    on every call). The packed copy is rebuilt when the input shape or dtype changes, when ``weight`` is replaced
+    (``.to()``, ``load_state_dict`` into a new tensor) or changed in place through autograd-visible operations
+    (``copy_``, ``mul_``: its version counter); a change made through ``.data`` or a NumPy view is not seen —
+    call :meth:`clear_cache` after one. Threads running different input shapes repack in turn (correct, slower).
+    Otherwise (CUDA, float64, float16) ``F.conv2d`` and an in-place ReLU.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0, relu: bool = False,
@@ -55,7 +58,8 @@ class FrozenConv(nn.Module):
         self.register_buffer("weight", weight.detach().clone(memory_format=layout))  # (C_out, C_in, kh, kw)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())  # (C_out,)
         self.stride, self.padding, self.relu = stride, padding, relu
-        self._packed: tuple[tuple[Any, ...], Tensor] | None = None  # (what it was packed for, packed weight)
+        # (the weight it was packed from, (input shape, input dtype, weight version), the packed weight)
+        self._packed: tuple[Tensor, tuple[Any, ...], Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``."""
@@ -67,12 +71,17 @@ class FrozenConv(nn.Module):
         return out.relu_() if self.relu else out
 
     def _packed_weight(self, x: Tensor) -> Tensor:
-        key = (tuple(x.shape), x.dtype, self.weight.dtype, self.weight.data_ptr(), self.weight._version)
+        weight = self.weight
+        key = (tuple(x.shape), x.dtype, weight._version)
         packed = self._packed
-        if packed is None or packed[0] != key:
-            packed = self._packed = (key, torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight, [self.padding] * 2, [self.stride] * 2, [1, 1], 1, list(x.shape)))
-        return packed[1]
+        if packed is None or packed[0] is not weight or packed[1] != key:
+            packed = self._packed = (weight, key, torch.ops.mkldnn._reorder_convolution_weight(
+                weight, [self.padding] * 2, [self.stride] * 2, [1, 1], 1, list(x.shape)))
+        return packed[2]
+
+    def clear_cache(self) -> None:
+        """Drop the packed weight; the next CPU call packs ``weight`` afresh."""
+        self._packed = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the packed weight out: it is a cache, rebuilt on the next call."""
@@ -237,6 +246,9 @@ class OptimizedDenseNet(nn.Module):
 
 def optimize_for_inference(model: DenseNet, channels_last: bool = True) -> OptimizedDenseNet:
     """A faster model computing ``model.eval()``'s function (logits within float32 rounding, ≤ 1e-4 relative).
+
+    Optimize the model in the dtype it will run in (``optimize_for_inference(model.half())``, not
+    ``optimize_for_inference(model).half()``): the folded clamp bounds are kept inside that dtype's range.
 
     Args:
         model: a trained :class:`DenseNet` (its training-mode behaviour, dropout and batch statistics, is dropped).

@@ -68,7 +68,8 @@ class TrainConfig:
     compile: bool = _field(False, "torch.compile the model")
     keep_freed_memory: bool = _field(True, "CPU with glibc: malloc keeps freed memory for reuse instead of returning "
                                            "it, so steps do not fault in fresh pages (densenet121 at 224×224: steps "
-                                           "2.15 → 1.83 s, resident peak up to 1.15×)")
+                                           "2.15 → 1.83 s, resident peak up to 1.15×); process-wide, for the rest "
+                                           "of the process")
     device: str = _field("auto", "auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     seed: int = _field(0, "seed of initialisation, order and augmentation")
     out: str | None = _field(None, "run directory (default runs/<dataset>-<model>-<time>)")
