@@ -63,14 +63,16 @@ def test_relu_affine_as_clamp_for_every_sign():
 def test_relu_affine_as_clamp_keeps_the_bounds_inside_the_dtype():
     """A kink beyond the largest float16 on the active side: the channel is 0 for every float16 input, and the
     bounds stay finite (a bound of ±∞ would give ∞·0 = NaN)."""
-    scale = torch.tensor([1e-4, -1e-4, 1e-4, 2.0])
-    shift = torch.tensor([-7.0, -9.0, 7.0, 1.0])  # kinks 7e4 (never reached), −9e4 (never), −7e4 (always on), −0.5
+    scale = torch.tensor([1e-4, -1e-4, 1e-4, 2.0, 1e-6])
+    shift = torch.tensor([-7.0, -9.0, 7.0, 1.0, 0.3])  # kinks 7e4 (never reached), −9e4 (never), −7e4 (always on),
+    # −0.5; and a scale below float16's smallest normal number (6.1e-5): the constant σ(b), within 1e-6·|x|
     lo, hi, live_scale, constant = relu_affine_as_clamp(scale, shift, torch.float16)
-    assert torch.isfinite(lo.half()[[0, 1]]).all() and torch.isfinite(hi.half()[[0, 1]]).all()
+    assert torch.isfinite(lo.half()[[0, 1, 4]]).all() and torch.isfinite(hi.half()[[0, 1, 4]]).all()
     x = torch.tensor([-65504.0, -1000.0, -1.0, 0.0, 3.0, 65504.0], dtype=torch.float64).unsqueeze(1)
     expected = torch.relu(scale.double() * x + shift.double())
     actual = live_scale * torch.clamp(x, lo, hi) + constant
-    assert torch.allclose(actual, expected, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(actual[:, :4], expected[:, :4], rtol=1e-12, atol=1e-12)
+    assert ((actual[:, 4] - expected[:, 4]).abs() <= 1e-6 * x[:, 0].abs()).all()
 
 
 def test_float16_model_with_a_pruned_channel_gives_finite_logits():

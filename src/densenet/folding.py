@@ -34,7 +34,9 @@ def relu_affine_as_clamp(scale: Tensor, shift: Tensor, dtype: torch.dtype = torc
 
     - ``a > 0``: ``lo = −b/a, hi = +∞`` (``a·max(x, −b/a) + b = max(a·x + b, 0)``), ``a' = a``, ``c = b``;
     - ``a < 0``: ``lo = −∞, hi = −b/a`` (``a·min(x, −b/a) + b = max(a·x + b, 0)``), ``a' = a``, ``c = b``;
-    - ``a = 0``: the constant ``σ(b)``: ``lo = hi = 0``, ``a' = 0``, ``c = σ(b)``;
+    - ``a = 0``, or ``|a|`` below ``dtype``'s smallest normal number (``W·a`` would lose its precision; the error of
+      the constant is below that number times ``|x|``, under ``dtype``'s own rounding of ``x``): the constant
+      ``σ(b)``: ``lo = hi = 0``, ``a' = 0``, ``c = σ(b)``;
     - the kink ``−b/a`` beyond ``dtype``'s largest finite value on the active side (``a > 0`` and ``−b/a`` above it,
       ``a < 0`` and below its negative; a pruned channel with a tiny ``a``): no ``x`` of ``dtype`` reaches it, the
       channel is always 0 — ``lo = hi = 0``, ``a' = 0``, ``c = 0`` (a bound of ±∞ there would give ``∞·0``).
@@ -42,14 +44,15 @@ def relu_affine_as_clamp(scale: Tensor, shift: Tensor, dtype: torch.dtype = torc
     Returns ``(lo, hi, a', c)``, computed in float64.
     """
     scale, shift = scale.double(), shift.double()
-    largest = torch.finfo(dtype).max
-    positive, negative = scale > 0, scale < 0
-    kink = torch.where(scale != 0, -shift / torch.where(scale != 0, scale, 1.0), 0.0)  # −b/a
-    never_active = (positive & (kink >= largest)) | (negative & (kink <= -largest))
-    constant = (scale == 0) | never_active
+    limits = torch.finfo(dtype)
+    zero = scale.abs() < limits.tiny
+    positive, negative = (scale > 0) & ~zero, (scale < 0) & ~zero
+    kink = torch.where(zero, 0.0, -shift / torch.where(zero, 1.0, scale))  # −b/a
+    never_active = (positive & (kink >= limits.max)) | (negative & (kink <= -limits.max))
+    constant = zero | never_active
     lo = torch.where(constant, 0.0, torch.where(negative, -torch.inf, kink))
     hi = torch.where(constant, 0.0, torch.where(positive, torch.inf, kink))
-    offset = torch.where(scale == 0, shift.clamp_min(0), torch.where(never_active, 0.0, shift))
+    offset = torch.where(zero, shift.clamp_min(0), torch.where(never_active, 0.0, shift))
     return lo, hi, torch.where(constant, 0.0, scale), offset
 
 
