@@ -26,8 +26,6 @@ print(json.dumps([step() for _ in range(10)]))
 PAGES = 208 * 2**20 // 4096
 
 
-
-
 def _glibc_with_small_pages() -> bool:
     if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"):
         return False

@@ -63,10 +63,10 @@ def fold_relu_affine(weight: Tensor, bias: Tensor | None, scale: Tensor, shift: 
     linear and keeps constants. Returns ``(lo, hi, W', β')``, the bounds as ``(C, 1, 1)`` views."""
     if tuple(weight.shape[2:]) != (1, 1):
         raise ValueError(f"only a 1×1 convolution takes a folded BN-ReLU exactly, got kernel {tuple(weight.shape[2:])}")
-    lo, hi, live_scale, constant = relu_affine_as_clamp(scale.flatten(), shift.flatten(), weight.dtype)
+    dtype = weight.dtype
+    lo, hi, live_scale, constant = relu_affine_as_clamp(scale.flatten(), shift.flatten(), dtype)
     matrix = weight.detach().double().flatten(1)  # (C_out, C)
     folded_bias = matrix @ constant + (0 if bias is None else bias.detach().double())
     folded = (matrix * live_scale).view_as(weight)
-    dtype = weight.dtype
     return (lo.to(dtype).view(PER_CHANNEL), hi.to(dtype).view(PER_CHANNEL), folded.to(dtype),
             folded_bias.to(dtype))
