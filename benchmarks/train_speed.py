@@ -3,8 +3,9 @@
     python benchmarks/train_speed.py [--model densenet121] [--batch 16] [--rounds 7]
 
 Every configuration holds the same weights. Each round times one training step (forward, cross-entropy,
-backward, SGD step) of every configuration in turn, so a change in machine load hits all of them alike; the
-median over rounds, after a warm-up round, gives images per second. Writes
+backward, SGD step) of every configuration, in a new seeded random order after a short idle time
+(``densenet.bench.time_interleaved``), so a change in machine load hits all of them alike and none always follows
+the same neighbour; the median over rounds, after a warm-up round, gives images per second. Writes
 ``benchmarks/results/train_speed.json`` and prints the ratios to torchvision's default.
 """
 
@@ -12,13 +13,25 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+from collections.abc import Callable
 
 import torch
 
 import densenet
 from densenet.analysis import summarize
+from densenet.bench import time_interleaved
 from harness import TRAINING_CONFIGURATIONS, build_model, machine, print_table, write_json
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               target: torch.Tensor) -> Callable[[], None]:
+    """One training step of ``model`` on ``(x, target)``: forward, cross-entropy, backward, optimizer step."""
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
 
 
 def main() -> None:
@@ -45,18 +58,8 @@ def main() -> None:
     for batch in args.batch:
         x = torch.randn(batch, 3, args.input_size, args.input_size)
         target = torch.randint(0, 1000, (batch,))
-        times: dict[str, list[float]] = {label: [] for label in models}
-        for round_index in range(args.rounds + 1):
-            for label, model in models.items():
-                start = time.perf_counter()
-                loss = torch.nn.functional.cross_entropy(model(x), target)
-                optimizers[label].zero_grad(set_to_none=True)
-                loss.backward()
-                optimizers[label].step()
-                if round_index > 0:  # round 0 is the warm-up
-                    times[label].append(time.perf_counter() - start)
-            print(f"batch {batch} round {round_index}: " +
-                  ", ".join(f"{label} {times[label][-1]:.2f}s" for label in models if times[label]), flush=True)
+        steps = {label: (train_step(model, optimizers[label], x, target), 0) for label, model in models.items()}
+        times = time_interleaved(steps, rounds=args.rounds, warmup=1)
         results[str(batch)] = {label: {"median_step_seconds": statistics.median(t), "step_seconds": t,
                                        "images_per_second": batch / statistics.median(t)}
                                for label, t in times.items()}

@@ -39,6 +39,7 @@ def test_executed_macs_equal_counted(name, side, memory_efficient):
 
 
 def test_output_size_formula():
+    """F9 at the ImageNet stem's sizes and where the division floors."""
     # ⌊(W − K + 2P)/S⌋ + 1: 224 through the 7×7/2 pad-3 conv is 112, through the 3×3/2 pad-1 max-pool 56.
     assert output_size(224, 7, 2, 3) == 112
     assert output_size(112, 3, 2, 1) == 56

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import densenet
 from densenet.cli import main
 
@@ -56,3 +58,17 @@ def test_bad_input_size_is_one_line_error():
     result = _run("summary", "densenet121", "--input-size", "16")
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "at least 29" in result.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--batch-size", "x"], "densenet train: error: argument --batch-size: invalid int value: 'x'"),
+    (["eval", "--weights", "w", "--dataset", "imagenet"], "densenet eval: error: argument --dataset: invalid choice"),
+    (["predict", "--weights", "w", "a.png", "--colour"], "densenet predict: error: unrecognized arguments: --colour"),
+    (["frobnicate"], "densenet: error: argument COMMAND: invalid choice: 'frobnicate'"),
+])
+def test_command_line_that_does_not_parse_is_one_line_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message) and lines[0].endswith("--help)"), lines

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,10 @@ import pytest
 import torch
 
 import densenet
+from densenet.bench import run_bench
 from densenet.cli import main
+from densenet.export import export_model
+from densenet.inference import predict
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +45,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
      "does not exist"),
     (lambda w, t: ["--weights", str(w), "--format", "onnx", "--output", str(t / "missing" / "m.onnx")],
      "directory"),
+    (lambda w, t: ["--weights", str(w), "--format", "onnx", "--output", str(t)], "is a directory; name a file"),
+    (lambda w, t: ["--weights", str(w), "--format", "onnx", "--output", str(w / "config.json" / "m.onnx")],
+     "is a file, not a directory"),
 ])
 def test_export_bad_input_is_one_line(weights, tmp_path, make_args, message):
     result = _run("export", *make_args(weights, tmp_path))
@@ -48,6 +55,53 @@ def test_export_bad_input_is_one_line(weights, tmp_path, make_args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("preprocessing", "x", "preprocessing must map image_mode"),
+    ("crop", -4, r"crop must be an integer in \[1, 8192\], got -4"),
+    ("crop", 100000, r"crop must be an integer in \[1, 8192\]"),
+    ("std", [0.0, 0.2, 0.2], "std finite and > 0"),
+])
+def test_malformed_preprocessing_in_weights_is_one_line(weights, tmp_path, capsys, field, value, message):
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    for item in weights.iterdir():
+        (edited / item.name).write_bytes(item.read_bytes())
+    meta = json.loads((edited / "config.json").read_text())
+    meta["preprocessing"] = value if field == "preprocessing" else {
+        "image_mode": "RGB", "resize": 32, "crop": 32, "mean": [0.5] * 3, "std": [0.2] * 3, field: value}
+    (edited / "config.json").write_text(json.dumps(meta))
+    assert main(["export", "--weights", str(edited), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is not a valid densenet config" in lines[0], lines
+    assert re.search(message, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--weights", "w", "--format", "onnx", "--output", "m.onnx", "--input-size", "-3"],
+    ["export", "--weights", "w", "--format", "onnx", "--output", "m.onnx", "--input-size", "0"],
+    ["bench", "densenet121", "--threads", "0"],
+    ["bench", "densenet121", "--input-size", "0"],
+    ["summary", "densenet121", "--input-size", "0"],
+    ["predict", "--weights", "w", "a.png", "--batch-size", "-1"],
+    ["demo", "--samples", "0"],
+])
+def test_sizes_and_counts_below_one_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "must be at least 1" in lines[0], lines
+
+
+def test_library_entry_points_check_sizes(weights, tmp_path):
+    with pytest.raises(ValueError, match="input size must be at least 1"):
+        export_model(densenet.from_pretrained(weights), "onnx", tmp_path / "m.onnx", input_size=-3)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        run_bench("densenet121", threads=-1)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        predict(densenet.from_pretrained(weights), [tmp_path], batch_size=0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bench_against_torchvision(capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -10,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from densenet.cli import main
+from densenet.cli import _train_config, build_parser, main
+from densenet.recipe import TrainConfig
 from imagefolder import CLASSES, make_image_folder
 
 TINY_FLAGS = ["--model-arg", "block_config=[2,2]", "--model-arg", "growth_rate=8", "--log-every", "0"]
@@ -81,6 +84,27 @@ def test_flags_override_config_file(tmp_path, capsys):
     assert "after 1 epochs" in capsys.readouterr().out
 
 
+def test_every_recipe_field_is_a_flag(capsys):
+    """Each TrainConfig field parses from the command line into the recipe, lists (``--milestones``) included."""
+    values = {"dataset": "synthetic", "image_size": 12, "milestones": [0.3, 0.6], "lr": 0.25, "nesterov": False,
+              "warmup_epochs": 0.5, "schedule": "cosine", "out": "somewhere", "model": "densenet121"}
+    argv = ["train"]
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            argv += [flag, *map(str, value if isinstance(value, list) else [value])]
+    config = _train_config(build_parser().parse_args(argv))
+    assert {name: getattr(config, name) for name in values} == values
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    flags = set(re.findall(r"--[a-z-]+", capsys.readouterr().out))
+    missing = [item.name for item in dataclasses.fields(TrainConfig) if item.name not in ("resume", "model_args")
+               and "--" + item.name.replace("_", "-") not in flags]
+    assert not missing and "--model-arg" in flags
+
+
 def test_demo_prints_accuracy_run_directory_and_predictions(tmp_path, capsys):
     run = tmp_path / "demo"
     assert main(["demo", "--epochs", "1", "--samples", "3", "--out", str(run), *TINY_FLAGS]) == 0
@@ -144,6 +168,72 @@ def test_bad_resume_and_model_args(tmp_path, capsys):
     _one_line_error(capsys, ["train", "--model-arg", "growth_rate"], "train", "KEY=VALUE")
     _one_line_error(capsys, ["train", "--model-arg", "growth=3"], "train", "unknown DenseNet config key")
     _one_line_error(capsys, ["train", "--amp", "fp16", "--device", "cpu"], "train", "fp16 needs CUDA")
+
+
+@pytest.mark.parametrize("make_argv, pattern", [
+    (lambda t: ["--model-arg", "block_config=5"], "block_config must be a list of layer counts"),
+    (lambda t: ["--model-arg", "growth_rate=[1"], r"--model-arg 'growth_rate=\[1': the value is not valid YAML"),
+    (lambda t: ["--config", _write(t / "m.yaml", "model_args: 5\n")], "model_args in .*m.yaml must be a mapping"),
+    (lambda t: ["--gamma", "nan"], "gamma must be a finite number"),
+    (lambda t: ["--gamma", "-1"], "gamma multiplies the learning rate at each milestone: it must be > 0"),
+    (lambda t: ["--lr", "inf"], "lr must be a finite number"),
+    (lambda t: ["--weight-decay", "nan"], "weight_decay must be a finite number"),
+    (lambda t: ["--warmup-epochs", "nan"], "warmup_epochs must be a finite number"),
+    (lambda t: ["--seed", "99999999999999999999"], r"seed must be in \[0, 2\*\*63\)"),
+    (lambda t: ["--log-every", "-1"], "log_every must be >= 0"),
+    (lambda t: ["--config", str(t)], "is a directory"),
+    (lambda t: ["--config", _write(t / "latin1.yaml", b"epochs: 3 # \xff\n")], "latin1.yaml is not UTF-8 text"),
+    (lambda t: ["--dataset", "folder", "--data-dir", _write(t / "file.txt", "x")], "file.txt is a file"),
+    (lambda t: ["--dataset", "synthetic", "--image-size", "1", *TINY_FLAGS], "image size 1 is too small"),
+    (lambda t: ["--dataset", "synthetic", "--image-size", "4", "--batch-size", "1", "--train-limit", "4",
+                "--model-arg", "block_config=[1,1,1]"], "one value per channel, too few for batch statistics"),
+])
+def test_bad_recipe_values_fail_before_the_run_directory(tmp_path, capsys, make_argv, pattern):
+    out = tmp_path / "run"
+    _one_line_error(capsys, ["train", "--out", str(out), *make_argv(tmp_path)], "train", pattern)
+    assert not out.exists()
+
+
+def _write(path: Path, content: str | bytes) -> str:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+def test_bad_checkpoints_on_resume(trained, tmp_path, capsys):
+    text = tmp_path / "text"
+    text.mkdir()
+    shutil.copy(trained / "config.yaml", text / "config.yaml")
+    (text / "checkpoint.pt").write_text("hello\n")
+    _one_line_error(capsys, ["train", "--resume", str(text)], "train", "checkpoint.pt is not a readable checkpoint")
+    for field, value in (("history", None), ("epoch", "abc")):
+        broken = tmp_path / field
+        shutil.copytree(trained, broken)
+        state = torch.load(broken / "checkpoint.pt", weights_only=True)
+        if value is None:
+            del state[field]
+        else:
+            state[field] = value
+        torch.save(state, broken / "checkpoint.pt")
+        _one_line_error(capsys, ["train", "--resume", str(broken)], "train",
+                        rf"checkpoint.pt is malformed: '{field}' is missing or of the wrong type")
+
+
+def test_no_readable_evaluation_image_is_an_error(trained, tmp_path, capsys):
+    root = make_image_folder(tmp_path / "data", train=4, val=2)
+    for image in (root / "val").rglob("*.*"):
+        image.write_bytes(b"not an image")
+    run = tmp_path / "run"
+    for argv in (["eval", "--weights", str(trained / "best"), "--dataset", "folder", "--data-dir", str(root),
+                  "--workers", "0", "--out", str(tmp_path / "eval")],
+                 ["train", "--dataset", "folder", "--data-dir", str(root), "--image-size", "16", "--batch-size", "4",
+                  "--workers", "0", "--epochs", "1", "--out", str(run), *TINY_FLAGS]):
+        assert main(argv) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert sum(line.startswith("skipping unreadable image") for line in lines) == 6  # one warning per file
+        assert "Traceback" not in "\n".join(lines)
+        assert lines[-1].startswith(f"densenet {argv[0]}: error: no image was evaluated"), lines[-1]
+    assert not (tmp_path / "eval").exists()
+    assert not run.exists()  # created by the failed run before any checkpoint: removed
 
 
 def test_errors_print_no_traceback_in_a_real_process(tmp_path):

@@ -174,6 +174,26 @@ def test_unreadable_images_are_skipped_and_reported(tmp_path, caplog):
     with pytest.raises(ValueError, match=r"cannot read image .*corrupt\.png"):
         read_image(corrupt, "RGB")
 
+    cached_spec = DataSpec("folder", data_dir=str(root), image_size=16, cache=True)
+    with caplog.at_level(logging.WARNING, logger="densenet"):
+        cached = _loader(load_split(cached_spec, "train"), cached_spec, batch=5)
+    assert sum("skipped 2 unreadable" in r.getMessage() for r in caplog.records) == 1  # dropped once, at decoding
+    for epoch in range(2):
+        cached.set_epoch(epoch)
+        assert sum(len(targets) for _, targets in cached) == 15  # 18 readable images, batches of 5
+    assert sorted(cached.skipped) == sorted([str(corrupt), str(truncated)] * 2)  # left out of both epochs
+    other_rank = _loader(load_split(cached_spec, "train"), cached_spec, batch=5, rank=1, world=2)
+    other_rank.set_epoch(0)
+    assert sum(len(targets) for _, targets in other_rank) > 0 and other_rank.skipped == []  # rank 0 counts them
+
+
+def test_image_over_the_decompression_bomb_limit_is_unreadable(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path, train=1, val=1, size=16)
+    image = next((root / "train" / "red").iterdir())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64)  # 16×16 > 2 × 64: PIL raises DecompressionBombError
+    with pytest.raises(ValueError, match=rf"cannot read image {image}"):
+        read_image(image, "RGB")
+
 
 @pytest.mark.parametrize("layout, message", [
     ("missing", "does not exist"),

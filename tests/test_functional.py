@@ -25,6 +25,7 @@ def _double(*shape: int, seed: int = 0) -> torch.Tensor:
     ],
 )
 def test_conv2d_gradcheck(kernel, stride, padding, bias, shape):
+    """F1 ``O = W∗X + b`` against ``F.conv2d`` and F1b, its gradients: float64 gradcheck."""
     x = _double(*shape)
     weight = _double(3, shape[1], kernel, kernel, seed=1)
     b = _double(3, seed=2) if bias else None
@@ -34,7 +35,7 @@ def test_conv2d_gradcheck(kernel, stride, padding, bias, shape):
 
 
 def test_conv_then_relu_is_f1():
-    """F1 with σ: ``O = σ(W∗X + b)``, gradient ``Wᵀ∗(δ⊙σ')``."""
+    """F1 with σ: ``O = σ(W∗X + b)``, gradient ``Wᵀ∗(δ⊙σ')`` (F1b)."""
     x, weight, b = _double(2, 3, 6, 6), _double(4, 3, 3, 3, seed=1), _double(4, seed=2)
     assert gradcheck(lambda x, w, b: DF.relu(DF.conv2d(x, w, b, 1, 1)), (x, weight, b))
 
@@ -66,6 +67,7 @@ def test_max_pool_gradcheck(kernel, stride, padding, shape):
 @pytest.mark.parametrize(("kernel", "stride", "padding", "shape"),
                          [(2, 2, 0, (2, 3, 8, 8)), (2, 2, 0, (1, 2, 7, 5)), (3, 2, 1, (2, 3, 9, 9))])
 def test_avg_pool_gradcheck(kernel, stride, padding, shape):
+    """F3 ``O_ij = (1/PQ) Σ x`` against ``F.avg_pool2d`` and F3b, its gradient: float64 gradcheck."""
     x = _double(*shape)
     assert gradcheck(lambda x: DF.avg_pool2d(x, kernel, stride, padding), (x,))
     assert torch.allclose(DF.avg_pool2d(x, kernel, stride, padding), F.avg_pool2d(x, kernel, stride, padding))
@@ -78,6 +80,8 @@ def test_avg_pool_backward_spreads_one_over_pq():
 
 
 def test_global_avg_pool_gradcheck():
+    """F4 ``O_k = (1/HW) Σ_ij x_ijk`` against ``F.adaptive_avg_pool2d`` and F4b, its gradient: gradcheck and by
+    hand."""
     x = _double(2, 3, 4, 5)
     assert gradcheck(DF.global_avg_pool, (x,))
     assert torch.allclose(DF.global_avg_pool(x), F.adaptive_avg_pool2d(x, 1).flatten(1))
@@ -88,6 +92,7 @@ def test_global_avg_pool_gradcheck():
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_gradcheck(bias):
+    """F5 ``O = Wx + b`` against ``F.linear`` and F5b, its gradients: float64 gradcheck."""
     x, weight = _double(4, 6), _double(3, 6, seed=1)
     b = _double(3, seed=2) if bias else None
     assert gradcheck(DF.linear, (x, weight, b))
@@ -95,6 +100,7 @@ def test_linear_gradcheck(bias):
 
 
 def test_dropout_gradcheck_and_scale():
+    """F6 ``O = D⊙x/(1−p)`` (kept units scaled, dropped ones zero) and F6b, its gradient: float64 gradcheck."""
     x = _double(3, 4, 5)
     mask = DF.dropout_mask(x, 0.3, torch.Generator().manual_seed(0))
     assert gradcheck(lambda x: DF.DropoutFunction.apply(x, mask, 0.3), (x,))
@@ -110,6 +116,8 @@ def test_dropout_mask_rate():
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_softmax_cross_entropy(smoothing):
+    """F7 softmax cross-entropy against ``F.cross_entropy`` and F7b, ``∂L/∂O = S − y``: gradcheck and the closed
+    form."""
     logits = _double(5, 7)
     target = torch.tensor([0, 3, 6, 2, 2])
     assert gradcheck(lambda o: DF.softmax_cross_entropy(o, target, smoothing), (logits,))

@@ -139,6 +139,29 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2  # header and epoch 1
 
 
+class NanInEval(densenet.DenseNet):
+    """Trains normally; its evaluation-mode logits are NaN (weights that diverged on an epoch's last step)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out if self.training else out * float("nan")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_nan_evaluation_loss_stops_before_saving(tmp_path, existing):
+    out = tmp_path / "run"
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    model = NanInEval(block_config=(2, 2), growth_rate=8, num_classes=10)
+    with pytest.raises(TrainingDiverged, match="evaluation loss is nan after epoch 1: the weights diverged"):
+        train(TrainConfig(**TINY, out=str(out)), model=model)
+    if existing:  # a directory the run did not create is left, with what the run wrote and nothing saved
+        assert (out / "notes.txt").read_text() == "mine" and not (out / "best").exists()
+    else:  # created by the run, which failed before its first checkpoint
+        assert not out.exists()
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "densenet", "train", *args]
 

@@ -25,6 +25,7 @@ Shape = tuple[int, ...]
 
 def output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     """``⌊(W − K + 2P)/S⌋ + 1`` [F9]."""
+    # ⌊(W − K + 2P)/S⌋ + 1   [F9]
     return (size - kernel + 2 * padding) // stride + 1
 
 
@@ -120,16 +121,20 @@ class Summary:
 
 
 def _dense_layer_row(config: DenseNetConfig, index: int, channels: int, side: int) -> Row:
+    """Row of dense layer ``index`` reading ``channels`` maps: ``K·K·C_in·C_out`` weights per conv (no bias) and
+    ``2·C`` per batch norm [F8], its MACs and shapes."""
     k = config.growth_rate
     shape_in = (channels, side, side)
     pixels = side * side
     if config.bottleneck:
         width = config.bn_size * k
+        # BN1 2·C_in, 1×1 conv 1·1·C_in·w, BN2 2·w, 3×3 conv 3·3·w·k with w = bn_size·k (no biases)   [F8]
         params = 2 * channels + channels * width + 2 * width + 9 * width * k
         formula = f"2·{channels} + 1·1·{channels}·{width} + 2·{width} + 3·3·{width}·{k} = {params:,}"
         macs = (channels * width + 9 * width * k) * pixels
         kernel = "1×1, 3×3"
     else:
+        # BN 2·C_in, 3×3 conv 3·3·C_in·k (no bias)   [F8]
         params = 2 * channels + 9 * channels * k
         formula = f"2·{channels} + 3·3·{channels}·{k} = {params:,}"
         macs = 9 * channels * k * pixels
@@ -139,7 +144,9 @@ def _dense_layer_row(config: DenseNetConfig, index: int, channels: int, side: in
 
 
 def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1) -> Summary:
-    """The tutorial's table for ``config`` at ``input_size × input_size``.
+    """The tutorial's table for ``config`` at ``input_size × input_size``: parameters by [F8] (``K·K·C_in·C_out``
+    per conv, no bias; ``2·C`` per batch norm; ``(C_in + 1)·C_out`` for the classifier), shapes by
+    ``⌊(W − K + 2P)/S⌋ + 1`` [F9].
 
     Raises:
         ValueError: the input is smaller than the network accepts, or the batch size is not positive.
@@ -158,7 +165,9 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
 
     side = input_size
     if config.stem == "imagenet":
+        # ⌊(W − K + 2P)/S⌋ + 1 through the 7×7/2 pad 3 conv, then the 3×3/2 pad 1 max-pool   [F9]
         conv_side = output_size(side, 7, 2, 3)
+        # 7·7·C_in·C_0 conv weights (no bias) + BN 2·C_0   [F8]
         params = 7 * 7 * c_in * c0 + 2 * c0
         rows.append(Row("Conv1", (c_in, side, side), (c0, conv_side, conv_side), "7×7", "2", "3",
                         f"7·7·{c_in}·{c0} + BN 2·{c0} = {params:,}", params,
@@ -173,6 +182,7 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
         memory.add(per_sample=2 * c0 * conv_side**2 * f32 + c0 * pool_side**2 * int64_bytes, only="reference")
         side = pool_side
     else:
+        # 3·3·C_in·C_0 conv weights, no bias and no BN after it   [F8]
         params = 3 * 3 * c_in * c0
         rows.append(Row("Conv1", (c_in, side, side), (c0, side, side), "3×3", "1", "1",
                         f"3·3·{c_in}·{c0} = {params:,}", params, params * side**2, params * side**2))
@@ -213,6 +223,7 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
         if block_index < len(config.block_config):
             reduced = config.transition_channels(channels)
             pooled = output_size(side, 2, 2, 0)
+            # BN 2·C + 1×1 conv 1·1·C·⌊θ·C⌋ (no bias)   [F8]
             params = 2 * channels + channels * reduced
             bn_channels.append(channels)
             # pooled maps (kept by the conv), the BN's μ and 1/σ; the reference also keeps the BN-ReLU output
@@ -232,6 +243,7 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
     n = config.num_classes
     if n:
         memory.add(per_sample=channels * f32)  # pooled features, kept by the classifier
+        # the classifier, a linear layer with a bias: (C_in + 1)·C_out   [F8]
         params = (channels + 1) * n
         rows.append(Row("Fully Connected", (channels,), (n,), "", "", "", f"({channels} + 1)·{n} = {params:,}",
                         params, channels * n, channels * n))

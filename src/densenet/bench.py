@@ -226,11 +226,20 @@ def _memory_child(spec: dict[str, Any]) -> float:
 
 def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: bool = False, onnx: bool = False,
               threads: int | None = None, rounds: int = 10, warmup: int = 2, memory: bool = True) -> dict[str, Any]:
-    """Measure every configuration; returns a JSON-able report (see :func:`format_report`)."""
-    threads = threads or torch.get_num_threads()
+    """Measure every configuration; returns a JSON-able report (see :func:`format_report`).
+
+    Raises:
+        ValueError: ``batch``, ``input_size``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0.
+    """
+    for label, value in (("batch", batch), ("input_size", input_size), ("threads", threads), ("rounds", rounds)):
+        if value is not None and value < 1:
+            raise ValueError(f"{label} must be at least 1, got {value}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be at least 0, got {warmup}")
+    threads = threads if threads is not None else torch.get_num_threads()
     torch.set_num_threads(threads)
     config = get_config(name)
-    input_size = input_size or (224 if config.stem == "imagenet" else 32)
+    input_size = input_size if input_size is not None else (224 if config.stem == "imagenet" else 32)
     with tempfile.TemporaryDirectory() as workdir:
         runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir))
         times = time_interleaved(runners, rounds, warmup)

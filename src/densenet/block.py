@@ -187,6 +187,7 @@ def dense_block_forward(
             new = dropout_forward(new, mask, spec.drop_rate)
             if keep:
                 masks.append(mask)
+        # x_l = H_l([x_0, …, x_{l−1}]), written into the buffer   [F2]
         features[:, channels:channels + k].copy_(new)
         if training:
             mean[channels:channels + k], invstd[channels:channels + k] = channel_stats(new, eps)
@@ -267,6 +268,7 @@ def dense_block_backward(
             grad_relu1, param_grads[offset + 2], _ = conv2d_backward(
                 grad_new, relu1, weight1, False, _STRIDE_ONE, _PAD_ONE, (True, needs_param_grad[offset + 2], False))
         grad_relu1 = _rows(grad_relu1.contiguous(memory_format=torch.channels_last))  # (M, C_l)
+        # ∂L/∂x_j += ∂H_l/∂x_j for every j < l, added into the shared gradient buffer   [F2b]
         grad_gamma1, grad_beta1 = _bn1_backward_into(grad[:, :channels], grad_relu1, _rows(relu1), inputs, scale,
                                                      layer_mean, layer_invstd)
         param_grads[offset], param_grads[offset + 1] = grad_gamma1, grad_beta1

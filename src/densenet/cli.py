@@ -1,7 +1,8 @@
 """The ``densenet`` command.
 
-Every subcommand reports a user's mistake (unknown model, missing file, bad value) as one line on stderr
-and a non-zero exit; set ``DENSENET_DEBUG=1`` to see the traceback instead.
+Every subcommand reports a user's mistake as one line on stderr and a non-zero exit: status 2 for a command line
+argparse rejects (unknown flag, value of the wrong type), 1 for everything else (unknown model, missing file, bad
+value); set ``DENSENET_DEBUG=1`` to see the traceback of the latter instead.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
+import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -92,7 +95,7 @@ def _resolve_config(name: str) -> tuple[str, DenseNetConfig]:
 def cmd_summary(args: argparse.Namespace) -> int:
     """``densenet summary``: the closed-form table of a model."""
     title, config = _resolve_config(args.model)
-    size = args.input_size or (224 if config.stem == "imagenet" else 32)
+    size = args.input_size if args.input_size is not None else (224 if config.stem == "imagenet" else 32)
     summary = summarize(config, size, args.batch_size)
     if args.json:
         print(json.dumps({"model": title, **summary.to_dict()}, indent=2))
@@ -107,16 +110,45 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    return _int_at_least(text, 1)
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (unknown flag, bad value, missing argument) reported as one line,
+    ``densenet train: error: … (see densenet train --help)``, and exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="densenet", description="DenseNet: summary, train, eval, predict, export.")
+    """The argument parser of every subcommand (subcommand parsers share its class)."""
+    parser = _OneLineErrorParser(prog="densenet", description="DenseNet: summary, train, eval, predict, export.")
     parser.add_argument("--version", action="version", version=f"densenet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     summary = commands.add_parser("summary", help="closed-form table: shapes, parameters, MACs, memory")
     summary.add_argument("model", help="registered model name (see `densenet list`) or a save_pretrained directory")
-    summary.add_argument("--input-size", type=int, default=None, help="input side (default 224, CIFAR models 32)")
-    summary.add_argument("--batch-size", type=int, default=1, help="batch size for the activation memory")
+    summary.add_argument("--input-size", type=_positive_int, default=None,
+                         help="input side (default 224, CIFAR models 32)")
+    summary.add_argument("--batch-size", type=_positive_int, default=1, help="batch size for the activation memory")
     summary.add_argument("--detail", action="store_true", help="list every dense layer")
     summary.add_argument("--json", action="store_true", help="print JSON instead of the table")
     summary.set_defaults(handler=cmd_summary)
@@ -131,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train a DenseNet-BC on the bundled digits and predict held-out digits")
     _add_train_arguments(demo)
-    demo.add_argument("--samples", type=int, default=8, help="held-out digits to predict")
+    demo.add_argument("--samples", type=_positive_int, default=8, help="held-out digits to predict")
     demo.set_defaults(handler=cmd_demo)
 
     evaluate = commands.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of weights")
@@ -139,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", required=True, choices=DATASETS, help="data set whose evaluation split to use")
     evaluate.add_argument("--data-dir", default=None, help="root of cifar10/cifar100 or of an image folder")
     evaluate.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100")
-    evaluate.add_argument("--eval-limit", type=int, default=None, help="use at most N images")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    evaluate.add_argument("--workers", type=int, default=None, help="loader processes for image files")
+    evaluate.add_argument("--eval-limit", type=_positive_int, default=None, help="use at most N images")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass")
+    evaluate.add_argument("--workers", type=_count, default=None,
+                          help="loader processes for image files (default: half the CPUs, at most 8)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--out", default=None, help="where the confusion-matrix PNG goes (default: --weights)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -150,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="top-k classes of image files")
     predict.add_argument("--weights", required=True, help="directory written by save_pretrained")
     predict.add_argument("inputs", nargs="+", help="image files or directories (searched recursively)")
-    predict.add_argument("--top-k", type=int, default=5, help="classes to show per image")
-    predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    predict.add_argument("--top-k", type=_positive_int, default=5, help="classes to show per image")
+    predict.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--json", action="store_true", help="print JSON instead of the table")
     predict.set_defaults(handler=cmd_predict)
@@ -160,18 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", required=True, help="directory written by save_pretrained")
     export.add_argument("--format", required=True, metavar="FORMAT", help="onnx, torchscript or exported-program")
     export.add_argument("--output", required=True, help="file to write (its directory must exist)")
-    export.add_argument("--input-size", type=int, default=None, help="input side (default: the weights' crop size)")
+    export.add_argument("--input-size", type=_positive_int, default=None,
+                        help="input side (default: the weights' crop size)")
     export.add_argument("--json", action="store_true", help="print the check as JSON")
     export.set_defaults(handler=cmd_export)
 
     bench = commands.add_parser("bench", help="images/s, latency and peak memory, ours against torchvision")
     bench.add_argument("model", help="registered model name")
-    bench.add_argument("--batch", type=int, default=8, help="images per batch")
-    bench.add_argument("--input-size", type=int, default=None, help="input side (default 224, CIFAR models 32)")
+    bench.add_argument("--batch", type=_positive_int, default=8, help="images per batch")
+    bench.add_argument("--input-size", type=_positive_int, default=None,
+                       help="input side (default 224, CIFAR models 32)")
     bench.add_argument("--train", action="store_true", help="time training steps instead of inference")
     bench.add_argument("--onnx", action="store_true", help="also time onnxruntime on both models' ONNX exports")
-    bench.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    bench.add_argument("--rounds", type=int, default=10, help="timed rounds after warm-up (the median is reported)")
+    bench.add_argument("--threads", type=_positive_int, default=None,
+                       help="intra-op threads (default: torch's)")
+    bench.add_argument("--rounds", type=_positive_int, default=10,
+                       help="timed rounds after warm-up (the median is reported)")
     bench.add_argument("--no-memory", action="store_true", help="skip the per-configuration peak-memory runs")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     bench.set_defaults(handler=cmd_bench)
@@ -180,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; a user's mistake prints one line on stderr and returns a non-zero code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named after the subcommand they were given to, not after `densenet`
+        parser.exit(2, f"densenet {args.command}: error: unrecognized arguments: {' '.join(extra)} "
+                       f"(see densenet {args.command} --help)\n")
     if args.command in ("train", "demo", "eval"):
         _log_to_stderr()
     handler: Handler = args.handler
@@ -211,8 +252,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + item.name.replace("_", "-")
         help_text = item.metadata["help"]
-        kinds = [typing.get_origin(option) or option for option in typing.get_args(hints[item.name]) or
-                 (hints[item.name],)]
+        hint = hints[item.name]
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        kinds = [typing.get_origin(option) or option for option in options]  # list[float] → list
         if item.name == "model_args":
             parser.add_argument("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE",
                                 default=argparse.SUPPRESS, help=help_text + " (one per flag, value in YAML)")
@@ -220,7 +262,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
         elif list in kinds:
-            parser.add_argument(flag, nargs="+", type=float, default=argparse.SUPPRESS, help=help_text)
+            (element,) = typing.get_args(next(option for option in options if typing.get_origin(option) is list))
+            parser.add_argument(flag, nargs="+", type=element, default=argparse.SUPPRESS, help=help_text)
         else:
             kind = next(k for k in kinds if k is not type(None))
             parser.add_argument(flag, type=kind, choices=item.metadata.get("choices"), default=argparse.SUPPRESS,
@@ -237,7 +280,11 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise ValueError(f"--model-arg takes KEY=VALUE, got {item!r}")
-            model_args[key.strip()] = yaml.safe_load(value)
+            try:
+                model_args[key.strip()] = yaml.safe_load(value)
+            except yaml.YAMLError as error:
+                raise ValueError(f"--model-arg {item!r}: the value is not valid YAML "
+                                 f"({str(error).splitlines()[0]})") from error
         overrides["model_args"] = model_args
     files = list(args.config)
     if args.resume:
@@ -317,7 +364,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     width = max(len(name) for name in result.class_names)
     print("per-class top-1:")
     for name, accuracy in zip(result.class_names, result.per_class, strict=True):
-        print(f"  {name.ljust(width)}  {accuracy:7.2%}")
+        print(f"  {name.ljust(width)}  " + ("no image" if math.isnan(accuracy) else f"{accuracy:7.2%}"))
     print(f"confusion matrix: {figure}")
     return 0
 
@@ -347,7 +394,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise ValueError(f"unsupported export format {args.format!r}; choose one of {', '.join(FORMATS)}")
     model = from_pretrained(args.weights)
-    size = args.input_size or (model.preprocessing or {}).get("crop")
+    size = args.input_size if args.input_size is not None else (model.preprocessing or {}).get("crop")
     report = export_model(model, args.format, args.output, input_size=size)
     if args.json:
         print(json.dumps({"path": str(report.path), "format": report.format, "max_abs_diff": report.max_abs_diff,

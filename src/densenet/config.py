@@ -47,6 +47,9 @@ class DenseNetConfig:
     memory_efficient: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.block_config, (list, tuple)):
+            raise ValueError(f"block_config must be a list of layer counts, e.g. [6, 12, 24, 16], got "
+                             f"{self.block_config!r}")
         object.__setattr__(self, "block_config", tuple(self.block_config))
         for name in ("growth_rate", "num_init_features", "in_chans"):
             _require_int(name, getattr(self, name), minimum=1)
@@ -88,6 +91,7 @@ class DenseNetConfig:
         ``⌊(W − K + 2P)/S⌋ + 1`` [F9] through the stem (7×7/2 pad 3 conv and 3×3/2 pad 1 max-pool for the
         ImageNet stem; the CIFAR stem's 3×3 pad 1 conv keeps the size) and each transition's 2×2/2 pool.
         """
+        # ⌊(W − K + 2P)/S⌋ + 1 for the stem's conv and max-pool, then for each transition's 2×2/2 pool   [F9]
         if self.stem == "imagenet":
             size = (size - 7 + 2 * 3) // 2 + 1
             size = (size - 3 + 2 * 1) // 2 + 1

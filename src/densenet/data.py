@@ -50,6 +50,9 @@ DIGITS_TEST_FRACTION = 0.2
 SYNTHETIC_SIZES = (1024, 256)
 
 
+MAX_IMAGE_SIDE = 8192  # largest resize/crop a Preprocessing accepts (a 3×8192² float32 input is 805 MB)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How an image becomes the network's input at evaluation time; saved with the weights.
@@ -71,10 +74,18 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.image_mode not in ("L", "RGB"):
             raise ValueError(f"image_mode must be 'L' or 'RGB', got {self.image_mode!r}")
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGE_SIDE:
+                raise ValueError(f"{name} must be an integer in [1, {MAX_IMAGE_SIDE}], got {value!r}")
+        if self.crop > self.resize:
+            raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError(f"mean and std need {self.channels} values for image mode {self.image_mode}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"mean must be finite and std finite and > 0, got {self.mean} and {self.std}")
 
     @property
     def channels(self) -> int:
@@ -87,10 +98,16 @@ class Preprocessing:
                 "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(data["image_mode"], int(data["resize"]), int(data["crop"]), tuple(data["mean"]),
-                   tuple(data["std"]))
+    def from_dict(cls, data: Any) -> Preprocessing:
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: ``data`` is not such a mapping (a key missing, a value of the wrong type or range).
+        """
+        try:
+            return cls(data["image_mode"], data["resize"], data["crop"], tuple(data["mean"]), tuple(data["std"]))
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"preprocessing must map image_mode, resize, crop, mean and std, got {data!r}") from error
 
     def transform(self) -> v2.Compose:
         """PIL image → normalised ``(C, crop, crop)`` float tensor: resize, centre crop, scale, normalise."""
@@ -275,6 +292,7 @@ def _digits(train: bool) -> ImageTensors:
 
 def _cifar(spec: DataSpec, train: bool) -> ImageTensors:
     root = Path(spec.data_dir or "").expanduser()
+    _require_not_file(root)
     if not spec.download and not root.is_dir():
         raise FileNotFoundError(f"data directory {root} does not exist (add --download to fetch {spec.name})")
     builder = datasets.CIFAR10 if spec.name == "cifar10" else datasets.CIFAR100
@@ -298,8 +316,14 @@ def _synthetic(size: int, channels: int, side: int, seed: int) -> ImageTensors:
     return ImageTensors(images, targets, [f"class{i}" for i in range(10)])
 
 
+def _require_not_file(root: Path) -> None:
+    if root.is_file():
+        raise NotADirectoryError(f"data directory {root} is a file; --data-dir names the directory that holds the data")
+
+
 def _folder(spec: DataSpec, train: bool) -> ImageFiles:
     root = Path(spec.data_dir or "").expanduser()
+    _require_not_file(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data directory {root} does not exist")
     if train:
@@ -330,7 +354,8 @@ def read_image(path: str | Path, mode: str) -> Image.Image:
     """Open an image file fully decoded and converted to ``mode`` (grayscale, RGBA and palette images included).
 
     Raises:
-        ValueError: the file is not a readable image (corrupt or truncated); the message names it.
+        ValueError: the file is not a readable image (corrupt, truncated, or over PIL's decompression-bomb limit
+            of ``Image.MAX_IMAGE_PIXELS`` pixels); the message names it.
         FileNotFoundError: no such file.
     """
     path = Path(path)
@@ -342,7 +367,7 @@ def read_image(path: str | Path, mode: str) -> Image.Image:
             return image.convert(mode)
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
 
 
@@ -510,7 +535,9 @@ class Loader:
     """Batches of normalised ``float32`` images and ``int64`` targets for one process.
 
     Call :meth:`set_epoch` before iterating; ``len(loader)`` is the number of batches per epoch. ``skipped``
-    collects the paths of unreadable images met so far.
+    collects the paths of unreadable images met so far, once per epoch they were left out of: read from files,
+    as each batch meets them; decoded into memory (``--cache``), the ones dropped at decoding, at the start of
+    each epoch on rank 0 (so that a sum over processes counts each once).
     """
 
     def __init__(self, data: Split, preprocessing: Preprocessing, batches: EpochBatches, *, augment: str = "none",
@@ -521,8 +548,8 @@ class Loader:
         self.preprocessing = preprocessing
         self.sampling = batches
         self.augment = augment
-        self.skipped: list[str] = list(getattr(data, "skipped", []))
-        self._seen: set[str] = set(self.skipped)
+        self.skipped: list[str] = []
+        self._seen: set[str] = set(getattr(data, "skipped", []))  # reported when decoded
         self._epoch = 0
         self._start = 0
         self._file_loader: DataLoader | None = None
@@ -548,6 +575,8 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         batches = self.sampling.batches(self._epoch, self._start)
         if self._file_loader is None:
+            if self.sampling.rank == 0:
+                self.skipped += self.data.skipped  # left out of every epoch
             yield from self._tensor_batches(batches)
             return
         self._batch_list[:] = [[(self._epoch, index) for index in batch] for batch in batches]

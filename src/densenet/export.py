@@ -99,7 +99,9 @@ def export_model(model: DenseNet, fmt: str, output: str | Path, input_size: int 
         raise ValueError(f"unsupported export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     output = Path(output)
     plain = exportable(model)
-    size = input_size or (224 if plain.config.stem == "imagenet" else 32)
+    size = input_size if input_size is not None else (224 if plain.config.stem == "imagenet" else 32)
+    if size < 1:
+        raise ValueError(f"input size must be at least 1, got {size}")
     plain.check_input(_example(plain, 1, size))
     with torch.no_grad(), atomic_path(output) as temporary:
         _write(plain, fmt, temporary, _example(plain, 2, size))

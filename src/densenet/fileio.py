@@ -14,10 +14,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     Raises:
         FileNotFoundError: the parent directory of ``path`` does not exist.
+        NotADirectoryError: the parent of ``path`` is a file.
+        IsADirectoryError: ``path`` is a directory.
     """
     path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"{path.parent} is a file, not a directory (writing {path.name})")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"directory {path.parent} does not exist (writing {path.name})")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; name a file to write")
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # same suffix: some writers check it
     try:
         yield temporary

@@ -34,6 +34,7 @@ def _pair(value: int | Pair) -> Pair:
 
 def conv2d_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Pair, padding: Pair) -> Tensor:
     """``O = W ∗ X + b`` [F1]: ``(N, C_in, H, W)`` → ``(N, C_out, H', W')`` with ``H' = ⌊(H − K + 2P)/S⌋ + 1``."""
+    # O = W ∗ X + b   [F1]
     return F.conv2d(x, weight, bias, stride, padding)
 
 
@@ -258,6 +259,7 @@ def global_avg_pool_forward(x: Tensor) -> Tensor:
 def global_avg_pool_backward(grad_out: Tensor, input_shape: torch.Size) -> Tensor:
     """``∂L/∂x_ijk = (1/HW) ∂L/∂O_k`` [F4b]: ``(N, C)`` → ``(N, C, H, W)``."""
     h, w = input_shape[2], input_shape[3]
+    # ∂L/∂x_ijk = (1/HW) ∂L/∂O_k, the same for every (i, j)   [F4b]
     return (grad_out / (h * w))[:, :, None, None].expand(input_shape).contiguous()
 
 
@@ -294,6 +296,7 @@ def linear_backward(
     grad_out: Tensor, x: Tensor, weight: Tensor, has_bias: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``∂L/∂x = Wᵀ δ``, ``∂L/∂W = δ xᵀ``, ``∂L/∂b = δ`` [F5b], summed over the batch for ``W`` and ``b``."""
+    # ∂L/∂x = Wᵀδ, ∂L/∂W = δxᵀ, ∂L/∂b = δ   [F5b]
     dx = grad_out @ weight  # (N, C)
     dw = grad_out.t() @ x  # (K, C)
     db = grad_out.sum(dim=0) if has_bias else None  # (K,)
@@ -326,7 +329,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def dropout_mask(like: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
-    """``D``: a boolean mask keeping each unit with probability ``1 − p``."""
+    """``D`` of ``O = D ⊙ x / (1 − p)`` [F6]: a boolean mask keeping each unit with probability ``1 − p``."""
     keep = torch.empty(like.shape, device=like.device, dtype=torch.float32)
     return keep.bernoulli_(1.0 - p, generator=generator).bool()
 
@@ -378,6 +381,7 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> tuple[Tenso
     Returns:
         The mean loss (a scalar) and ``S`` ``(N, K)``.
     """
+    # log S_k = O_k − log Σ_j e^{O_j}, then L = −(1/N) Σ y log S   [F7]
     log_s = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # (N, K), log S computed stably
     loss = -(target * log_s).sum() / logits.shape[0]
     return loss, log_s.exp()
@@ -385,6 +389,7 @@ def softmax_cross_entropy_forward(logits: Tensor, target: Tensor) -> tuple[Tenso
 
 def softmax_cross_entropy_backward(grad_loss: Tensor, softmax: Tensor, target: Tensor) -> Tensor:
     """``∂L/∂O_k = S_k − y_k`` [F7b] (per sample; ``/N`` for the batch mean), times the incoming ``∂ℓ/∂L``."""
+    # ∂L/∂O_k = S_k − y_k   [F7b]
     return grad_loss * (softmax - target) / softmax.shape[0]
 
 

@@ -126,8 +126,8 @@ def top_k(logits: Tensor, k: int, class_names: Sequence[str] | None) -> list[tup
 
 def predict(model: Model, inputs: Iterable[str | Path], k: int = 5, batch_size: int = 64) -> list[Prediction]:
     """Top-``k`` classes of every image file in ``inputs`` (files, or directories searched recursively)."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    if k < 1 or batch_size < 1:
+        raise ValueError(f"k and batch_size must be at least 1, got {k} and {batch_size}")
     preprocessing = preprocessing_of(model)
     device = next(model.parameters()).device
     model.eval()

@@ -128,7 +128,8 @@ class DenseBlock(nn.ModuleDict):
         return features
 
     def reference_forward(self, x: Tensor) -> Tensor:
-        """Reference implementation: re-concatenate every earlier map before each layer.
+        """Reference implementation of ``x_l = H_l([x_0, …, x_{l−1}])`` [F2]: re-concatenate every earlier map before
+        each layer (``torch.cat``).
 
         Args:
             x: ``(N, C_0, H, W)``.
@@ -164,6 +165,7 @@ class Transition(nn.Module):
         if _recompute(self.memory_efficient, self.training, x, self.norm):
             y = batch_norm_relu_pool(self.norm, x, ("avg", 2, 2, 0))  # (N, C, H/2, W/2)
         else:
+            # pool(σ(BN(x))), O_ij = (1/PQ) Σ x over each 2×2 window   [F3]
             y = self.pool(self.relu(self.norm(x)))  # (N, C, H/2, W/2)
         return self.conv(y)  # (N, ⌊θ·C⌋, H/2, W/2)
 

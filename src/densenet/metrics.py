@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ class EvalResult:
         loss: mean per-image loss, from the sums given to :meth:`Accumulator.update`.
         top1: fraction whose highest-scoring class is the target.
         top5: fraction whose target is among the ``min(5, classes)`` highest-scoring classes.
-        per_class: top-1 accuracy of each class (``nan`` for a class with no image).
+        per_class: top-1 accuracy of each class (``nan`` for a class with no image; ``None`` in :meth:`to_dict`).
         confusion: ``confusion[t][p]`` counts images of class ``t`` predicted as ``p``.
         class_names: the classes, in index order.
     """
@@ -32,13 +33,15 @@ class EvalResult:
     class_names: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict; per-class accuracy keyed by class name."""
+        """JSON-able dict (strict JSON: no NaN); per-class accuracy keyed by class name, ``None`` for a class with
+        no image."""
         return {
             "samples": self.samples,
             "loss": self.loss,
             "top1": self.top1,
             "top5": self.top5,
-            "per_class": dict(zip(self.class_names, self.per_class, strict=True)),
+            "per_class": {name: None if math.isnan(accuracy) else accuracy
+                          for name, accuracy in zip(self.class_names, self.per_class, strict=True)},
             "class_names": self.class_names,
             "confusion": self.confusion,
         }
@@ -67,19 +70,25 @@ class Accumulator:
         self.totals[2:] += torch.bincount(pairs, minlength=n * n).double()
 
     def result(self) -> EvalResult:
-        """The metrics of everything added so far."""
+        """The metrics of everything added so far.
+
+        Raises:
+            ValueError: nothing was added (e.g. every image of the split was unreadable).
+        """
         n = len(self.class_names)
         confusion = self.totals[2:].round().long().view(n, n)
         samples = int(confusion.sum())
+        if not samples:
+            raise ValueError("no image was evaluated: every image of the evaluation split was unreadable or the "
+                             "split is empty")
         per_class_total = confusion.sum(1)
         diagonal = confusion.diagonal()
         per_class = [float(c) / float(t) if t else float("nan") for c, t in zip(diagonal, per_class_total, strict=True)]
-        denominator = max(samples, 1)
         return EvalResult(
             samples=samples,
-            loss=float(self.totals[0]) / samples if samples else float("nan"),
-            top1=float(diagonal.sum()) / denominator,
-            top5=float(self.totals[1]) / denominator,
+            loss=float(self.totals[0]) / samples,
+            top1=float(diagonal.sum()) / samples,
+            top5=float(self.totals[1]) / samples,
             per_class=per_class,
             confusion=confusion.tolist(),
             class_names=self.class_names,

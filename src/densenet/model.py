@@ -97,6 +97,7 @@ class DenseNet(nn.Module):
         """
         # O_k = (1/HW) Σ_ij x_ijk   [F4]
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (N, C)
+        # O = Wx + b   [F5]
         return x if pre_logits else self.classifier(x)  # (N, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

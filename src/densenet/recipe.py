@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ class TrainConfig:
     cache: bool = _field(False, "folder: decode every image once into memory (small images)")
     train_limit: int | None = _field(None, "use at most N training images (fixed random subset; synthetic: N images)")
     eval_limit: int | None = _field(None, "use at most N evaluation images")
-    workers: int | None = _field(None, "loader worker processes for image files (default: half the CPUs)")
+    workers: int | None = _field(None, "loader worker processes for image files (default: half the CPUs, at most 8)")
     # model
     model: str = _field("densenet_bc100_k12", "registered model name (densenet list)")
     model_args: dict[str, Any] = field(default_factory=dict, metadata={
@@ -90,8 +91,17 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "momentum", "gamma", "warmup_epochs", "label_smoothing"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             raise ValueError("need lr > 0, weight_decay >= 0, 0 <= momentum < 1 and 0 <= label_smoothing < 1")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma multiplies the learning rate at each milestone: it must be > 0, got {self.gamma}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.log_every < 0:
+            raise ValueError(f"log_every must be >= 0 (0: once per epoch), got {self.log_every}")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if any(not 0 < m < 1 for m in self.milestones):
@@ -135,6 +145,9 @@ def check_keys(data: Any, source: str) -> None:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
             raise ValueError(f"unknown config key {key!r} in {source}; {hint}")
+    if not isinstance(data.get("model_args") or {}, dict):
+        raise ValueError(f"model_args in {source} must be a mapping of architecture fields, e.g. "
+                         f"{{growth_rate: 12}}, got {data['model_args']!r}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -145,10 +158,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         ValueError: not valid YAML, not a mapping, or a key that is not a config field.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a directory")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text: {error.reason} at byte {error.start}") from error
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from error
     check_keys(data, str(path))

@@ -32,6 +32,9 @@ Conv = tuple[tuple[int, int], tuple[int, int]]  # stride, padding
 class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
     """``pool(σ(BN(conv(x))))`` in training mode (``conv`` optional), saving ``x`` and the batch statistics.
 
+    For a transition, ``pool(σ(BN(x)))`` with the 2×2 average pool [F3] (backward [F3b]); for the ImageNet stem,
+    ``O = σ(BN(W ∗ x))`` [F1] (backward [F1b]) then the 3×3/2 max-pool.
+
     Under autocast the conv runs in the autocast dtype, cast explicitly so that the backward's recomputation
     matches the forward whatever autocast state the backward runs in.
     """
@@ -78,10 +81,12 @@ def _conv(x: Tensor, weight: Tensor | None, conv: Conv | None, dtype: torch.dtyp
     """``W ∗ x`` in ``dtype`` [F1], or ``x`` itself without a conv."""
     if conv is None:
         return x
+    # W ∗ x   [F1]
     return conv2d_forward(x.to(dtype), weight.to(dtype), None, *conv)
 
 
 def _pool(x: Tensor, pool: Pool) -> Tensor:
+    """The transition's average pool ``O_ij = (1/PQ) Σ x`` [F3], or the stem's max-pool."""
     kind, kernel, stride, padding = pool
     if kind == "avg":
         # O_ij = (1/PQ) Σ x over the window   [F3]
@@ -90,6 +95,8 @@ def _pool(x: Tensor, pool: Pool) -> Tensor:
 
 
 def _pool_backward(grad_out: Tensor, relu: Tensor, pool: Pool) -> Tensor:
+    """The pool's backward: ``1/(PQ)`` of each output's gradient to every input of its window for the average
+    pool [F3b]; to the argmax of its window for the max-pool."""
     kind, kernel, stride, padding = pool
     if kind == "avg":
         # each output's gradient spread 1/(PQ) to every input of its window   [F3b]

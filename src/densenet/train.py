@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -166,6 +167,7 @@ class _Trainer:
         self.preprocessing = preprocessing_for(spec, self.train_split)
         self.model = self._model(model)
         self.model.preprocessing = self.preprocessing.to_dict()
+        self._check_input_size(self.preprocessing.crop)
 
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.memory_format = memory_format
@@ -246,7 +248,23 @@ class _Trainer:
             model.class_names = list(self.class_names)
         return model
 
+    def _check_input_size(self, side: int) -> None:
+        """Fail before the run directory exists on input the network cannot train on."""
+        architecture = self.model.config
+        if side < architecture.min_input_size:
+            raise ValueError(f"image size {side} is too small for {self.config.model}: at least "
+                             f"{architecture.min_input_size} (--image-size)")
+        final = architecture.feature_map_size(side)
+        if self.micro_batch * final * final < 2:
+            raise ValueError(f"a batch of {self.micro_batch} image(s) per process at {side}×{side} leaves the last "
+                             f"batch norm {final}×{final}×{self.micro_batch} = one value per channel, too few for "
+                             "batch statistics: raise --batch-size or --image-size")
+
     def _restore(self, state: dict[str, Any]) -> None:
+        for key, kinds in _CHECKPOINT_FIELDS.items():
+            if not isinstance(state.get(key), kinds) or isinstance(state.get(key), bool):
+                raise CheckpointError(f"{self.checkpoint_path} is malformed: {key!r} is missing or of the wrong type "
+                                      f"({type(state.get(key)).__name__})")
         try:
             load_weights(self.model, state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -270,6 +288,7 @@ class _Trainer:
 
     def fit(self) -> TrainResult:
         config, context = self.config, self.context
+        created = not self.run_dir.exists()
         runlog = RunLog(self.run_dir, first_epoch=self.epoch) if context.is_main else None
         if runlog:
             runlog.write_config(config)
@@ -289,9 +308,14 @@ class _Trainer:
                     final = self._evaluate()  # resumed a finished run
             if runlog and not interrupted:
                 runlog.write_plots(self.history, final)
-        finally:
+        except BaseException:
             if runlog:
                 runlog.close()
+                if created and not self.checkpoint_path.exists():  # failed before anything worth keeping
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        if runlog:
+            runlog.close()
         if interrupted and context.is_main:
             logger.info("interrupted: checkpoint saved at epoch %d, step %d of %d in %s", self.epoch + 1, self.step,
                         self.steps_per_epoch, self.checkpoint_path)
@@ -392,6 +416,12 @@ class _Trainer:
 
     def _end_epoch(self, result: EvalResult, runlog: RunLog | None) -> None:
         context = self.context
+        if not math.isfinite(result.loss):  # the epoch's last step diverged after its loss was checked
+            kept = (f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.is_file()
+                    else "no checkpoint was written yet")
+            raise TrainingDiverged(f"evaluation loss is {result.loss} after epoch {self.epoch + 1}: the weights "
+                                   f"diverged; training stopped and nothing of this epoch was saved; {kept}. Lower "
+                                   "the learning rate or check the data")
         totals = distributed.all_reduce(torch.tensor(
             [self.partial["loss_sum"], self.partial["correct"], self.partial["seen"], self.partial["skipped"]],
             dtype=torch.float64), context)
@@ -505,6 +535,13 @@ class _Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+# the fields _save_checkpoint writes and the types _restore relies on
+_CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "rng": list, "epoch": int, "step": int,
+    "steps_per_epoch": int, "partial": dict, "best_acc": (int, float), "history": list,
+}
 
 
 def _fresh_partial() -> dict[str, float]:

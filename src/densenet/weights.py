@@ -86,7 +86,9 @@ def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor]) -> 
     missing, unexpected or of another shape is an error.
 
     Raises:
-        WeightsError: keys or shapes do not match; the message names the first offending keys.
+        FileNotFoundError: ``source`` is a path to nothing.
+        WeightsError: the file is not a readable state dict, or keys or shapes do not match (the message names
+            the first offending keys).
     """
     state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
     state = convert_state_dict(state)
@@ -140,6 +142,7 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the directory or its config.json is missing.
+        NotADirectoryError: ``directory`` is a file.
         WeightsError: config.json is not valid.
     """
     directory = Path(directory)
@@ -150,9 +153,13 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}: not a directory written by save_pretrained")
+    from densenet.data import Preprocessing  # here: `import densenet` does not load torchvision's data sets
+
     try:
         meta = json.loads(config_path.read_text())
         DenseNetConfig.from_dict(meta["architecture"])
+        if meta.get("preprocessing") is not None:
+            Preprocessing.from_dict(meta["preprocessing"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise WeightsError(f"{config_path} is not a valid densenet config: {error}") from error
     return meta
