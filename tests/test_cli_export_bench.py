@@ -99,6 +99,8 @@ def test_library_entry_points_check_sizes(weights, tmp_path):
         export_model(densenet.from_pretrained(weights), "onnx", tmp_path / "m.onnx", input_size=-3)
     with pytest.raises(ValueError, match="threads must be at least 1"):
         run_bench("densenet121", threads=-1)
+    with pytest.raises(ValueError, match="one value per channel, too few for batch statistics"):
+        run_bench("densenet121", batch=1, input_size=32, train=True)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         predict(densenet.from_pretrained(weights), [tmp_path], batch_size=0)
     assert list(tmp_path.iterdir()) == []

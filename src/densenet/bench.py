@@ -229,7 +229,8 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     """Measure every configuration; returns a JSON-able report (see :func:`format_report`).
 
     Raises:
-        ValueError: ``batch``, ``input_size``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0.
+        ValueError: ``batch``, ``input_size``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0; ``train``
+            with one value per channel at the last batch norm.
     """
     for label, value in (("batch", batch), ("input_size", input_size), ("threads", threads), ("rounds", rounds)):
         if value is not None and value < 1:
@@ -240,6 +241,9 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     torch.set_num_threads(threads)
     config = get_config(name)
     input_size = input_size if input_size is not None else (224 if config.stem == "imagenet" else 32)
+    if train and batch * config.feature_map_size(input_size) ** 2 < 2:
+        raise ValueError(f"training on a batch of {batch} at {input_size}×{input_size} leaves the last batch norm one "
+                         "value per channel, too few for batch statistics: raise --batch or --input-size")
     with tempfile.TemporaryDirectory() as workdir:
         runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir))
         times = time_interleaved(runners, rounds, warmup)
