@@ -101,6 +101,8 @@ def test_library_entry_points_check_sizes(weights, tmp_path):
         run_bench("densenet121", threads=-1)
     with pytest.raises(ValueError, match="one value per channel, too few for batch statistics"):
         run_bench("densenet121", batch=1, input_size=32, train=True)
+    with pytest.raises(ValueError, match="input 16×16 is too small for densenet121: .* at least 29"):
+        run_bench("densenet121", input_size=16, train=True)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         predict(densenet.from_pretrained(weights), [tmp_path], batch_size=0)
     assert list(tmp_path.iterdir()) == []

@@ -229,8 +229,8 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     """Measure every configuration; returns a JSON-able report (see :func:`format_report`).
 
     Raises:
-        ValueError: ``batch``, ``input_size``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0; ``train``
-            with one value per channel at the last batch norm.
+        ValueError: ``batch``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0, ``input_size`` below the
+            network's smallest; ``train`` with one value per channel at the last batch norm.
     """
     for label, value in (("batch", batch), ("input_size", input_size), ("threads", threads), ("rounds", rounds)):
         if value is not None and value < 1:
@@ -241,6 +241,9 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     torch.set_num_threads(threads)
     config = get_config(name)
     input_size = input_size if input_size is not None else (224 if config.stem == "imagenet" else 32)
+    if input_size < config.min_input_size:
+        raise ValueError(f"input {input_size}×{input_size} is too small for {name}: height and width must be at least "
+                         f"{config.min_input_size}")
     if train and batch * config.feature_map_size(input_size) ** 2 < 2:
         raise ValueError(f"training on a batch of {batch} at {input_size}×{input_size} leaves the last batch norm one "
                          "value per channel, too few for batch statistics: raise --batch or --input-size")
