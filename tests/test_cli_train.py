@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from densenet.cli import _train_config, build_parser, main
 from densenet.recipe import TrainConfig
@@ -181,6 +182,10 @@ def test_bad_resume_and_model_args(tmp_path, capsys):
     (lambda t: ["--warmup-epochs", "nan"], "warmup_epochs must be a finite number"),
     (lambda t: ["--seed", "99999999999999999999"], r"seed must be in \[0, 2\*\*63\)"),
     (lambda t: ["--log-every", "-1"], "log_every must be >= 0"),
+    (lambda t: ["--workers", "-1"], "workers must be >= 0"),
+    (lambda t: ["--image-size", "99999999999999999999"], r"image_size must be below 2\*\*31"),
+    (lambda t: ["--dataset", "synthetic", "--image-size", "9000"], "image_size must be at most 8192"),
+    (lambda t: ["--dataset", "synthetic", "--train-limit", "2000000000"], "at most 10,000,000"),
     (lambda t: ["--config", str(t)], "is a directory"),
     (lambda t: ["--config", _write(t / "latin1.yaml", b"epochs: 3 # \xff\n")], "latin1.yaml is not UTF-8 text"),
     (lambda t: ["--dataset", "folder", "--data-dir", _write(t / "file.txt", "x")], "file.txt is a file"),
@@ -205,8 +210,16 @@ def test_bad_checkpoints_on_resume(trained, tmp_path, capsys):
     shutil.copy(trained / "config.yaml", text / "config.yaml")
     (text / "checkpoint.pt").write_text("hello\n")
     _one_line_error(capsys, ["train", "--resume", str(text)], "train", "checkpoint.pt is not a readable checkpoint")
-    for field, value in (("history", None), ("epoch", "abc")):
-        broken = tmp_path / field
+    cases = [("history", None, "'history' is missing or of the wrong type"),
+             ("epoch", "abc", "'epoch' is missing or of the wrong type"),
+             ("epoch", -1, "epoch -1, step 0"),
+             ("step", -5, "epoch 4, step -5"),
+             ("step", 999, "epoch 4, step 999 of 5"),
+             ("best_acc", float("nan"), "best accuracy nan"),
+             ("history", [{"epoch": 1}], "a history of 1 rows for 4 epochs"),
+             ("history", [{"epoch": "x"}] * 4, "history rows without the metrics epoch, train_loss")]
+    for index, (field, value, message) in enumerate(cases):
+        broken = tmp_path / f"case{index}"
         shutil.copytree(trained, broken)
         state = torch.load(broken / "checkpoint.pt", weights_only=True)
         if value is None:
@@ -214,8 +227,47 @@ def test_bad_checkpoints_on_resume(trained, tmp_path, capsys):
         else:
             state[field] = value
         torch.save(state, broken / "checkpoint.pt")
+        before = sorted(p.relative_to(broken) for p in broken.rglob("*"))
         _one_line_error(capsys, ["train", "--resume", str(broken)], "train",
-                        rf"checkpoint.pt is malformed: '{field}' is missing or of the wrong type")
+                        rf"checkpoint.pt is malformed: {re.escape(message)}")
+        assert sorted(p.relative_to(broken) for p in broken.rglob("*")) == before  # nothing written
+
+
+def test_weights_with_nan_or_a_malformed_config(trained, colours, tmp_path, capsys):
+    nan_weights = tmp_path / "nan"
+    shutil.copytree(trained / "best", nan_weights)
+    tensors = load_file(nan_weights / "model.safetensors")
+    tensors["classifier.weight"][0, 0] = float("nan")
+    save_file(tensors, nan_weights / "model.safetensors")
+    _one_line_error(capsys, ["predict", "--weights", str(nan_weights), str(colours / "val")], "predict",
+                    "hold NaN or infinite values .*: classifier.weight")
+    for name, edit, message in (("list", lambda meta: [meta], "it holds no 'architecture' mapping"),
+                                ("mean", lambda meta: {**meta, "preprocessing": {**meta["preprocessing"],
+                                                                                  "mean": "abc"}},
+                                 "preprocessing must map")):
+        edited = tmp_path / name
+        shutil.copytree(trained / "best", edited)
+        meta = json.loads((edited / "config.json").read_text())
+        (edited / "config.json").write_text(json.dumps(edit(meta)))
+        _one_line_error(capsys, ["predict", "--weights", str(edited), str(colours / "val")], "predict",
+                        f"config.json is not a valid densenet config: {message}")
+
+
+def test_out_of_memory_is_one_line_and_other_runtime_errors_are_not_hidden(monkeypatch, capsys):
+    def allocate(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 12000000000000 bytes.")
+
+    monkeypatch.setattr("densenet.cli.cmd_summary", allocate)
+    _one_line_error(capsys, ["summary", "densenet121"], "summary",
+                    r"out of memory \(.*can't allocate memory.*\): use a smaller batch, image or model")
+
+    def bug(args):
+        raise RuntimeError("a bug, not the user's input")
+
+    monkeypatch.setattr("densenet.cli.cmd_summary", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["summary", "densenet121"])
 
 
 def test_no_readable_evaluation_image_is_an_error(trained, tmp_path, capsys):

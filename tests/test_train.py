@@ -149,17 +149,18 @@ class NanInEval(densenet.DenseNet):
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_nan_evaluation_loss_stops_before_saving(tmp_path, existing):
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "nested" / "run"
     if existing:
-        out.mkdir()
+        out.mkdir(parents=True)
         (out / "notes.txt").write_text("mine")
     model = NanInEval(block_config=(2, 2), growth_rate=8, num_classes=10)
     with pytest.raises(TrainingDiverged, match="evaluation loss is nan after epoch 1: the weights diverged"):
         train(TrainConfig(**TINY, out=str(out)), model=model)
-    if existing:  # a directory the run did not create is left, with what the run wrote and nothing saved
-        assert (out / "notes.txt").read_text() == "mine" and not (out / "best").exists()
-    else:  # created by the run, which failed before its first checkpoint
-        assert not out.exists()
+    # the run failed before its first checkpoint: what it created is gone, what was there stays
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    else:
+        assert list(tmp_path.iterdir()) == []  # runs/nested/run, all three created by the run
 
 
 def _cli(*args: str) -> list[str]:

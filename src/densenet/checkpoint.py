@@ -72,8 +72,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
-            AttributeError) as error:  # what a truncated, foreign or text file makes the unpickler raise
+    except (KeyError, IndexError, TypeError, AttributeError) as error:  # the unpickler on a text or foreign file
+        raise CheckpointError(f"{path} is not a readable checkpoint: not a file written by torch.save") from error
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"{path} is not a readable checkpoint: {reason[:200]}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:

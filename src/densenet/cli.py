@@ -127,6 +127,8 @@ def _int_at_least(text: str, minimum: int) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+    if value >= 2**31:
+        raise argparse.ArgumentTypeError(f"must be below 2**31, got {value}")
     return value
 
 
@@ -230,11 +232,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("densenet: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as error:
-        if os.environ.get("DENSENET_DEBUG"):
+    except (ValueError, OSError, MemoryError, RuntimeError) as error:
+        if os.environ.get("DENSENET_DEBUG") or (isinstance(error, RuntimeError) and not _out_of_memory(error)):
             raise
-        print(f"densenet {args.command}: error: {error}", file=sys.stderr)
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, (MemoryError, RuntimeError)):
+            message = f"out of memory ({message[:200]}): use a smaller batch, image or model"
+        print(f"densenet {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """Whether ``error`` is torch's report of a failed allocation (CPU or CUDA)."""
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 # training, evaluation, prediction ---------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ SYNTHETIC_SIZES = (1024, 256)
 
 
 MAX_IMAGE_SIDE = 8192  # largest resize/crop a Preprocessing accepts (a 3×8192² float32 input is 805 MB)
+MAX_SYNTHETIC_IMAGES = 10_000_000  # the synthetic set is generated in memory
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Preprocessing:
             raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError(f"mean and std need {self.channels} values for image mode {self.image_mode}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*self.mean, *self.std)):
+            raise ValueError(f"mean and std must be lists of numbers, got {list(self.mean)} and {list(self.std)}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
@@ -105,7 +108,10 @@ class Preprocessing:
             ValueError: ``data`` is not such a mapping (a key missing, a value of the wrong type or range).
         """
         try:
-            return cls(data["image_mode"], data["resize"], data["crop"], tuple(data["mean"]), tuple(data["std"]))
+            mean, std = data["mean"], data["std"]
+            if not isinstance(mean, (list, tuple)) or not isinstance(std, (list, tuple)):
+                raise TypeError("mean and std must be lists")
+            return cls(data["image_mode"], data["resize"], data["crop"], tuple(mean), tuple(std))
         except (KeyError, TypeError) as error:
             raise ValueError(f"preprocessing must map image_mode, resize, crop, mean and std, got {data!r}") from error
 
@@ -202,6 +208,13 @@ class DataSpec:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIDE:
+            raise ValueError(f"image_size must be at most {MAX_IMAGE_SIDE}, got {self.image_size}")
+        for name in ("train_limit", "eval_limit"):
+            value = getattr(self, name)
+            if self.name == "synthetic" and value is not None and value > MAX_SYNTHETIC_IMAGES:
+                raise ValueError(f"{name} of the synthetic data set makes that many images in memory: at most "
+                                 f"{MAX_SYNTHETIC_IMAGES:,}, got {value:,}")
         if self.in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3 for image data, got {self.in_chans}")
         if self.name in ("cifar10", "cifar100", "folder") and not self.data_dir:

@@ -100,6 +100,12 @@ class TrainConfig:
             raise ValueError(f"gamma multiplies the learning rate at each milestone: it must be > 0, got {self.gamma}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: load in the main process), got {self.workers}")
+        for name in ("epochs", "batch_size", "accumulate", "log_every", "workers", "train_limit", "eval_limit",
+                     "image_size"):
+            if (getattr(self, name) or 0) >= 2**31:
+                raise ValueError(f"{name} must be below 2**31, got {getattr(self, name)}")
         if self.log_every < 0:
             raise ValueError(f"log_every must be >= 0 (0: once per epoch), got {self.log_every}")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:

@@ -52,7 +52,8 @@ from densenet.distributed import Context
 from densenet.metrics import Accumulator, EvalResult
 from densenet.model import DenseNet
 from densenet.recipe import TrainConfig
-from densenet.runlog import RunLog
+from densenet.runlog import CONFIG_FILE as RUN_CONFIG_FILE
+from densenet.runlog import METRIC_COLUMNS, TENSORBOARD_DIR, RunLog
 from densenet.variants import create_model
 from densenet.weights import WeightsError, load_weights
 
@@ -276,6 +277,7 @@ class _Trainer:
         if state["steps_per_epoch"] != self.steps_per_epoch:
             raise CheckpointError(f"{self.checkpoint_path} was written with {state['steps_per_epoch']} steps per "
                                   f"epoch, this run has {self.steps_per_epoch}: data or batch size changed")
+        _check_position(state, self.checkpoint_path)
         self.epoch = state["epoch"]
         self.step = state["step"]
         self.partial = dict(state["partial"])
@@ -288,7 +290,7 @@ class _Trainer:
 
     def fit(self) -> TrainResult:
         config, context = self.config, self.context
-        created = not self.run_dir.exists()
+        created = _paths_to_create(self.run_dir)
         runlog = RunLog(self.run_dir, first_epoch=self.epoch) if context.is_main else None
         if runlog:
             runlog.write_config(config)
@@ -311,8 +313,12 @@ class _Trainer:
         except BaseException:
             if runlog:
                 runlog.close()
-                if created and not self.checkpoint_path.exists():  # failed before anything worth keeping
-                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                if not self.checkpoint_path.exists():  # failed before anything worth keeping: remove what it made
+                    for path in created:
+                        if path.is_dir():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
             raise
         if runlog:
             runlog.close()
@@ -542,6 +548,31 @@ _CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "rng": list, "epoch": int, "step": int,
     "steps_per_epoch": int, "partial": dict, "best_acc": (int, float), "history": list,
 }
+
+
+def _paths_to_create(run_dir: Path) -> list[Path]:
+    """What a run's start will create: the topmost missing directory of ``run_dir`` and its parents, or, when
+    ``run_dir`` exists, the run files in it that do not exist yet."""
+    missing = [path for path in (run_dir, *run_dir.parents) if not path.exists()]
+    if missing:
+        return [missing[-1]]
+    return [path for path in (run_dir / RUN_CONFIG_FILE, run_dir / TENSORBOARD_DIR) if not path.exists()]
+
+
+def _check_position(state: dict[str, Any], path: Path) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint's position, best accuracy and history make sense."""
+    problem = None
+    if not 0 <= state["epoch"] < 2**31 or not 0 <= state["step"] <= state["steps_per_epoch"]:
+        problem = f"epoch {state['epoch']}, step {state['step']} of {state['steps_per_epoch']}"
+    elif not (state["best_acc"] == -1.0 or 0.0 <= state["best_acc"] <= 1.0):
+        problem = f"best accuracy {state['best_acc']}"
+    elif len(state["history"]) != state["epoch"]:
+        problem = f"a history of {len(state['history'])} rows for {state['epoch']} epochs"
+    elif not all(isinstance(row, dict) and all(isinstance(row.get(key), (int, float)) for key in METRIC_COLUMNS)
+                 for row in state["history"]):
+        problem = f"history rows without the metrics {', '.join(METRIC_COLUMNS)}"
+    if problem:
+        raise CheckpointError(f"{path} is malformed: {problem}")
 
 
 def _fresh_partial() -> dict[str, float]:

@@ -87,8 +87,8 @@ def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor]) -> 
 
     Raises:
         FileNotFoundError: ``source`` is a path to nothing.
-        WeightsError: the file is not a readable state dict, or keys or shapes do not match (the message names
-            the first offending keys).
+        WeightsError: the file is not a readable state dict, keys or shapes do not match, or a value is NaN or
+            infinite (the message names the first offending keys).
     """
     state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
     state = convert_state_dict(state)
@@ -103,16 +103,23 @@ def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor]) -> 
         for key in expected
         if key in state and state[key].shape != expected[key].shape
     ]
-    problems = [
-        f"{label}: {', '.join(keys[:3])}{f' (+{len(keys) - 3} more)' if len(keys) > 3 else ''}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-        if keys
-    ]
+    problems = [f"{label}: {_first_keys(keys)}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+                if keys]
+    where = f"{source}" if isinstance(source, (str, Path)) else "state dict"
     if problems:
-        where = f"{source}" if isinstance(source, (str, Path)) else "state dict"
         raise WeightsError(f"weights in {where} do not fit this model; " + "; ".join(problems))
+    non_finite = [key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+    if non_finite:
+        raise WeightsError(f"weights in {where} hold NaN or infinite values (a diverged run?): "
+                           f"{_first_keys(non_finite)}")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _first_keys(keys: list[str]) -> str:
+    """``a, b, c (+N more)``."""
+    return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
 
 def save_pretrained(model: DenseNet, directory: str | Path) -> Path:
@@ -157,6 +164,8 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
 
     try:
         meta = json.loads(config_path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("architecture"), dict):
+            raise ValueError("it holds no 'architecture' mapping")
         DenseNetConfig.from_dict(meta["architecture"])
         if meta.get("preprocessing") is not None:
             Preprocessing.from_dict(meta["preprocessing"])
