@@ -90,6 +90,36 @@ def test_float16_model_with_a_pruned_channel_gives_finite_logits():
     assert torch.isfinite(actual).all() and max_relative_error(actual, expected) <= 3e-3
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_autocast_does_not_reach_the_folded_model(monkeypatch, fused):
+    """Bounds folded for float32 may lie beyond float16's range: under autocast (the plain-conv path is the one
+    CUDA takes) the optimized model still computes in its own dtype, with finite logits."""
+    monkeypatch.setattr("densenet.optimize._FUSED_CONV", fused and densenet.optimize._FUSED_CONV)
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet_bc100_k12", num_classes=10).eval()
+    with torch.no_grad():
+        norm = model.features.denseblock1.denselayer3.norm1
+        norm.weight[5], norm.bias[5] = 1e-4, -7.0  # kink at 7e4, beyond float16's 65504
+    fast = optimize_for_inference(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            actual = fast(x)
+    assert actual.dtype == torch.float32 and max_relative_error(actual, expected) <= 1e-4
+
+
+def test_a_call_outside_inference_mode_after_one_inside():
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet_bc100_k12", num_classes=10).eval()
+    fast = optimize_for_inference(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        inside = fast(x).clone()
+    outside = fast(x)  # the workspace made under inference mode is not writable here: rebuilt
+    torch.testing.assert_close(outside, inside)
+
+
 def test_fold_relu_affine_into_pooled_1x1_conv():
     """W ∗ pool(σ(a·x + b)) + β = W' ∗ pool(clamp(x, lo, hi)) + β', with BN scales of both signs and zero."""
     torch.manual_seed(0)

@@ -413,7 +413,7 @@ class _FileDataset(torch.utils.data.Dataset):
         except (ValueError, OSError) as error:  # corrupt, truncated, or gone since the folder was listed
             return Unreadable(path, str(error.__cause__ or error))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix_seed(self.seed, epoch, index))
+            torch.default_generator.manual_seed(mix_seed(self.seed, epoch, index))  # the CPU's only: leaves CUDA's
             return self.transform(image), target
 
 

@@ -59,6 +59,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
 
 
@@ -68,9 +70,12 @@ def setup(device_name: str = "auto") -> Context:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        if world_size > 1 and device.index != local_rank:
+            raise ValueError(f"under torchrun each process takes the GPU of its local rank: use --device cuda or "
+                             f"auto, not {device_name!r}")
+        torch.cuda.set_device(device)  # pinned-memory threads and new tensors follow the run's GPU, not GPU 0
     if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Context(rank, world_size, local_rank, device)
 

@@ -103,7 +103,9 @@ class Workspace:
         """A flat tensor of ``numel`` elements with ``like``'s dtype and device (contents undefined)."""
         tensors = self._local.__dict__.setdefault("tensors", {})
         tensor = tensors.get(name)
-        if tensor is None or tensor.numel() != numel or tensor.dtype != like.dtype or tensor.device != like.device:
+        if (tensor is None or tensor.numel() != numel or tensor.dtype != like.dtype or tensor.device != like.device
+                # made under torch.inference_mode(): cannot be written outside it
+                or (tensor.is_inference() and not torch.is_inference_mode_enabled())):
             tensor = tensors[name] = like.new_empty(numel)
         return tensor
 
@@ -240,15 +242,19 @@ class OptimizedDenseNet(nn.Module):
         if x.dtype != self.scale5.dtype:
             raise ValueError(f"input dtype {x.dtype} differs from the model's {self.scale5.dtype}: convert one of them "
                              f"(e.g. model.to({x.dtype}))")
-        # O_k = (1/HW) Σ_ij x_ijk   [F4], then O = Wx + b   [F5]
-        return self.classifier(self.forward_features(x).mean(dim=(2, 3)))
+        # Autocast off: the clamp bounds are folded for the model's dtype and may lie beyond a lower precision's
+        # range (a pruned channel); run a lower precision by optimizing the converted model instead.
+        with torch.autocast(x.device.type, enabled=False):
+            # O_k = (1/HW) Σ_ij x_ijk   [F4], then O = Wx + b   [F5]
+            return self.classifier(self.forward_features(x).mean(dim=(2, 3)))
 
 
 def optimize_for_inference(model: DenseNet, channels_last: bool = True) -> OptimizedDenseNet:
     """A faster model computing ``model.eval()``'s function (logits within float32 rounding, ≤ 1e-4 relative).
 
     Optimize the model in the dtype it will run in (``optimize_for_inference(model.half())``, not
-    ``optimize_for_inference(model).half()``): the folded clamp bounds are kept inside that dtype's range.
+    ``optimize_for_inference(model).half()``): the folded clamp bounds are kept inside that dtype's range. For
+    the same reason an enclosing ``torch.autocast`` does not apply inside the optimized model.
 
     Args:
         model: a trained :class:`DenseNet` (its training-mode behaviour, dropout and batch statistics, is dropped).

@@ -242,6 +242,9 @@ class _Trainer:
                 args["memory_efficient"] = False
             torch.manual_seed(self.config.seed)
             return create_model(self.config.model, class_names=self.class_names, **args)
+        if self.config.sync_bn and model.config.memory_efficient:
+            raise ValueError("sync_bn needs a model with memory_efficient=False: the explicit dense block computes "
+                             "its batch statistics itself and never calls the SyncBatchNorm modules")
         if model.config.num_classes != classes or model.config.in_chans != channels:
             raise ValueError(f"the model takes {model.config.in_chans}-channel input into {model.config.num_classes} "
                              f"classes; the data has {channels} channel(s) and {classes} classes")
