@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from densenet.analysis import summarize
-from densenet.model import DenseNet
+from densenet.model import DenseNet, check_batch_statistics
 from densenet.optimize import optimize_for_inference
 from densenet.variants import create_model, get_config
 
@@ -244,9 +244,8 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     if input_size < config.min_input_size:
         raise ValueError(f"input {input_size}×{input_size} is too small for {name}: height and width must be at least "
                          f"{config.min_input_size}")
-    if train and batch * config.feature_map_size(input_size) ** 2 < 2:
-        raise ValueError(f"training on a batch of {batch} at {input_size}×{input_size} leaves the last batch norm one "
-                         "value per channel, too few for batch statistics: raise --batch or --input-size")
+    if train:
+        check_batch_statistics(config, batch, input_size)
     with tempfile.TemporaryDirectory() as workdir:
         runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir))
         times = time_interleaved(runners, rounds, warmup)

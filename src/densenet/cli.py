@@ -137,7 +137,11 @@ class _OneLineErrorParser(argparse.ArgumentParser):
     ``densenet train: error: … (see densenet train --help)``, and exit status 2."""
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, _usage_error(self.prog, message))
+
+
+def _usage_error(prog: str, message: str) -> str:
+    return f"{prog}: error: {message} (see {prog} --help)\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,8 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # named after the subcommand they were given to, not after `densenet`
-        parser.exit(2, f"densenet {args.command}: error: unrecognized arguments: {' '.join(extra)} "
-                       f"(see densenet {args.command} --help)\n")
+        parser.exit(2, _usage_error(f"densenet {args.command}", f"unrecognized arguments: {' '.join(extra)}"))
     if args.command in ("train", "demo", "eval"):
         _log_to_stderr()
     handler: Handler = args.handler

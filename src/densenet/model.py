@@ -140,6 +140,16 @@ def check_input(config: DenseNetConfig, x: Tensor) -> None:
         )
 
 
+def check_batch_statistics(config: DenseNetConfig, batch: int, side: int) -> None:
+    """Raise ``ValueError`` when training on batches of ``batch`` images of ``side × side`` would leave a batch norm
+    one value per channel (the last one sees the smallest maps): torch cannot compute batch statistics from it."""
+    final = config.feature_map_size(side)
+    if batch * final * final < 2:
+        raise ValueError(f"a batch of {batch} image(s) at {side}×{side} leaves the last batch norm "
+                         f"{final}×{final}×{batch} = one value per channel, too few for batch statistics: use a larger "
+                         "batch or image size")
+
+
 def _checked_class_names(class_names: list[str] | None, num_classes: int) -> list[str] | None:
     if class_names is None:
         return None

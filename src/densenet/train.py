@@ -50,7 +50,7 @@ from densenet.checkpoint import (
 from densenet.data import EpochBatches, Loader, load_split, mix_seed, preprocessing_for
 from densenet.distributed import Context
 from densenet.metrics import Accumulator, EvalResult
-from densenet.model import DenseNet
+from densenet.model import DenseNet, check_batch_statistics
 from densenet.recipe import TrainConfig
 from densenet.runlog import CONFIG_FILE as RUN_CONFIG_FILE
 from densenet.runlog import METRIC_COLUMNS, TENSORBOARD_DIR, RunLog
@@ -258,11 +258,7 @@ class _Trainer:
         if side < architecture.min_input_size:
             raise ValueError(f"image size {side} is too small for {self.config.model}: at least "
                              f"{architecture.min_input_size} (--image-size)")
-        final = architecture.feature_map_size(side)
-        if self.micro_batch * final * final < 2:
-            raise ValueError(f"a batch of {self.micro_batch} image(s) per process at {side}×{side} leaves the last "
-                             f"batch norm {final}×{final}×{self.micro_batch} = one value per channel, too few for "
-                             "batch statistics: raise --batch-size or --image-size")
+        check_batch_statistics(architecture, self.micro_batch, side)
 
     def _restore(self, state: dict[str, Any]) -> None:
         for key, kinds in _CHECKPOINT_FIELDS.items():
@@ -385,11 +381,9 @@ class _Trainer:
                                                                               device=self.device)])
         nonfinite, stop = distributed.all_reduce(flags, self.context, torch.distributed.ReduceOp.MAX).tolist()
         if nonfinite:
-            kept = (f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.is_file()
-                    else "no checkpoint was written yet")
             raise TrainingDiverged(
                 f"loss is {loss_sum.item() / max(seen, 1)} at epoch {self.epoch + 1}, step {self.step + 1}: training "
-                f"stopped; {kept}. Lower the learning rate or check the data")
+                f"stopped; {self._kept_checkpoint()}. Lower the learning rate or check the data")
         self.stop_requested = bool(stop)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -423,14 +417,18 @@ class _Trainer:
         accumulator.totals = distributed.all_reduce(accumulator.totals, self.context)
         return accumulator.result()
 
+    def _kept_checkpoint(self) -> str:
+        """Where a diverged run can be resumed from, for its error message."""
+        if self.checkpoint_path.is_file():
+            return f"the last good checkpoint is {self.checkpoint_path}"
+        return "no checkpoint was written yet"
+
     def _end_epoch(self, result: EvalResult, runlog: RunLog | None) -> None:
         context = self.context
         if not math.isfinite(result.loss):  # the epoch's last step diverged after its loss was checked
-            kept = (f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.is_file()
-                    else "no checkpoint was written yet")
             raise TrainingDiverged(f"evaluation loss is {result.loss} after epoch {self.epoch + 1}: the weights "
-                                   f"diverged; training stopped and nothing of this epoch was saved; {kept}. Lower "
-                                   "the learning rate or check the data")
+                                   "diverged; training stopped and nothing of this epoch was saved; "
+                                   f"{self._kept_checkpoint()}. Lower the learning rate or check the data")
         totals = distributed.all_reduce(torch.tensor(
             [self.partial["loss_sum"], self.partial["correct"], self.partial["seen"], self.partial["skipped"]],
             dtype=torch.float64), context)
