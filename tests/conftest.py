@@ -6,19 +6,12 @@ import torch
 from torch import nn
 
 import densenet
+from densenet.bench import trained_like
 
 
 def randomize_batch_norm(model: nn.Module, seed: int = 0) -> None:
     """Give every batch norm non-trivial affine parameters and running statistics."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                shape = module.weight.shape
-                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+    trained_like(model, seed)
 
 
 def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

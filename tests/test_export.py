@@ -4,8 +4,10 @@ import pytest
 import torch
 
 import densenet
-from conftest import randomize_batch_norm
+from conftest import max_relative_error, randomize_batch_norm
 from densenet.export import ExportError, export_model
+from densenet.layers import DenseBlock
+from densenet.onnx_graph import CONCAT_EVERY, PartsDenseBlock
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +59,36 @@ def test_mismatch_is_reported(model, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export_model(model, "exported-program", tmp_path / "m.pt2")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bottleneck", [True, False])
+@pytest.mark.parametrize("concat_every", [1, 2, 3, 7])
+def test_parts_block_equals_the_block_in_float64(bottleneck, concat_every):
+    """[F2] with the input in parts: W ∗ σ(BN([a; b])) = W_a ∗ σ(BN_a(a)) + W_b ∗ σ(BN_b(b)), BN2 folded."""
+    torch.manual_seed(0)
+    block = DenseBlock(5, 6, growth_rate=4, bn_size=2 if bottleneck else 0, drop_rate=0.2,
+                       memory_efficient=False).double()
+    randomize_batch_norm(block)
+    block.eval()
+    parts = PartsDenseBlock(block, concat_every)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        expected, actual = block(x), parts(x)
+    assert actual.shape == expected.shape == (2, 26, 5, 5)
+    assert max_relative_error(actual, expected) < 1e-12
+
+
+@pytest.mark.parametrize("bn_size", [4, 0])
+def test_onnx_file_concatenates_every_few_layers(bn_size, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = densenet.DenseNet(growth_rate=4, block_config=(9, 2), num_init_features=8, bn_size=bn_size,
+                              num_classes=3, stem="cifar")
+    randomize_batch_norm(model)
+    with pytest.raises(ValueError, match="concat_every must be at least 1"):
+        PartsDenseBlock(model.features.denseblock1, 0)
+    report = export_model(model, "onnx", tmp_path / "m.onnx", input_size=8)  # checked against the model itself
+    assert report.max_rel_diff <= 1e-4
+    concats = [node for node in onnx.load(str(tmp_path / "m.onnx")).graph.node if node.op_type == "Concat"]
+    # block 1 (9 layers): before layers 5 and 9, and its output; block 2 (2 layers): its output
+    assert CONCAT_EVERY == 4 and len(concats) == 4

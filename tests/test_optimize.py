@@ -152,6 +152,27 @@ def test_batch_norm_scales_of_both_signs_and_zero(dtype):
     assert error <= (1e-12 if dtype == torch.float64 else 1e-4)
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_scales_of_one_sign_drop_the_infinite_bound(sign):
+    """All BN scales positive: every clamp keeps its lower bound only (all negative: the upper), same function."""
+    torch.manual_seed(0)
+    model = densenet.DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=3,
+                              stem="cifar").double()
+    randomize_batch_norm(model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.mul_(sign)
+    model.eval()
+    fast = optimize_for_inference(model)
+    bounds = [(block.lo0, block.hi0) for block in fast.stages[::2]] + [(fast.stages[1].lo, fast.stages[1].hi)]
+    kept = [(lo is not None, hi is not None) for lo, hi in bounds]
+    assert kept == [(sign > 0, sign < 0)] * 3
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert max_relative_error(fast(x), model(x)) <= 1e-12
+
+
 def test_carries_metadata_and_checks_input():
     model = densenet.create_model("densenet_bc100_k12", num_classes=2, class_names=["cat", "dog"]).train()
     fast = optimize_for_inference(model)
