@@ -13,25 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Callable
 
 import torch
 
 import densenet
 from densenet.analysis import summarize
-from densenet.bench import time_interleaved
+from densenet.bench import time_interleaved, train_step
 from harness import TRAINING_CONFIGURATIONS, build_model, machine, print_table, write_json
-
-
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               target: torch.Tensor) -> Callable[[], None]:
-    """One training step of ``model`` on ``(x, target)``: forward, cross-entropy, backward, optimizer step."""
-    def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(x), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
 
 
 def main() -> None:

@@ -143,20 +143,12 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
     runners: dict[str, tuple[Runner, int]] = {}
     if train:
         target = torch.randint(0, max(model.config.num_classes, 1), (batch,))
-
-        def train_step(net: nn.Module, optimizer: torch.optim.Optimizer) -> Runner:
-            def step() -> None:
-                loss = nn.functional.cross_entropy(net(x), target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            return step
-
         models = {"ours": (model.train(), summary.macs_executed)}
         if twin is not None:
             models["torchvision"] = (twin.train(), summary.macs)
         for label, (net, macs) in models.items():
-            runners[label] = (train_step(net, torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)), 3 * macs)
+            optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+            runners[label] = (train_step(net, optimizer, x, target), 3 * macs)
         return runners, notes
 
     fast = optimize_for_inference(model.eval())
@@ -182,6 +174,16 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
                 runners["onnxruntime-torchvision"] = (_onnx_runner(_onnx_session(twin_path, threads), x),
                                                       summary.macs)
     return runners, notes
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor) -> Runner:
+    """One training step of ``model`` on ``(x, target)``: forward, cross-entropy, backward, optimizer step."""
+    def step() -> None:
+        loss = nn.functional.cross_entropy(model(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
 
 
 def _no_grad(model: nn.Module, x: torch.Tensor) -> Runner:
