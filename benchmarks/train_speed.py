@@ -47,7 +47,7 @@ def main() -> None:
         x = torch.randn(batch, 3, args.input_size, args.input_size)
         target = torch.randint(0, 1000, (batch,))
         steps = {label: (train_step(model, optimizers[label], x, target), 0) for label, model in models.items()}
-        times = time_interleaved(steps, rounds=args.rounds, warmup=1)
+        times = time_interleaved(steps, rounds=args.rounds, warmup=1).seconds
         results[str(batch)] = {label: {"median_step_seconds": statistics.median(t), "step_seconds": t,
                                        "images_per_second": batch / statistics.median(t)}
                                for label, t in times.items()}

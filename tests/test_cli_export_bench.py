@@ -144,7 +144,7 @@ def test_interleaved_timing_varies_the_order():
 
     calls: list[str] = []
     runners = {label: (lambda label=label: calls.append(label), 1) for label in "abc"}
-    times = time_interleaved(runners, rounds=30, warmup=1, settle=0.0)
+    times = time_interleaved(runners, rounds=30, warmup=1, settle=0.0).seconds
     assert {label: len(seconds) for label, seconds in times.items()} == {"a": 30, "b": 30, "c": 30}
     rounds = ["".join(calls[i:i + 3]) for i in range(0, len(calls), 3)]
     assert all(sorted(one) == ["a", "b", "c"] for one in rounds)  # every configuration once per round
@@ -153,3 +153,44 @@ def test_interleaved_timing_varies_the_order():
     calls.clear()
     time_interleaved(runners, rounds=30, warmup=1, settle=0.0)
     assert ["".join(calls[i:i + 3]) for i in range(0, len(calls), 3)] == rounds  # seeded: the same orders
+
+
+def test_bench_isolated_times_each_configuration_in_processes_of_its_own(capsys, monkeypatch):
+    import densenet.bench as bench
+
+    children: list[tuple[str, int]] = []
+    run_child = bench._run_child
+
+    def spy(spec):
+        children.append((spec["label"], spec["rounds"]))
+        return run_child(spec)
+
+    monkeypatch.setattr(bench, "_run_child", spy)
+    assert main(["bench", "densenet121", "--input-size", "64", "--batch", "2", "--rounds", "2", "--no-memory",
+                 "--isolated", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    labels = ["ours", "torchvision", "torchvision-channels-last"]
+    assert sorted(children) == sorted((label, 1) for label in labels for _ in range(2))  # two passes of one round
+    assert report["timing"].startswith("isolated")
+    for measurement in report["measurements"]:
+        assert len(measurement["times_ms"]) == 2 and measurement["minor_faults_per_batch"] is not None
+
+
+def test_isolated_children_reuse_the_parents_onnx_export(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import densenet.bench as bench
+    import densenet.export
+
+    exports: list[str] = []
+    export = densenet.export.export_model
+
+    def spy(model, fmt, output, **kwargs):
+        exports.append(str(output))
+        return export(model, fmt, output, **kwargs)
+
+    monkeypatch.setattr(densenet.export, "export_model", spy)
+    for _ in range(2):
+        runners, _ = bench.build_runners("densenet40_k12", 2, 32, False, True, 1, tmp_path, only="onnxruntime-ours")
+        assert list(runners) == ["onnxruntime-ours"]
+        runners["onnxruntime-ours"][0]()
+    assert exports == [str(tmp_path / "ours.onnx")]  # exported once, then reused

@@ -120,6 +120,20 @@ def test_a_call_outside_inference_mode_after_one_inside():
     torch.testing.assert_close(outside, inside)
 
 
+def test_optimized_under_inference_mode():
+    """Weights made under torch.inference_mode() have no version counter; the packed-weight cache copes."""
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet121", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    with torch.inference_mode():
+        fast = optimize_for_inference(model)
+        inside = fast(x).clone()
+    assert max_relative_error(inside, expected) <= 1e-4
+    torch.testing.assert_close(fast(x), inside)
+
+
 def test_fold_relu_affine_into_pooled_1x1_conv():
     """W ∗ pool(σ(a·x + b)) + β = W' ∗ pool(clamp(x, lo, hi)) + β', with BN scales of both signs and zero."""
     torch.manual_seed(0)

@@ -2,10 +2,14 @@
 
 Timing: every configuration is built in one process and timed in turn, round after round (interleaved), so a
 change of machine load hits all alike; after warm-up rounds, the median time per batch gives images per second
-and latency. Peak memory: each configuration runs once more in a fresh child process, which reports its
-resident-set high-water mark above the baseline it had before the run. Achieved GFLOP/s (2 FLOPs per
-multiply-accumulate actually executed; training counts 3× the forward) is shown next to the machine's
-measured float32 matrix-multiply peak, the physical ceiling for these convolutions.
+and latency. With ``isolated`` each configuration is instead timed in fresh processes of its own (the way it runs
+when deployed), the processes taking turns over a few passes: in one shared process a model's speed depends on
+what the others left in the heap — measured, torchvision's channels-last densenet121 faults in ~30,000 fresh pages
+per batch in a process of its own and ~6,000 in one that also holds onnxruntime sessions (~340 vs ~300 ms). The
+minor page faults of each run are counted in both modes. Peak memory: each configuration runs once more in a fresh
+child process, which reports its resident-set high-water mark above the baseline it had before the run.
+Achieved GFLOP/s (2 FLOPs per multiply-accumulate actually executed; training counts 3× the forward) is shown next
+to the machine's measured float32 matrix-multiply peak, the physical ceiling for these convolutions.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+try:
+    import resource  # Unix only: page-fault counts
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
+
 import torch
 from torch import nn
 
@@ -36,6 +45,8 @@ Runner = Callable[[], Any]
 M = TypeVar("M", bound=nn.Module)
 # idle time before each timed run; measured: an onnxruntime session right after a PyTorch run was 7% slower
 SETTLE_SECONDS = 0.1
+# isolated timing: each configuration's rounds are split over this many fresh processes, taking turns with the others'
+ISOLATED_PASSES = 3
 
 
 @dataclass
@@ -49,6 +60,15 @@ class Measurement:
     peak_memory_mib: float | None
     macs_per_image: int
     times_ms: list[float]
+    minor_faults_per_batch: float | None  # median over the timed runs; None where it cannot be counted
+
+
+@dataclass
+class Timings:
+    """Per configuration: seconds per batch, and minor page faults per batch (empty lists where not countable)."""
+
+    seconds: dict[str, list[float]]
+    minor_faults: dict[str, list[int]]
 
 
 def matmul_peak_gflops(threads: int, size: int = 4096, repeats: int = 3) -> float:
@@ -130,8 +150,15 @@ def trained_like(model: M, seed: int = 0) -> M:
 
 
 def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: bool, threads: int,
-                  workdir: Path) -> tuple[dict[str, tuple[Runner, int]], list[str]]:
-    """The configurations to time: ``label → (run one batch, MACs per image)``, and notes for the user."""
+                  workdir: Path, only: str | None = None) -> tuple[dict[str, tuple[Runner, int]], list[str]]:
+    """The configurations to time: ``label → (run one batch, MACs per image)``, and notes for the user.
+
+    ``only`` builds that one configuration alone (what a child process measures). The ONNX files are exported into
+    ``workdir`` once: a file already there is reused, so children time the parent's exports.
+    """
+    def wanted(label: str) -> bool:
+        return only is None or label == only
+
     torch.manual_seed(0)
     model = trained_like(create_model(name))
     summary = summarize(model.config, input_size)
@@ -147,18 +174,20 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
         if twin is not None:
             models["torchvision"] = (twin.train(), summary.macs)
         for label, (net, macs) in models.items():
-            optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-            runners[label] = (train_step(net, optimizer, x, target), 3 * macs)
+            if wanted(label):
+                optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+                runners[label] = (train_step(net, optimizer, x, target), 3 * macs)
         return runners, notes
 
-    fast = optimize_for_inference(model.eval())
-    runners["ours"] = (_no_grad(fast, x), summary.macs_executed)
+    if wanted("ours"):
+        runners["ours"] = (_no_grad(optimize_for_inference(model.eval()), x), summary.macs_executed)
     if twin is not None:
-        twin.eval()
-        runners["torchvision"] = (_no_grad(twin, x), summary.macs)
-        twin_cl = torchvision_twin(model).eval().to(memory_format=torch.channels_last)
-        runners["torchvision-channels-last"] = (
-            _no_grad(twin_cl, x.contiguous(memory_format=torch.channels_last)), summary.macs)
+        if wanted("torchvision"):
+            runners["torchvision"] = (_no_grad(twin.eval(), x), summary.macs)
+        if wanted("torchvision-channels-last"):
+            twin_cl = torchvision_twin(model).eval().to(memory_format=torch.channels_last)
+            runners["torchvision-channels-last"] = (
+                _no_grad(twin_cl, x.contiguous(memory_format=torch.channels_last)), summary.macs)
     if onnx:
         if importlib.util.find_spec("onnxruntime") is None:
             notes.append("onnxruntime is not installed (pip install 'densenet[export]'): no ONNX comparison")
@@ -166,11 +195,15 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
             from densenet.export import export_model
 
             ours_path = workdir / "ours.onnx"
-            export_model(model, "onnx", ours_path, input_size=input_size, threads=threads)
-            runners["onnxruntime-ours"] = (_onnx_runner(_onnx_session(ours_path, threads), x), summary.macs_executed)
-            if twin is not None:
-                twin_path = workdir / "torchvision.onnx"
-                _export_torchvision_onnx(twin, x, twin_path)
+            if wanted("onnxruntime-ours"):
+                if not ours_path.exists():
+                    export_model(model, "onnx", ours_path, input_size=input_size, threads=threads)
+                runners["onnxruntime-ours"] = (_onnx_runner(_onnx_session(ours_path, threads), x),
+                                               summary.macs_executed)
+            twin_path = workdir / "torchvision.onnx"
+            if twin is not None and wanted("onnxruntime-torchvision"):
+                if not twin_path.exists():
+                    _export_torchvision_onnx(twin, x, twin_path)
                 runners["onnxruntime-torchvision"] = (_onnx_runner(_onnx_session(twin_path, threads), x),
                                                       summary.macs)
     return runners, notes
@@ -193,9 +226,14 @@ def _no_grad(model: nn.Module, x: torch.Tensor) -> Runner:
     return run
 
 
+def _minor_faults() -> int | None:
+    """Minor page faults of this process so far (a fresh page's first touch), or None where not countable."""
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_interleaved(runners: dict[str, tuple[Runner, int]], rounds: int, warmup: int,
-                     settle: float = SETTLE_SECONDS, seed: int = 0) -> dict[str, list[float]]:
-    """Seconds per batch of each runner, ``rounds`` times after ``warmup`` rounds, taking turns.
+                     settle: float = SETTLE_SECONDS, seed: int = 0) -> Timings:
+    """Seconds and minor page faults per batch of each runner, ``rounds`` times after ``warmup`` rounds, taking turns.
 
     Each run starts after ``settle`` idle seconds, so the worker threads of the configuration before it (OpenMP
     spin-waits after each parallel region) have stopped competing for the cores; and each round takes the
@@ -203,52 +241,94 @@ def time_interleaved(runners: dict[str, tuple[Runner, int]], rounds: int, warmup
     place in the round.
     """
     labels = list(runners)
-    times: dict[str, list[float]] = {label: [] for label in labels}
+    timings = Timings({label: [] for label in labels}, {label: [] for label in labels})
     order = random.Random(seed)
     for index in range(warmup + rounds):
         for label in order.sample(labels, len(labels)):
             time.sleep(settle)
+            faults = _minor_faults()
             start = time.perf_counter()
             runners[label][0]()
+            seconds = time.perf_counter() - start
             if index >= warmup:
-                times[label].append(time.perf_counter() - start)
-    return times
+                timings.seconds[label].append(seconds)
+                if faults is not None:
+                    timings.minor_faults[label].append(_minor_faults() - faults)
+    return timings
+
+
+def time_isolated(labels: list[str], spec: dict[str, Any], rounds: int, warmup: int,
+                  passes: int = ISOLATED_PASSES, seed: int = 0) -> Timings:
+    """Like :func:`time_interleaved`, each configuration in fresh processes of its own.
+
+    The ``rounds`` are split over ``passes`` passes; in each pass every configuration runs in a new child process
+    (``warmup`` runs, then its share of the rounds), the children one at a time in a seeded random order. ``spec``
+    is what :func:`build_runners` needs, ``workdir`` included (its ONNX files are reused, not exported again).
+    """
+    shares = [rounds // passes + (index < rounds % passes) for index in range(min(passes, rounds))]
+    timings = Timings({label: [] for label in labels}, {label: [] for label in labels})
+    order = random.Random(seed)
+    for share in shares:
+        for label in order.sample(labels, len(labels)):
+            result = _run_child({**spec, "task": "time", "label": label, "rounds": share, "warmup": warmup})
+            timings.seconds[label] += result["seconds"]
+            timings.minor_faults[label] += result["minor_faults"]
+    return timings
+
+
+def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one measurement (``spec["task"]``: ``"time"`` or ``"memory"``) in a fresh process; its JSON result."""
+    result = subprocess.run([sys.executable, "-m", "densenet.bench", json.dumps(spec)], capture_output=True,
+                            text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if result.returncode != 0:
+        raise RuntimeError(f"{spec['task']} measurement of {spec['label']} failed: "
+                           f"{result.stderr.strip().splitlines()[-1:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def peak_memory_mib(label: str, name: str, batch: int, input_size: int, train: bool, threads: int) -> float | None:
     """Peak resident memory (MiB above the baseline) of one batch of ``label``, in a fresh child process."""
     if not Path("/proc/self/clear_refs").exists() or label.startswith("onnxruntime"):
         return None
-    spec = {"label": label, "name": name, "batch": batch, "input_size": input_size, "train": train,
-            "threads": threads}
-    result = subprocess.run([sys.executable, "-m", "densenet.bench", json.dumps(spec)], capture_output=True,
-                            text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if result.returncode != 0:
-        raise RuntimeError(f"memory measurement of {label} failed: {result.stderr.strip().splitlines()[-1:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+    spec = {"task": "memory", "label": label, "name": name, "batch": batch, "input_size": input_size, "train": train,
+            "onnx": False, "threads": threads}
+    return _run_child(spec)["peak_mib"]
 
 
-def _memory_child(spec: dict[str, Any]) -> float:
+def _child_runner(spec: dict[str, Any], workdir: Path) -> Runner:
+    torch.set_num_threads(spec["threads"])
+    runners, _ = build_runners(spec["name"], spec["batch"], spec["input_size"], spec["train"], spec["onnx"],
+                               spec["threads"], workdir, only=spec["label"])
+    return runners[spec["label"]][0]
+
+
+def _memory_child(spec: dict[str, Any]) -> dict[str, float]:
     def rss(field: str) -> int:
         return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                     if line.startswith(field + ":"))
 
-    torch.set_num_threads(spec["threads"])
     with tempfile.TemporaryDirectory() as workdir:
-        runners, _ = build_runners(spec["name"], spec["batch"], spec["input_size"], spec["train"], False,
-                                   spec["threads"], Path(workdir))
-        run = runners[spec["label"]][0]
-        for other in [label for label in runners if label != spec["label"]]:
-            del runners[other]
+        run = _child_runner(spec, Path(workdir))
         baseline = rss("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")
         run()
-        return (rss("VmHWM") - baseline) / 1024
+        return {"peak_mib": (rss("VmHWM") - baseline) / 1024}
+
+
+def _timing_child(spec: dict[str, Any]) -> dict[str, list[Any]]:
+    label = spec["label"]
+    timings = time_interleaved({label: (_child_runner(spec, Path(spec["workdir"])), 0)}, spec["rounds"],
+                               spec["warmup"])
+    return {"seconds": timings.seconds[label], "minor_faults": timings.minor_faults[label]}
 
 
 def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: bool = False, onnx: bool = False,
-              threads: int | None = None, rounds: int = 10, warmup: int = 2, memory: bool = True) -> dict[str, Any]:
+              threads: int | None = None, rounds: int = 10, warmup: int = 2, memory: bool = True,
+              isolated: bool = False) -> dict[str, Any]:
     """Measure every configuration; returns a JSON-able report (see :func:`format_report`).
+
+    ``isolated`` times each configuration in fresh processes of its own (:func:`time_isolated`) instead of all in
+    this one (:func:`time_interleaved`).
 
     Raises:
         ValueError: ``batch``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0, ``input_size`` below the
@@ -270,19 +350,31 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
         check_batch_statistics(config, batch, input_size)
     with tempfile.TemporaryDirectory() as workdir:
         runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir))
-        times = time_interleaved(runners, rounds, warmup)
+        macs = {label: macs for label, (_, macs) in runners.items()}
+        if isolated:
+            del runners  # the children build their own; this process only made the ONNX files they reuse
+            spec = {"name": name, "batch": batch, "input_size": input_size, "train": train, "onnx": onnx,
+                    "threads": threads, "workdir": workdir}
+            timings = time_isolated(list(macs), spec, rounds, warmup)
+        else:
+            timings = time_interleaved(runners, rounds, warmup)
     peak = matmul_peak_gflops(threads)
     measurements = []
-    for label, (_, macs) in runners.items():
-        seconds = statistics.median(times[label])
+    for label, label_macs in macs.items():
+        seconds = statistics.median(timings.seconds[label])
+        faults = timings.minor_faults[label]
         measurements.append(Measurement(
             label=label, images_per_second=batch / seconds, latency_ms=1e3 * seconds,
-            gflops=2 * macs * batch / seconds / 1e9,
+            gflops=2 * label_macs * batch / seconds / 1e9,
             peak_memory_mib=peak_memory_mib(label, name, batch, input_size, train, threads) if memory else None,
-            macs_per_image=macs, times_ms=[1e3 * t for t in times[label]]))
+            macs_per_image=label_macs, times_ms=[1e3 * t for t in timings.seconds[label]],
+            minor_faults_per_batch=statistics.median(faults) if faults else None))
     return {"model": name, "mode": "train" if train else "inference", "batch": batch, "input_size": input_size,
-            "threads": threads, "rounds": rounds, "settle_seconds": SETTLE_SECONDS, "matmul_peak_gflops": peak,
-            "torch": torch.__version__, "notes": notes, "measurements": [asdict(m) for m in measurements]}
+            "threads": threads, "rounds": rounds, "settle_seconds": SETTLE_SECONDS,
+            "timing": f"isolated: each configuration in {min(ISOLATED_PASSES, rounds)} fresh processes of its own"
+                      if isolated else "interleaved in one process",
+            "matmul_peak_gflops": peak, "torch": torch.__version__, "notes": notes,
+            "measurements": [asdict(m) for m in measurements]}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -291,15 +383,18 @@ def format_report(report: dict[str, Any]) -> str:
     by_label = {row["label"]: row for row in rows}
     base = by_label.get("torchvision", rows[0])["images_per_second"]
     header = ["configuration", "img/s", "latency ms", f"÷ {'torchvision' if 'torchvision' in by_label else 'ours'}",
-              "GFLOP/s", "% of peak", "peak MiB"]
+              "GFLOP/s", "% of peak", "peak MiB", "page faults"]
     lines = [[row["label"], f"{row['images_per_second']:.2f}", f"{row['latency_ms']:.1f}",
               f"{row['images_per_second'] / base:.2f}", f"{row['gflops']:.0f}",
               f"{100 * row['gflops'] / report['matmul_peak_gflops']:.0f}",
-              "-" if row["peak_memory_mib"] is None else f"{row['peak_memory_mib']:.0f}"] for row in rows]
+              "-" if row["peak_memory_mib"] is None else f"{row['peak_memory_mib']:.0f}",
+              "-" if row["minor_faults_per_batch"] is None else f"{row['minor_faults_per_batch']:.0f}"]
+             for row in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
     text = [f"{report['model']} {report['mode']}, batch {report['batch']}, {report['input_size']}×"
             f"{report['input_size']}, {report['threads']} threads, torch {report['torch']}; matmul peak "
-            f"{report['matmul_peak_gflops']:.0f} GFLOP/s (float32)"]
+            f"{report['matmul_peak_gflops']:.0f} GFLOP/s (float32); timed {report['timing']}, median of "
+            f"{report['rounds']} runs; page faults: minor faults per batch (fresh pages touched)"]
     text += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
              for line in [header, ["-" * w for w in widths], *lines]]
     if "onnxruntime-ours" in by_label and "onnxruntime-torchvision" in by_label:
@@ -311,4 +406,5 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps({"peak_mib": _memory_child(json.loads(sys.argv[1]))}))
+    _spec = json.loads(sys.argv[1])
+    print(json.dumps(_memory_child(_spec) if _spec["task"] == "memory" else _timing_child(_spec)))

@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=_positive_int, default=10,
                        help="timed rounds after warm-up (the median is reported)")
     bench.add_argument("--no-memory", action="store_true", help="skip the per-configuration peak-memory runs")
+    bench.add_argument("--isolated", action="store_true",
+                       help="time each configuration in fresh processes of its own (as deployed), not all in one")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     bench.set_defaults(handler=cmd_bench)
     return parser
@@ -427,7 +429,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.rounds < 1:
         raise ValueError("--batch and --rounds must be at least 1")
     report = run_bench(args.model, batch=args.batch, input_size=args.input_size, train=args.train, onnx=args.onnx,
-                       threads=args.threads, rounds=args.rounds, memory=not args.no_memory)
+                       threads=args.threads, rounds=args.rounds, memory=not args.no_memory,
+                       isolated=args.isolated)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

@@ -54,9 +54,10 @@ class FrozenConv(nn.Module):
     oneDNN's blocked layout once per input shape (measured: 3% of a DenseNet-121 forward pass against reordering it
     on every call). The packed copy is rebuilt when the input shape or dtype changes, when ``weight`` is replaced
     (``.to()``, ``load_state_dict`` into a new tensor) or changed in place through autograd-visible operations
-    (``copy_``, ``mul_``: its version counter); a change made through ``.data`` or a NumPy view is not seen —
-    call :meth:`clear_cache` after one. Threads running different input shapes repack in turn (correct, slower).
-    Otherwise (CUDA, float64, float16) ``F.conv2d`` and an in-place ReLU.
+    (``copy_``, ``mul_``: its version counter); a change made through ``.data`` or a NumPy view, or to a weight
+    made under ``torch.inference_mode()`` (no version counter), is not seen — call :meth:`clear_cache` after one.
+    Threads running different input shapes repack in turn (correct, slower). Otherwise (CUDA, float64, float16)
+    ``F.conv2d`` and an in-place ReLU.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0, relu: bool = False,
@@ -80,7 +81,8 @@ class FrozenConv(nn.Module):
 
     def _packed_weight(self, x: Tensor) -> Tensor:
         weight = self.weight
-        key = (tuple(x.shape), x.dtype, weight._version)
+        # a weight made under torch.inference_mode() has no version counter: only replacing it is seen
+        key = (tuple(x.shape), x.dtype, None if weight.is_inference() else weight._version)
         packed = self._packed
         if packed is None or packed[0] is not weight or packed[1] != key:
             packed = self._packed = (weight, key, torch.ops.mkldnn._reorder_convolution_weight(
