@@ -171,9 +171,20 @@ def test_bench_isolated_times_each_configuration_in_processes_of_its_own(capsys,
     report = json.loads(capsys.readouterr().out)
     labels = ["ours", "torchvision", "torchvision-channels-last"]
     assert sorted(children) == sorted((label, 1) for label in labels for _ in range(2))  # two passes of one round
-    assert report["timing"].startswith("isolated")
+    assert report["timing"].startswith("isolated") and report["warmup"] == 3
     for measurement in report["measurements"]:
-        assert len(measurement["times_ms"]) == 2 and measurement["minor_faults_per_batch"] is not None
+        assert len(measurement["times_ms"]) == 2
+        assert (measurement["minor_faults_per_batch"] is None) == (bench.resource is None)
+
+
+def test_a_failed_child_measurement_names_itself():
+    from densenet.bench import _run_child
+
+    spec = {"task": "time", "label": "ours", "name": "no-such-model", "batch": 1, "input_size": 32, "train": False,
+            "onnx": False, "threads": 1, "workdir": ".", "rounds": 1, "warmup": 0}
+    with pytest.raises(RuntimeError, match=r"time measurement of ours failed in its child process \(exit 1\): .*"
+                                           r"no-such-model"):
+        _run_child(spec)
 
 
 def test_isolated_children_reuse_the_parents_onnx_export(tmp_path, monkeypatch):
@@ -189,8 +200,10 @@ def test_isolated_children_reuse_the_parents_onnx_export(tmp_path, monkeypatch):
         return export(model, fmt, output, **kwargs)
 
     monkeypatch.setattr(densenet.export, "export_model", spy)
-    for _ in range(2):
-        runners, _ = bench.build_runners("densenet40_k12", 2, 32, False, True, 1, tmp_path, only="onnxruntime-ours")
-        assert list(runners) == ["onnxruntime-ours"]
-        runners["onnxruntime-ours"][0]()
-    assert exports == [str(tmp_path / "ours.onnx")]  # exported once, then reused
+    parent, _ = bench.build_runners("densenet40_k12", 2, 32, False, True, 1, tmp_path)  # as run_bench builds
+    assert list(parent) == ["ours", "onnxruntime-ours"]
+    child, _ = bench.build_runners("densenet40_k12", 2, 32, False, True, 1, tmp_path, only="onnxruntime-ours")
+    assert list(child) == ["onnxruntime-ours"]
+    torch.testing.assert_close(torch.from_numpy(child["onnxruntime-ours"][0]()[0]),
+                               torch.from_numpy(parent["onnxruntime-ours"][0]()[0]))
+    assert exports == [str(tmp_path / "ours.onnx")]  # exported once, by the parent

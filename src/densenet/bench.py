@@ -153,8 +153,10 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
                   workdir: Path, only: str | None = None) -> tuple[dict[str, tuple[Runner, int]], list[str]]:
     """The configurations to time: ``label → (run one batch, MACs per image)``, and notes for the user.
 
-    ``only`` builds that one configuration alone (what a child process measures). The ONNX files are exported into
-    ``workdir`` once: a file already there is reused, so children time the parent's exports.
+    ``only`` builds that one configuration's runner alone (what a child process measures); the model, its summary
+    and the torchvision twin it is compared with are built first either way, so every child starts from the same
+    heap. The ONNX files are exported into ``workdir`` once: a file already there is reused, so children time the
+    parent's exports — ``workdir`` must belong to this one measurement (:func:`run_bench` makes a temporary one).
     """
     def wanted(label: str) -> bool:
         return only is None or label == only
@@ -281,8 +283,13 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     result = subprocess.run([sys.executable, "-m", "densenet.bench", json.dumps(spec)], capture_output=True,
                             text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if result.returncode != 0:
-        raise RuntimeError(f"{spec['task']} measurement of {spec['label']} failed: "
-                           f"{result.stderr.strip().splitlines()[-1:]}")
+        last_line = (result.stderr.strip().splitlines() or [""])[-1]
+        detail = (f"{spec['task']} measurement of {spec['label']} failed in its child process "
+                  f"(exit {result.returncode}){': ' + last_line if last_line else ''}")
+        # -9: killed by SIGKILL, what the kernel's out-of-memory killer sends
+        if result.returncode == -9 or "out of memory" in last_line.lower() or "can't allocate memory" in last_line:
+            raise MemoryError(detail)
+        raise RuntimeError(detail)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -323,12 +330,13 @@ def _timing_child(spec: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: bool = False, onnx: bool = False,
-              threads: int | None = None, rounds: int = 10, warmup: int = 2, memory: bool = True,
+              threads: int | None = None, rounds: int = 10, warmup: int = 3, memory: bool = True,
               isolated: bool = False) -> dict[str, Any]:
     """Measure every configuration; returns a JSON-able report (see :func:`format_report`).
 
     ``isolated`` times each configuration in fresh processes of its own (:func:`time_isolated`) instead of all in
-    this one (:func:`time_interleaved`).
+    this one (:func:`time_interleaved`); ``warmup`` runs are then made in every process (measured: onnxruntime's
+    first 2–3 runs in a fresh process are 10–30% slower).
 
     Raises:
         ValueError: ``batch``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0, ``input_size`` below the
@@ -370,7 +378,7 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
             macs_per_image=label_macs, times_ms=[1e3 * t for t in timings.seconds[label]],
             minor_faults_per_batch=statistics.median(faults) if faults else None))
     return {"model": name, "mode": "train" if train else "inference", "batch": batch, "input_size": input_size,
-            "threads": threads, "rounds": rounds, "settle_seconds": SETTLE_SECONDS,
+            "threads": threads, "rounds": rounds, "warmup": warmup, "settle_seconds": SETTLE_SECONDS,
             "timing": f"isolated: each configuration in {min(ISOLATED_PASSES, rounds)} fresh processes of its own"
                       if isolated else "interleaved in one process",
             "matmul_peak_gflops": peak, "torch": torch.__version__, "notes": notes,

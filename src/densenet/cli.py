@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="intra-op threads (default: torch's)")
     bench.add_argument("--rounds", type=_positive_int, default=10,
                        help="timed rounds after warm-up (the median is reported)")
+    bench.add_argument("--warmup", type=_count, default=3,
+                       help="untimed batches before the timed ones (in every process with --isolated)")
     bench.add_argument("--no-memory", action="store_true", help="skip the per-configuration peak-memory runs")
     bench.add_argument("--isolated", action="store_true",
                        help="time each configuration in fresh processes of its own (as deployed), not all in one")
@@ -429,8 +431,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.rounds < 1:
         raise ValueError("--batch and --rounds must be at least 1")
     report = run_bench(args.model, batch=args.batch, input_size=args.input_size, train=args.train, onnx=args.onnx,
-                       threads=args.threads, rounds=args.rounds, memory=not args.no_memory,
-                       isolated=args.isolated)
+                       threads=args.threads, rounds=args.rounds, warmup=args.warmup,
+                       memory=not args.no_memory, isolated=args.isolated)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
