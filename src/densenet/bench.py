@@ -70,6 +70,11 @@ class Timings:
     seconds: dict[str, list[float]]
     minor_faults: dict[str, list[int]]
 
+    @classmethod
+    def for_labels(cls, labels: list[str]) -> Timings:
+        """Empty lists for each configuration, to be filled run by run."""
+        return cls({label: [] for label in labels}, {label: [] for label in labels})
+
 
 def matmul_peak_gflops(threads: int, size: int = 4096, repeats: int = 3) -> float:
     """Measured float32 ``size×size`` matrix-multiply throughput with ``threads`` threads (the ceiling)."""
@@ -243,7 +248,7 @@ def time_interleaved(runners: dict[str, tuple[Runner, int]], rounds: int, warmup
     place in the round.
     """
     labels = list(runners)
-    timings = Timings({label: [] for label in labels}, {label: [] for label in labels})
+    timings = Timings.for_labels(labels)
     order = random.Random(seed)
     for index in range(warmup + rounds):
         for label in order.sample(labels, len(labels)):
@@ -268,7 +273,7 @@ def time_isolated(labels: list[str], spec: dict[str, Any], rounds: int, warmup: 
     is what :func:`build_runners` needs, ``workdir`` included (its ONNX files are reused, not exported again).
     """
     shares = [rounds // passes + (index < rounds % passes) for index in range(min(passes, rounds))]
-    timings = Timings({label: [] for label in labels}, {label: [] for label in labels})
+    timings = Timings.for_labels(labels)
     order = random.Random(seed)
     for share in shares:
         for label in order.sample(labels, len(labels)):
