@@ -29,8 +29,8 @@ import matplotlib.pyplot as plt
 import yaml
 
 from densenet.fileio import atomic_path
-from densenet.recipe import load_config
-from densenet.train import train
+from densenet.training.engine import train
+from densenet.training.recipe import load_config
 from harness import RESULTS, ROOT, machine, write_json
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from densenet.bench import format_report, run_bench
+from densenet.deploy.bench import format_report, run_bench
 from harness import machine, write_json
 
 

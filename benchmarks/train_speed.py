@@ -4,7 +4,7 @@
 
 Every configuration holds the same weights. Each round times one training step (forward, cross-entropy,
 backward, SGD step) of every configuration, in a new seeded random order after a short idle time
-(``densenet.bench.time_interleaved``), so a change in machine load hits all of them alike and none always follows
+(``densenet.deploy.bench.time_interleaved``), so a change in machine load hits all of them alike and none always follows
 the same neighbour; the median over rounds, after a warm-up round, gives images per second. Writes
 ``benchmarks/results/train_speed.json`` and prints the ratios to torchvision's default.
 """
@@ -18,7 +18,7 @@ import torch
 
 import densenet
 from densenet.analysis import summarize
-from densenet.bench import time_interleaved, train_step
+from densenet.deploy.bench import time_interleaved, train_step
 from harness import TRAINING_CONFIGURATIONS, build_model, machine, print_table, write_json
 
 

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 import densenet
-from conftest import max_relative_error, randomize_batch_norm
+from helpers import max_relative_error, randomize_batch_norm
 
 TORCHVISION_MODELS = ["densenet121", "densenet161", "densenet169", "densenet201"]
 
@@ -72,7 +72,7 @@ def test_custom_config_and_head_api():
     assert pooled.shape == (2, 24 + 3 * 8)
     assert torch.allclose(model.forward_head(features), model.get_classifier()(pooled))
     with pytest.raises(ValueError, match="2 class names for 4 classes"):
-        densenet.DenseNet(model.config, class_names=["a", "b"])
+        densenet.DenseNet(model.config, meta=densenet.ModelMeta(class_names=["a", "b"]))
 
 
 def test_weight_initialisation():

@@ -7,8 +7,8 @@ import torch
 import torchvision
 
 import densenet
-from conftest import randomize_batch_norm
 from densenet.weights import WeightsError, convert_state_dict
+from helpers import randomize_batch_norm
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_save_pretrained_round_trip(tmp_path):
     assert meta["architecture"]["block_config"] == [16, 16, 16]
 
     loaded = densenet.from_pretrained(out)
-    assert loaded.config == model.config and loaded.class_names == names
+    assert loaded.config == model.config and loaded.meta.class_names == tuple(names)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), model.eval()(x))

@@ -1,16 +1,27 @@
-"""DenseNet with the tutorial's math made explicit, torchvision-compatible weights and a complete tool."""
+"""DenseNet with the tutorial's math made explicit, torchvision-compatible weights and a complete tool.
+
+The public API. The core (``config``, ``meta``, ``model``, ``registry``, ``weights``, ``analysis``, the
+``nn`` blocks and the ``tutorial`` formulas) loads with ``import densenet``; data, training, deployment and the
+command line live in their own subpackages and load when used (``optimize_for_inference`` on first access).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
 from densenet.config import DenseNetConfig
+from densenet.meta import ModelMeta, Preprocessing
 from densenet.model import DenseNet
-from densenet.optimize import optimize_for_inference
-from densenet.variants import create_model, get_config, list_models, register_model
+from densenet.registry import create_model, get_config, list_models, register_model
 from densenet.weights import from_pretrained, load_weights, save_pretrained
 
 __all__ = [
     "DenseNet",
     "DenseNetConfig",
+    "ModelMeta",
+    "Preprocessing",
     "create_model",
     "from_pretrained",
     "get_config",
@@ -20,3 +31,12 @@ __all__ = [
     "register_model",
     "save_pretrained",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``optimize_for_inference`` from the deploy room, imported on first use."""
+    if name == "optimize_for_inference":
+        from densenet.deploy.optimize import optimize_for_inference
+
+        return optimize_for_inference
+    raise AttributeError(f"module 'densenet' has no attribute {name!r}")

@@ -151,8 +151,7 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
     Raises:
         ValueError: the input is smaller than the network accepts, or the batch size is not positive.
     """
-    if input_size < config.min_input_size:
-        raise ValueError(f"input size {input_size} is too small: this network needs at least {config.min_input_size}")
+    config.check_input_size(input_size, what="input size")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     c_in, c0, k = config.in_chans, config.num_init_features, config.growth_rate

@@ -107,6 +107,21 @@ class DenseNetConfig:
             size += 1
         return size
 
+    @property
+    def default_input_size(self) -> int:
+        """The input side the architecture is designed for: 224 with the ImageNet stem, 32 with the CIFAR stem."""
+        return 224 if self.stem == "imagenet" else 32
+
+    def check_input_size(self, size: int | tuple[int, int], name: str = "this network", what: str = "input",
+                         hint: str = "") -> None:
+        """Raise ``ValueError`` when an input of ``size`` (a side, or height and width) leaves some feature map
+        without a pixel; the message names ``what`` and ``name`` and ends with ``hint``."""
+        height, width = (size, size) if isinstance(size, int) else size
+        if min(height, width) < self.min_input_size:
+            shown = f"{size}" if isinstance(size, int) else f"{height}×{width}"
+            raise ValueError(f"{what} {shown} is too small for {name}: height and width must be at least "
+                             f"{self.min_input_size}{hint}")
+
     def replace(self, **changes: Any) -> DenseNetConfig:
         """A copy with ``changes`` applied (validated like a new config)."""
         unknown = sorted(set(changes) - set(field_names()))

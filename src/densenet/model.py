@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densenet.config import DenseNetConfig
-from densenet.layers import DenseBlock, Features, Transition, cifar_stem, imagenet_stem
+from densenet.meta import ModelMeta
+from densenet.nn.layers import DenseBlock, Features, Transition, cifar_stem, imagenet_stem
 
 
 class DenseNet(nn.Module):
@@ -25,20 +26,17 @@ class DenseNet(nn.Module):
             ``num_init_features``, ``bn_size``, ``drop_rate``, ``num_classes``, ``memory_efficient``, plus
             ``compression``, ``in_chans``, ``stem``) override its fields or, without a config, the defaults
             (DenseNet-121).
-        class_names: optional names of the ``num_classes`` outputs; saved by :meth:`save_pretrained`.
-        preprocessing: optional description of the input preprocessing the weights expect (image mode, resize,
-            crop, mean, std, as ``densenet.data.Preprocessing.to_dict`` writes it); saved by :meth:`save_pretrained`.
+        meta: what travels beside the weights (registered name, class names, preprocessing) as ``model.meta``;
+            the network never reads it, :meth:`save_pretrained` writes it. Default: nothing known.
     """
 
     def __init__(
-        self, config: DenseNetConfig | None = None, *, class_names: list[str] | None = None,
-        preprocessing: dict[str, Any] | None = None, **overrides: Any
+        self, config: DenseNetConfig | None = None, *, meta: ModelMeta | None = None, **overrides: Any
     ) -> None:
         super().__init__()
         config = (config or DenseNetConfig()).replace(**overrides) if overrides else (config or DenseNetConfig())
         self.config = config
-        self.class_names = _checked_class_names(class_names, config.num_classes)
-        self.preprocessing = preprocessing
+        self.meta = (meta or ModelMeta()).check(config)
 
         stem = imagenet_stem if config.stem == "imagenet" else cifar_stem
         modules: OrderedDict[str, nn.Module] = stem(config.in_chans, config.num_init_features)
@@ -53,7 +51,7 @@ class DenseNet(nn.Module):
                 modules[f"transition{index}"] = Transition(channels, out_channels, config.memory_efficient)
                 channels = out_channels
         modules["norm5"] = nn.BatchNorm2d(channels)
-        self.features = Features(modules, config.memory_efficient)
+        self.features = Features(modules, config.stem, config.memory_efficient)
         self.num_features = channels
         self.classifier = self._new_classifier(config.num_classes)
         self._init_weights()
@@ -110,9 +108,10 @@ class DenseNet(nn.Module):
         return self.classifier
 
     def reset_classifier(self, num_classes: int, class_names: list[str] | None = None) -> None:
-        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none)."""
+        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none); the class
+        names in :attr:`meta` become ``class_names``."""
         self.config = self.config.replace(num_classes=num_classes)
-        self.class_names = _checked_class_names(class_names, num_classes)
+        self.meta = self.meta.replace(class_names=class_names).check(self.config)
         reference = self.features.conv0.weight
         self.classifier = self._new_classifier(num_classes).to(device=reference.device, dtype=reference.dtype)
 
@@ -132,12 +131,7 @@ def check_input(config: DenseNetConfig, x: Tensor) -> None:
         raise ValueError(
             f"expected {config.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
         )
-    smallest = config.min_input_size
-    if min(x.shape[2], x.shape[3]) < smallest:
-        raise ValueError(
-            f"input {x.shape[2]}×{x.shape[3]} is too small for this network: height and width must be at least "
-            f"{smallest}"
-        )
+    config.check_input_size((x.shape[2], x.shape[3]))
 
 
 def check_batch_statistics(config: DenseNetConfig, batch: int, side: int) -> None:
@@ -148,12 +142,3 @@ def check_batch_statistics(config: DenseNetConfig, batch: int, side: int) -> Non
         raise ValueError(f"a batch of {batch} image(s) at {side}×{side} leaves the last batch norm "
                          f"{final}×{final}×{batch} = one value per channel, too few for batch statistics: use a larger "
                          "batch or image size")
-
-
-def _checked_class_names(class_names: list[str] | None, num_classes: int) -> list[str] | None:
-    if class_names is None:
-        return None
-    names = [str(name) for name in class_names]
-    if len(names) != num_classes:
-        raise ValueError(f"got {len(names)} class names for {num_classes} classes")
-    return names

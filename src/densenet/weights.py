@@ -20,6 +20,7 @@ from torch import Tensor
 from densenet import __version__
 from densenet.config import DenseNetConfig
 from densenet.fileio import atomic_path, write_text
+from densenet.meta import ModelMeta
 from densenet.model import DenseNet
 
 WEIGHTS_FILE = "model.safetensors"
@@ -123,29 +124,30 @@ def _first_keys(keys: list[str]) -> str:
 
 
 def save_pretrained(model: DenseNet, directory: str | Path) -> Path:
-    """Write ``model.safetensors`` (parameters and BN buffers) and ``config.json`` (architecture, class count,
-    class names, and the input preprocessing when known) into ``directory``, each
-    atomically. Returns the directory."""
+    """Write ``model.safetensors`` (parameters and BN buffers) and ``config.json`` (architecture, class count and
+    the model's :class:`~densenet.meta.ModelMeta`: registered name, class names, input preprocessing) into
+    ``directory``, each atomically. Returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_FILE) as temporary:
         save_file(tensors, str(temporary), metadata={"format": "pt"})
-    meta = {
+    meta = model.meta.check(model.config).to_dict()
+    saved = {
         "format_version": FORMAT_VERSION,
         "library": f"densenet {__version__}",
-        "model_name": getattr(model, "name", None),
+        "model_name": meta["model_name"],
         "architecture": model.config.to_dict(),
         "num_classes": model.config.num_classes,
-        "class_names": model.class_names,
-        "preprocessing": model.preprocessing,
+        "class_names": meta["class_names"],
+        "preprocessing": meta["preprocessing"],
     }
-    write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    write_text(directory / CONFIG_FILE, json.dumps(saved, indent=2) + "\n")
     return directory
 
 
-def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
-    """The parsed ``config.json`` of a ``save_pretrained`` directory.
+def read_pretrained_config(directory: str | Path) -> tuple[DenseNetConfig, ModelMeta]:
+    """The architecture and the metadata saved in a ``save_pretrained`` directory's ``config.json``.
 
     Raises:
         FileNotFoundError: the directory or its config.json is missing.
@@ -160,31 +162,23 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}: not a directory written by save_pretrained")
-    from densenet.data import Preprocessing  # here: `import densenet` does not load torchvision's data sets
-
     try:
-        meta = json.loads(config_path.read_text())
-        if not isinstance(meta, dict) or not isinstance(meta.get("architecture"), dict):
+        saved = json.loads(config_path.read_text())
+        if not isinstance(saved, dict) or not isinstance(saved.get("architecture"), dict):
             raise ValueError("it holds no 'architecture' mapping")
-        DenseNetConfig.from_dict(meta["architecture"])
-        if meta.get("preprocessing") is not None:
-            Preprocessing.from_dict(meta["preprocessing"])
+        config = DenseNetConfig.from_dict(saved["architecture"])
+        return config, ModelMeta.from_dict(saved).check(config)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise WeightsError(f"{config_path} is not a valid densenet config: {error}") from error
-    return meta
 
 
 def from_pretrained(directory: str | Path, **overrides: Any) -> DenseNet:
-    """Rebuild a model from a ``save_pretrained`` directory alone.
+    """Rebuild a model from a ``save_pretrained`` directory alone, its metadata in ``model.meta``.
 
     Args:
         directory: holds ``config.json`` and ``model.safetensors``.
         **overrides: config fields that do not change the weights' shapes, e.g. ``memory_efficient=False``.
     """
-    meta = read_pretrained_config(directory)
-    config = DenseNetConfig.from_dict(meta["architecture"])
-    model = DenseNet(config.replace(**overrides) if overrides else config, class_names=meta.get("class_names"),
-                     preprocessing=meta.get("preprocessing"))
-    if meta.get("model_name"):
-        model.name = meta["model_name"]
+    config, meta = read_pretrained_config(directory)
+    model = DenseNet(config.replace(**overrides) if overrides else config, meta=meta)
     return load_weights(model, Path(directory) / WEIGHTS_FILE)

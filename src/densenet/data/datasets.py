@@ -1,0 +1,250 @@
+"""The data sets: ``digits``, ``cifar10`` / ``cifar100``, ``folder`` and ``synthetic``, as a :class:`DataSpec`
+names them, read into a split (:mod:`densenet.data.images`), and the evaluation preprocessing a
+training run on them saves with its weights."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision import datasets
+
+from densenet.data.images import (
+    IMAGE_EXTENSIONS,
+    ImageFiles,
+    ImageTensors,
+    Split,
+    decode_all,
+    is_image,
+)
+from densenet.data.transforms import AUGMENTATIONS
+from densenet.meta import IMAGENET_STATS, MAX_IMAGE_SIDE, Preprocessing
+
+logger = logging.getLogger("densenet")
+
+
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "synthetic")
+# Per-channel mean and standard deviation of the CIFAR training images
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+DIGITS_TEST_FRACTION = 0.2
+SYNTHETIC_SIZES = (1024, 256)
+
+MAX_SYNTHETIC_IMAGES = 10_000_000  # the synthetic set is generated in memory
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data set to read and how.
+
+    Attributes:
+        name: one of :data:`DATASETS`.
+        data_dir: root of ``cifar10`` / ``cifar100`` (torchvision's batches) or of ``folder`` (``train/`` and
+            ``val/`` or ``test/``, one sub-folder per class).
+        download: let torchvision download CIFAR into ``data_dir`` when it is missing.
+        image_size: side of the network input (``folder``: images are resized to it; ``synthetic``: generated at it).
+        augment: training augmentation, one of :data:`AUGMENTATIONS`; ``auto`` picks by data set.
+        cache: ``folder`` only: decode every image once into memory (for small images such as CIFAR's JPEGs).
+        in_chans: channels of the network input (``folder`` / ``synthetic``: 1 converts images to grayscale).
+        train_limit: use at most this many training images (a fixed random subset; ``synthetic``: generate this many).
+        eval_limit: the same for the evaluation split.
+        seed: seed of the subsets and of the synthetic data.
+    """
+
+    name: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    augment: str = "auto"
+    cache: bool = False
+    in_chans: int = 3
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise ValueError(f"unknown dataset {self.name!r}; known: {', '.join(DATASETS)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; known: {', '.join(AUGMENTATIONS)}")
+        for name in ("train_limit", "eval_limit", "image_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIDE:
+            raise ValueError(f"image_size must be at most {MAX_IMAGE_SIDE}, got {self.image_size}")
+        for name in ("train_limit", "eval_limit"):
+            value = getattr(self, name)
+            if self.name == "synthetic" and value is not None and value > MAX_SYNTHETIC_IMAGES:
+                raise ValueError(f"{name} of the synthetic data set makes that many images in memory: at most "
+                                 f"{MAX_SYNTHETIC_IMAGES:,}, got {value:,}")
+        if self.in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3 for image data, got {self.in_chans}")
+        if self.name in ("cifar10", "cifar100", "folder") and not self.data_dir:
+            raise ValueError(f"dataset {self.name} needs a data directory (--data-dir)")
+        if self.cache and self.name != "folder":
+            raise ValueError("cache applies to the folder dataset only (the others are held in memory already)")
+        if self.augment_kind == "imagenet" and self.name != "folder":
+            raise ValueError(f"augment 'imagenet' needs the folder dataset, not {self.name}")
+        if self.augment_kind == "imagenet" and self.cache:
+            raise ValueError("augment 'imagenet' crops full-size images; it cannot run on a cached folder")
+
+    @property
+    def augment_kind(self) -> str:
+        """The augmentation ``auto`` resolves to."""
+        if self.augment != "auto":
+            return self.augment
+        if self.name == "digits":
+            return "shift"
+        if self.name == "folder":
+            small = self.cache or (self.image_size is not None and self.image_size < 128)
+            return "cifar" if small else "imagenet"
+        return "cifar" if self.name.startswith("cifar") else "none"
+
+    @property
+    def crop(self) -> int:
+        """Side of the network input."""
+        if self.name == "digits":
+            return self.image_size or 8
+        if self.name == "folder" and self.augment_kind == "imagenet":
+            return self.image_size or 224
+        return self.image_size or 32
+
+
+def load_split(spec: DataSpec, split: str, preprocessing: Preprocessing | None = None) -> Split:
+    """Read the ``"train"`` or ``"eval"`` split of ``spec``.
+
+    ``preprocessing`` (of the weights being evaluated) sets the image mode and size of a cached folder; without
+    it they come from ``spec``.
+
+    Raises:
+        FileNotFoundError: a missing data directory, split folder or data set files.
+        ValueError: an empty directory, a class folder without images, or no readable image at all.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    train = split == "train"
+    limit = spec.train_limit if train else spec.eval_limit
+    if spec.name == "digits":
+        data: Split = _digits(train)
+    elif spec.name in ("cifar10", "cifar100"):
+        data = _cifar(spec, train)
+    elif spec.name == "synthetic":
+        size = limit or SYNTHETIC_SIZES[0 if train else 1]
+        return _synthetic(size, spec.in_chans, spec.crop, spec.seed + (0 if train else 1))
+    else:
+        data = _limited(_folder(spec, train), limit, spec.seed)
+        if not spec.cache:
+            return data
+        mode = preprocessing.image_mode if preprocessing else ("L" if spec.in_chans == 1 else "RGB")
+        return decode_all(data, mode, preprocessing.crop if preprocessing else spec.crop)
+    return _limited(data, limit, spec.seed)
+
+
+def _limited(data: Split, limit: int | None, seed: int) -> Split:
+    if limit is None or limit >= len(data):
+        return data
+    chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    if isinstance(data, ImageTensors):
+        return data.subset(chosen)
+    return ImageFiles(data.root, [data.samples[i] for i in chosen.tolist()], data.class_names)
+
+
+def _digits(train: bool) -> ImageTensors:
+    """scikit-learn's 1,797 8×8 digits (pixel values 0–16), split 80/20 stratified by class with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    indices = list(range(len(digits.target)))
+    train_idx, test_idx = train_test_split(indices, test_size=DIGITS_TEST_FRACTION, stratify=digits.target,
+                                           random_state=0)
+    chosen = sorted(train_idx if train else test_idx)
+    values = torch.as_tensor(digits.images[chosen], dtype=torch.float32)  # (N, 8, 8) in [0, 16]
+    images = (values * (255 / 16)).round().to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
+    targets = torch.as_tensor(digits.target[chosen], dtype=torch.int64)
+    return ImageTensors(images, targets, [str(d) for d in range(10)])
+
+
+def _cifar(spec: DataSpec, train: bool) -> ImageTensors:
+    root = Path(spec.data_dir or "").expanduser()
+    _require_not_file(root)
+    if not spec.download and not root.is_dir():
+        raise FileNotFoundError(f"data directory {root} does not exist (add --download to fetch {spec.name})")
+    builder = datasets.CIFAR10 if spec.name == "cifar10" else datasets.CIFAR100
+    try:
+        dataset = builder(str(root), train=train, download=spec.download)
+    except RuntimeError as error:
+        raise FileNotFoundError(f"{spec.name} not found in {root}: {error}".rstrip(".") +
+                                ("" if spec.download else " (add --download to fetch it)")) from error
+    images = torch.as_tensor(dataset.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
+    targets = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    return ImageTensors(images, targets, list(dataset.classes))
+
+
+def _synthetic(size: int, channels: int, side: int, seed: int) -> ImageTensors:
+    """Ten classes, each a fixed random pattern plus as much uniform noise: learnable, but not trivially."""
+    patterns = torch.rand(10, channels, side, side, generator=torch.Generator().manual_seed(12345))
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, 10, (size,), generator=generator)
+    noise = torch.rand(size, channels, side, side, generator=generator)
+    images = ((patterns[targets] + noise) * 127.5).round().to(torch.uint8)  # (N, C, side, side)
+    return ImageTensors(images, targets, [f"class{i}" for i in range(10)])
+
+
+def _require_not_file(root: Path) -> None:
+    if root.is_file():
+        raise NotADirectoryError(f"data directory {root} is a file; --data-dir names the directory that holds the data")
+
+
+def _folder(spec: DataSpec, train: bool) -> ImageFiles:
+    root = Path(spec.data_dir or "").expanduser()
+    _require_not_file(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data directory {root} does not exist")
+    if train:
+        split_dir = root / "train"
+    else:
+        split_dir = next((root / name for name in ("val", "test") if (root / name).is_dir()), root / "val")
+    if not split_dir.is_dir():
+        wanted = "train/" if train else "val/ or test/"
+        raise FileNotFoundError(f"data directory {root} has no {wanted} folder (expected {root}/{wanted}<class>/…)")
+    if not any(entry.is_dir() for entry in split_dir.iterdir()):
+        raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/<class>/<image>)")
+    folder = datasets.ImageFolder(str(split_dir), allow_empty=True, is_valid_file=is_image)
+    counts = [0] * len(folder.classes)
+    for _, target in folder.samples:
+        counts[target] += 1
+    empty = [name for name, count in zip(folder.classes, counts, strict=True) if count == 0]
+    if empty:
+        raise ValueError(f"class folder(s) with no images in {split_dir}: {', '.join(empty)} "
+                         f"(image extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    return ImageFiles(split_dir, list(folder.samples), list(folder.classes))
+
+
+def preprocessing_for(spec: DataSpec, train: Split) -> Preprocessing:
+    """The evaluation preprocessing of a training run on ``spec`` (its normalisation from ``train`` when the
+    data set has no published statistics)."""
+    mode = "L" if spec.name == "digits" else ("L" if spec.in_chans == 1 else "RGB")
+    crop = spec.crop
+    resize = round(crop * 256 / 224) if spec.augment_kind == "imagenet" else crop
+    if spec.name == "cifar10":
+        mean, std = CIFAR10_STATS
+    elif spec.name == "cifar100":
+        mean, std = CIFAR100_STATS
+    elif isinstance(train, ImageTensors):
+        mean, std = _channel_stats(train.images)
+    else:
+        mean, std = IMAGENET_STATS
+    if mode == "L" and len(mean) == 3:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    return Preprocessing(mode, resize, crop, tuple(mean), tuple(std))
+
+
+def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    values = images.transpose(0, 1).flatten(1).double() / 255  # (C, N·H·W)
+    return tuple(values.mean(1).tolist()), tuple(values.std(1).clamp_min(1e-3).tolist())

@@ -1,0 +1,83 @@
+"""Batch normalisation pieces shared by the explicit autograd Functions (:mod:`densenet.nn.block`,
+:mod:`densenet.nn.recompute`).
+
+Training-mode BN of a channel is ``y = γ·x̂ + β`` with ``x̂ = (x − μ)/√(σ² + ε)`` and the batch's ``μ, σ²``; as
+a per-channel affine, ``y = a·x + b`` with ``a = γ/√(σ² + ε)`` and ``b = β − μ·a``. Its backward is
+``∂L/∂β = Σδ``, ``∂L/∂γ = Σδx̂`` and ``∂L/∂x = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` (sums over the ``M = N·H·W``
+values of the channel); with running statistics (eval mode) ``μ, σ²`` are constants and ``∂L/∂x = a·δ``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+PER_CHANNEL = (-1, 1, 1)  # view of a (C,) vector that broadcasts over (N, C, H, W)
+
+
+def channel_stats(image: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Batch mean ``μ`` and ``1/√(σ² + ε)`` of each channel of ``(N, C, H, W)``, in float32 or better.
+
+    ``native_batch_norm`` in training mode computes both in one vectorised pass (far faster on CPU than
+    ``var_mean`` over three dimensions); its normalised output is discarded.
+    """
+    if image.dtype in LOW_PRECISION:
+        image = image.float()
+    _, mean, invstd = torch.native_batch_norm(image, None, None, None, None, True, 0.0, eps)
+    return mean, invstd
+
+
+def count_batch(norm: nn.BatchNorm2d) -> float:
+    """Count one more batch and return the running-average factor, as ``nn.BatchNorm2d`` does in training."""
+    norm.num_batches_tracked.add_(1)
+    return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+
+
+def update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, invstd: Tensor, count: int) -> None:
+    """``running ← (1 − m)·running + m·batch``, the variance unbiased: ``σ²·M/(M − 1)``."""
+    factor = count_batch(norm)
+    var = invstd.pow(-2) - norm.eps  # σ² from 1/√(σ² + ε)
+    norm.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+    norm.running_var.mul_(1 - factor).add_(var * (count / max(count - 1, 1)), alpha=factor)
+
+
+def affine(weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
+    """BN as a per-channel affine: ``γ(x − μ)/σ + β = a·x + b`` with ``a = γ/σ``, ``b = β − μ·a``."""
+    scale = weight * invstd
+    return scale, bias - mean * scale
+
+
+def running_affine(norm: nn.BatchNorm2d, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Eval-mode BN: the affine from the running statistics, with the mean and ``1/σ`` it used."""
+    invstd = torch.rsqrt(norm.running_var + norm.eps)
+    scale, shift = affine(weight, bias, norm.running_mean, invstd)
+    return scale, shift, norm.running_mean, invstd
+
+
+def affine_relu(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
+    """``σ(a·x + b)``: ``(M, C)`` rows with ``(C,)`` vectors, or ``(N, C, H, W)`` with ``(C, 1, 1)`` views."""
+    return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=out).clamp_min_(0)
+
+
+def parameter_grads(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, training: bool,
+                    eps: float) -> tuple[Tensor, Tensor]:
+    """``∂L/∂γ = Σδx̂`` and ``∂L/∂β = Σδ`` for ``(N, C, H, W)`` tensors, in one pass of
+    ``native_batch_norm_backward`` (fast for contiguous NCHW or channels-last input)."""
+    _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+        grad_u, x, weight, mean, invstd.pow(-2) - eps, mean, invstd, training, eps, [False, True, True])
+    return grad_weight, grad_bias
+
+
+def input_grad(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, grad_weight: Tensor,
+               grad_bias: Tensor, training: bool, out: Tensor | None = None) -> Tensor:
+    """``∂L/∂x`` of ``(N, C, H, W)`` (into ``out`` if given): with batch statistics
+    ``a·(δ − (1/M)(Σδ + x̂·Σδx̂)) = a·δ + (c + d·x)`` with per-channel ``c, d``; with running ones ``a·δ``."""
+    scale = (weight * invstd).view(PER_CHANNEL)
+    if not training:
+        return torch.mul(grad_u, scale.to(x.dtype), out=out)
+    count = x.numel() // x.shape[1]
+    slope = (-weight * invstd.square() * grad_weight / count).view(PER_CHANNEL)
+    offset = (-weight * invstd * grad_bias / count).view(PER_CHANNEL) - slope * mean.view(PER_CHANNEL)
+    grad_x = torch.addcmul(offset.to(x.dtype), x, slope.to(x.dtype), out=out)
+    return grad_x.addcmul_(grad_u, scale.to(x.dtype))

@@ -1,0 +1,218 @@
+"""DenseNet building blocks: dense layer, dense block, transition and the two stems.
+
+Module and parameter names are torchvision's (``denselayerN.norm1``, ``transitionN.conv``, ``conv0`` …), so
+state dicts are interchangeable.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+
+from densenet import tutorial
+from densenet.nn.block import BlockSpec, DenseBlockFunction, dense_block_forward
+from densenet.nn.recompute import batch_norm_relu_pool, imagenet_stem_function
+
+
+class DenseLayer(nn.Module):
+    """One composite function ``H_l`` of a dense block.
+
+    With bottleneck (DenseNet-B): BN-ReLU-Conv1×1 to ``bn_size·k`` maps, then BN-ReLU-Conv3×3 to ``k`` maps.
+    Without: BN-ReLU-Conv3×3 straight to ``k`` maps (then ``conv1`` is the 3×3 conv and there is no ``norm2``).
+    Dropout with ``drop_rate`` is applied to the ``k`` new maps.
+    """
+
+    def __init__(self, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.growth_rate = growth_rate
+        self.drop_rate = float(drop_rate)
+        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        if bn_size > 0:
+            self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, kernel_size=1, bias=False)
+            self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+            self.relu2 = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
+
+    @property
+    def bottleneck(self) -> bool:
+        """Whether this layer has the 1×1 bottleneck conv."""
+        return hasattr(self, "conv2")
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``x_l = H_l([x_0, …, x_{l−1}])`` [F2] for the already concatenated input.
+
+        Args:
+            features: ``(N, C_0 + l·k, H, W)``, the concatenation of all earlier maps.
+
+        Returns:
+            ``(N, k, H, W)``, the new maps.
+        """
+        out = self.conv1(self.relu1(self.norm1(features)))  # (N, bn_size·k or k, H, W)
+        if self.bottleneck:
+            out = self.conv2(self.relu2(self.norm2(out)))  # (N, k, H, W)
+        # O = D ⊙ x / (1 − p)   [F6], the same masks as the explicit block draws
+        return tutorial.dropout(out, self.drop_rate, self.training)
+
+
+class DenseBlock(nn.ModuleDict):
+    """``L`` dense layers; layer ``l`` sees the concatenation of the block input and all earlier outputs [F2].
+
+    With ``memory_efficient`` the block runs as one autograd Function over a shared feature buffer with the
+    hand-written backward of :mod:`densenet.nn.block` (memory linear in depth); otherwise it is the plain autograd
+    reference that re-concatenates with ``torch.cat`` before every layer. Both compute the same function.
+    """
+
+    def __init__(self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float,
+                 memory_efficient: bool = True) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.growth_rate = growth_rate
+        self.drop_rate = float(drop_rate)
+        self.out_channels = in_channels + num_layers * growth_rate
+        self.memory_efficient = memory_efficient
+        for index in range(num_layers):
+            layer = DenseLayer(in_channels + index * growth_rate, growth_rate, bn_size, drop_rate)
+            self.add_module(f"denselayer{index + 1}", layer)
+
+    def spec(self) -> BlockSpec:
+        """The layers' batch norms and hyperparameters, as the explicit block needs them."""
+        layers = list(self.values())
+        norms1 = tuple(layer.norm1 for layer in layers)
+        norms2 = tuple(layer.norm2 for layer in layers) if layers[0].bottleneck else ()
+        if len({norm.eps for norm in norms1}) > 1:
+            raise ValueError("the memory-efficient dense block needs one ε for all BN1 of a block")
+        return BlockSpec(norms1, norms2, self.growth_rate, self.drop_rate)
+
+    def flat_parameters(self) -> list[Tensor]:
+        """Per layer ``γ1, β1, W1`` (+ ``γ2, β2, W2``), the order :class:`DenseBlockFunction` takes them in."""
+        params: list[Tensor] = []
+        for layer in self.values():
+            params += [layer.norm1.weight, layer.norm1.bias, layer.conv1.weight]
+            if layer.bottleneck:
+                params += [layer.norm2.weight, layer.norm2.bias, layer.conv2.weight]
+        return params
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C_0, H, W)`` → ``(N, C_0 + L·k, H, W)``: ``[x_0, x_1, …, x_L]``."""
+        if not self.memory_efficient:
+            return self.reference_forward(x)
+        return self.explicit_forward(x)
+
+    @torch.compiler.disable
+    def explicit_forward(self, x: Tensor) -> Tensor:
+        """The explicit block of :mod:`densenet.nn.block` (opaque to ``torch.compile``, which runs it eagerly).
+
+        Under autocast the activations and conv weights run in the autocast dtype, while the BN parameters and
+        batch statistics stay in float32, as autocast's own batch norm does.
+        """
+        params = self.flat_parameters()
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            # flat_parameters() lists (γ, β, W) triples: every third one is a conv weight
+            params = [p.to(dtype) if i % 3 == 2 else p for i, p in enumerate(params)]
+            with torch.autocast(device_type, enabled=False):
+                return self._run_explicit(x.to(dtype), params)
+        return self._run_explicit(x, params)
+
+    def _run_explicit(self, x: Tensor, params: list[Tensor]) -> Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return DenseBlockFunction.apply(self.spec(), self.training, x, *params)
+        features, _ = dense_block_forward(self.spec(), x, tuple(params), self.training, keep=False)
+        return features
+
+    def reference_forward(self, x: Tensor) -> Tensor:
+        """Reference implementation of ``x_l = H_l([x_0, …, x_{l−1}])`` [F2]: re-concatenate every earlier map before
+        each layer (``torch.cat``).
+
+        Args:
+            x: ``(N, C_0, H, W)``.
+
+        Returns:
+            ``(N, C_0 + L·k, H, W)``: ``[x_0, x_1, …, x_L]``.
+        """
+        features = [x]
+        for layer in self.values():
+            # x_l = H_l([x_0, …, x_{l−1}])   [F2]
+            features.append(layer(torch.cat(features, dim=1)))  # (N, k, H, W)
+        return torch.cat(features, dim=1)  # (N, C_0 + L·k, H, W)
+
+
+class Transition(nn.Module):
+    """BN-ReLU-Conv1×1 to ``⌊θ·C⌋`` channels and a 2×2 average pool [F3].
+
+    The pool runs before the 1×1 conv: both are linear and act on different axes, so
+    ``pool(conv(y)) = conv(pool(y))`` exactly, and the conv then runs on a quarter of the pixels. With
+    ``memory_efficient`` training, BN-ReLU-pool is one Function that recomputes the ReLU output in backward.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, memory_efficient: bool = True) -> None:
+        super().__init__()
+        self.memory_efficient = memory_efficient
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W)`` → ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
+        if _recompute(self.memory_efficient, self.training, x, self.norm):
+            y = batch_norm_relu_pool(self.norm, x, ("avg", 2, 2, 0))  # (N, C, H/2, W/2)
+        else:
+            # pool(σ(BN(x))), O_ij = (1/PQ) Σ x over each 2×2 window   [F3]
+            y = self.pool(self.relu(self.norm(x)))  # (N, C, H/2, W/2)
+        return self.conv(y)  # (N, ⌊θ·C⌋, H/2, W/2)
+
+
+class Features(nn.Sequential):
+    """Stem, dense blocks, transitions and the final BN, under torchvision's names (``conv0``, ``norm0``, …).
+
+    With ``memory_efficient`` training, the ImageNet stem ``conv0``-``norm0``-``relu0``-``pool0`` runs as one
+    Function that keeps only the input image and recomputes the rest in backward (:mod:`densenet.nn.recompute`).
+    """
+
+    def __init__(self, modules: OrderedDict[str, nn.Module], stem: str, memory_efficient: bool = True) -> None:
+        super().__init__(modules)
+        self.stem = stem
+        self.memory_efficient = memory_efficient
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, in_chans, H, W)`` → ``(N, C, h, w)``, the final BN's output."""
+        stem = ("conv0", "norm0", "relu0", "pool0")
+        fused = self.stem == "imagenet" and _recompute(self.memory_efficient, self.training, x, self.norm0,
+                                                         self.conv0.weight.requires_grad)
+        if fused:
+            x = imagenet_stem_function(self.conv0, self.norm0, self.pool0, x)
+        for name, module in self.named_children():
+            if not (fused and name in stem):
+                x = module(x)
+        return x
+
+
+def _recompute(memory_efficient: bool, training: bool, x: Tensor, norm: nn.BatchNorm2d,
+               other_grad: bool = False) -> bool:
+    """Whether BN-ReLU-pool should run as the recomputing Function: memory-efficient training with autograd
+    recording something (and the batch norm tracking running statistics, as the Function updates them)."""
+    wants_grad = x.requires_grad or norm.weight.requires_grad or norm.bias.requires_grad or other_grad
+    return memory_efficient and training and torch.is_grad_enabled() and norm.track_running_stats and wants_grad
+
+
+def imagenet_stem(in_chans: int, num_init_features: int) -> OrderedDict[str, nn.Module]:
+    """7×7/2 conv (pad 3) [F1], BN, ReLU, 3×3/2 max-pool (pad 1): ``(N, C, H, W)`` → ``(N, C_0, H/4, W/4)``."""
+    return OrderedDict(
+        conv0=nn.Conv2d(in_chans, num_init_features, kernel_size=7, stride=2, padding=3, bias=False),
+        norm0=nn.BatchNorm2d(num_init_features),
+        relu0=nn.ReLU(inplace=True),
+        pool0=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+
+
+def cifar_stem(in_chans: int, num_init_features: int) -> OrderedDict[str, nn.Module]:
+    """One 3×3 conv (pad 1) [F1], no BN after it (the paper's CIFAR models): spatial size unchanged."""
+    return OrderedDict(conv0=nn.Conv2d(in_chans, num_init_features, kernel_size=3, padding=1, bias=False))

@@ -1,0 +1,124 @@
+"""The stem and the transitions' BN-ReLU-pool as autograd Functions that keep their input, not their outputs.
+
+A plain autograd graph keeps, for ``pool(σ(BN(z)))``, the BN input, the ReLU output (a full-size map) and, for
+a max-pool, its int64 argmax indices. :class:`ConvBatchNormReLUPoolFunction` keeps only its input and the
+batch statistics and recomputes the rest in the backward — cheap elementwise work next to the convolutions:
+
+- transitions (``conv=None``): ``x`` is the dense block's feature buffer, which the block keeps anyway; then
+  ``pool(σ(BN(x)))`` with the 2×2 average pool [F3] (whose 1×1 conv, outside, runs on the pooled maps);
+- the ImageNet stem (with ``conv``): ``x`` is the input image, ``O = σ(BN(W ∗ x))`` [F1] then the 3×3/2
+  max-pool; the backward recomputes ``W ∗ x`` (a few % of the network's MACs) instead of keeping a
+  ``64×112×112`` map per image, and runs F1b: ``∂L/∂W = X ⋆ (δ ⊙ σ')`` through the batch norm.
+
+Running statistics are updated exactly once, in the forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
+
+from densenet.nn.batchnorm import PER_CHANNEL, affine, affine_relu, count_batch, input_grad, parameter_grads
+from densenet.tutorial import conv2d_backward, conv2d_forward
+
+Pool = tuple[str, int, int, int]  # kind ("avg" | "max"), kernel, stride, padding
+Conv = tuple[tuple[int, int], tuple[int, int]]  # stride, padding
+
+
+class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
+    """``pool(σ(BN(conv(x))))`` in training mode (``conv`` optional), saving ``x`` and the batch statistics.
+
+    For a transition, ``pool(σ(BN(x)))`` with the 2×2 average pool [F3] (backward [F3b]); for the ImageNet stem,
+    ``O = σ(BN(W ∗ x))`` [F1] (backward [F1b]) then the 3×3/2 max-pool.
+
+    Under autocast the conv runs in the autocast dtype, cast explicitly so that the backward's recomputation
+    matches the forward whatever autocast state the backward runs in.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, norm: nn.BatchNorm2d, pool: Pool, conv: Conv | None, x: Tensor, weight: Tensor,
+                bias: Tensor, conv_weight: Tensor | None) -> Tensor:
+        device = x.device.type
+        ctx.dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        with torch.autocast(device, enabled=False):
+            z = _conv(x, conv_weight, conv, ctx.dtype)  # (N, C, H, W)
+            normed, mean, invstd = torch.native_batch_norm(z, weight, bias, norm.running_mean, norm.running_var,
+                                                           True, count_batch(norm), norm.eps)
+            out = _pool(normed.clamp_min_(0), pool)
+        ctx.pool, ctx.conv, ctx.eps = pool, conv, norm.eps
+        ctx.save_for_backward(x, weight, bias, mean, invstd, conv_weight)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias, mean, invstd, conv_weight = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            z = _conv(x, conv_weight, ctx.conv, ctx.dtype)  # recomputed
+            scale, shift = affine(weight, bias, mean, invstd)
+            relu = affine_relu(z, scale.view(PER_CHANNEL), shift.view(PER_CHANNEL))  # r = σ(BN(z)), recomputed
+            grad_out = grad_out.to(relu.dtype).contiguous(memory_format=_memory_format(relu))
+            grad_relu = _pool_backward(grad_out, relu, ctx.pool)
+            # through σ: δ ⊙ 1[r > 0]
+            grad_u = torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
+            del relu
+            grad_weight, grad_bias = parameter_grads(grad_u, z, weight, mean, invstd, True, ctx.eps)
+            grad_z = input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True)
+            if ctx.conv is None:
+                return None, None, None, grad_z.to(x.dtype), grad_weight, grad_bias, None
+            # ∂L/∂X = Wᵀ ∗ δ_z, ∂L/∂W = X ⋆ δ_z   [F1b]
+            grad_x, grad_conv, _ = conv2d_backward(
+                grad_z, x.to(ctx.dtype), conv_weight.to(ctx.dtype), False, *ctx.conv,
+                needs=(ctx.needs_input_grad[3], ctx.needs_input_grad[6], False))
+        return (None, None, None, None if grad_x is None else grad_x.to(x.dtype), grad_weight, grad_bias,
+                None if grad_conv is None else grad_conv.to(conv_weight.dtype))
+
+
+def _conv(x: Tensor, weight: Tensor | None, conv: Conv | None, dtype: torch.dtype) -> Tensor:
+    """``W ∗ x`` in ``dtype`` [F1], or ``x`` itself without a conv."""
+    if conv is None:
+        return x
+    # W ∗ x   [F1]
+    return conv2d_forward(x.to(dtype), weight.to(dtype), None, *conv)
+
+
+def _pool(x: Tensor, pool: Pool) -> Tensor:
+    """The transition's average pool ``O_ij = (1/PQ) Σ x`` [F3], or the stem's max-pool."""
+    kind, kernel, stride, padding = pool
+    if kind == "avg":
+        # O_ij = (1/PQ) Σ x over the window   [F3]
+        return F.avg_pool2d(x, kernel, stride, padding)
+    return F.max_pool2d(x, kernel, stride, padding)
+
+
+def _pool_backward(grad_out: Tensor, relu: Tensor, pool: Pool) -> Tensor:
+    """The pool's backward: ``1/(PQ)`` of each output's gradient to every input of its window for the average
+    pool [F3b]; to the argmax of its window for the max-pool."""
+    kind, kernel, stride, padding = pool
+    if kind == "avg":
+        # each output's gradient spread 1/(PQ) to every input of its window   [F3b]
+        return torch.ops.aten.avg_pool2d_backward(grad_out, relu, [kernel] * 2, [stride] * 2, [padding] * 2,
+                                                  False, True, None)
+    _, indices = F.max_pool2d(relu, kernel, stride, padding, return_indices=True)  # the argmax, recomputed
+    return torch.ops.aten.max_pool2d_with_indices_backward(grad_out, relu, [kernel] * 2, [stride] * 2,
+                                                           [padding] * 2, [1, 1], False, indices)
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def batch_norm_relu_pool(norm: nn.BatchNorm2d, x: Tensor, pool: Pool) -> Tensor:
+    """``pool(σ(norm(x)))`` (a transition's first half), training mode."""
+    return ConvBatchNormReLUPoolFunction.apply(norm, pool, None, x, norm.weight, norm.bias, None)
+
+
+def imagenet_stem_function(conv: nn.Conv2d, norm: nn.BatchNorm2d, pool: nn.MaxPool2d, x: Tensor) -> Tensor:
+    """``maxpool(σ(norm(conv(x))))``, the ImageNet stem, training mode."""
+    geometry = ((conv.stride[0], conv.stride[1]), (conv.padding[0], conv.padding[1]))  # type: ignore[index]
+    spec = ("max", int(pool.kernel_size), int(pool.stride), int(pool.padding))  # type: ignore[arg-type]
+    return ConvBatchNormReLUPoolFunction.apply(norm, spec, geometry, x, norm.weight, norm.bias, conv.weight)
