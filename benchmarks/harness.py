@@ -136,13 +136,31 @@ def measure_peak_memory(spec: dict[str, Any], allocator: str, limit_bytes: int, 
 
 
 def write_json(name: str, data: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically and return its path."""
+    """Write ``benchmarks/results/<name>.json`` atomically, with no absolute path of this machine in it (see
+    :func:`portable`), and return its path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.write_text(json.dumps(portable(data), indent=2) + "\n")
     os.replace(temporary, path)
     return path
+
+
+def portable(value: Any) -> Any:
+    """``value`` with every string that is a path inside the checkout made relative to it and every other path
+    under the home directory written from ``~``: results say where things were without naming this machine's
+    directories."""
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item) for item in value]
+    if isinstance(value, str) and value.startswith("/"):
+        path = Path(value)
+        for base, shown in ((ROOT, None), (Path.home(), "~")):
+            if path.is_relative_to(base):
+                relative = path.relative_to(base)
+                return str(relative) if shown is None else f"{shown}/{relative}"
+    return value
 
 
 def print_table(header: list[str], rows: list[list[Any]]) -> None:
