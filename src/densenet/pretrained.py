@@ -1,0 +1,127 @@
+"""The pretrained-weights registry, beside the architecture registry: which files exist for which names.
+
+Each entry is a :class:`PretrainedWeights`, in the spirit of torchvision's ``DenseNet121_Weights`` and timm's
+``pretrained_cfg``: where the file is (its published URL, whose file name carries a SHA-256 prefix), what it
+holds (parameter count, file size), how well it does (top-1 / top-5 on ImageNet-1k's validation set) and what it
+expects (the evaluation preprocessing and the category names). The numbers are torchvision's published ones for
+the same files; ``tests/test_pretrained.py`` recomputes the parameter counts from the architectures.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from functools import cache
+
+from densenet.meta import IMAGENET_STATS, Preprocessing
+
+TORCHVISION_MODELS_URL = "https://download.pytorch.org/models"
+# torchvision's ImageNet evaluation: resize the shorter side to 256, centre-crop 224, ImageNet mean/std
+IMAGENET_EVAL = Preprocessing("RGB", 256, 224, *IMAGENET_STATS)
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """One published weights file for a registered architecture.
+
+    Attributes:
+        architecture: the registered model name the weights fit.
+        tag: the weights' name among the architecture's (``imagenet1k``); ``architecture.tag`` names them whole.
+        url: where the file is published; its file name ends in ``-<sha256 prefix>.pth``.
+        num_params: parameters of the architecture with its 1000-class head.
+        file_size_mb: the file's size in MB (10⁶ bytes), as published.
+        metrics: ``{"acc@1": …, "acc@5": …}`` in percent on ImageNet-1k's 50,000 validation images.
+        preprocessing: the evaluation transform the metrics were measured with.
+        categories: which category list the 1000 outputs follow (``imagenet1k``).
+        source: who trained or published the weights.
+    """
+
+    architecture: str
+    tag: str
+    url: str
+    num_params: int
+    file_size_mb: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    preprocessing: Preprocessing = IMAGENET_EVAL
+    categories: str = "imagenet1k"
+    source: str = "torchvision (ported from LuaTorch)"
+
+    @property
+    def name(self) -> str:
+        """``architecture.tag``, e.g. ``densenet121.imagenet1k``."""
+        return f"{self.architecture}.{self.tag}"
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the weights' classifier."""
+        return len(category_names(self.categories))
+
+    def class_names(self) -> tuple[str, ...]:
+        """The names of the weights' outputs, in order."""
+        return category_names(self.categories)
+
+
+def _torchvision(architecture: str, file: str, num_params: int, size_mb: float, top1: float,
+                 top5: float) -> PretrainedWeights:
+    return PretrainedWeights(architecture, "imagenet1k", f"{TORCHVISION_MODELS_URL}/{file}", num_params, size_mb,
+                             {"acc@1": top1, "acc@5": top5})
+
+
+_WEIGHTS: dict[str, PretrainedWeights] = {
+    weights.name: weights for weights in (
+        _torchvision("densenet121", "densenet121-a639ec97.pth", 7_978_856, 30.845, 74.434, 91.972),
+        _torchvision("densenet161", "densenet161-8d451a50.pth", 28_681_000, 110.369, 77.138, 93.560),
+        _torchvision("densenet169", "densenet169-b2777c0a.pth", 14_149_480, 54.708, 75.600, 92.806),
+        _torchvision("densenet201", "densenet201-c1103571.pth", 20_013_928, 77.373, 76.896, 93.370),
+    )
+}
+
+
+def register_weights(weights: PretrainedWeights) -> PretrainedWeights:
+    """Add ``weights`` to the registry (e.g. a private registry's file for a registered architecture).
+
+    Raises:
+        ValueError: weights of that name are registered already.
+    """
+    if weights.name in _WEIGHTS:
+        raise ValueError(f"weights {weights.name!r} are already registered")
+    _WEIGHTS[weights.name] = weights
+    return weights
+
+
+def list_pretrained(architecture: str | None = None) -> list[PretrainedWeights]:
+    """Every registered weights entry (of ``architecture`` only, if given), sorted by name."""
+    return [_WEIGHTS[key] for key in sorted(_WEIGHTS) if architecture in (None, _WEIGHTS[key].architecture)]
+
+
+def get_weights(architecture: str, tag: str | None = None) -> PretrainedWeights:
+    """The weights ``tag`` of ``architecture`` (default: its first tag).
+
+    Raises:
+        ValueError: no weights for ``architecture``, or no such tag; the message lists the available ones.
+    """
+    available = list_pretrained(architecture)
+    if not available:
+        known = ", ".join(sorted({weights.architecture for weights in _WEIGHTS}))
+        raise ValueError(f"no pretrained weights for {architecture!r}; models with weights: {known}")
+    if tag is None:
+        return available[0]
+    tag = tag.removeprefix(f"{architecture}.")
+    for weights in available:
+        if weights.tag == tag:
+            return weights
+    close = difflib.get_close_matches(tag, [weights.tag for weights in available], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown weights {tag!r} for {architecture}{hint}; available: "
+                     f"{', '.join(weights.tag for weights in available)}")
+
+
+@cache
+def category_names(categories: str) -> tuple[str, ...]:
+    """The names of a category list: ``imagenet1k``'s 1000 come from torchvision's weights metadata (torchvision
+    is a dependency; imported here, on first use, so that ``import densenet`` does not load it)."""
+    if categories != "imagenet1k":
+        raise ValueError(f"unknown category list {categories!r}")
+    from torchvision.models import DenseNet121_Weights
+
+    return tuple(DenseNet121_Weights.IMAGENET1K_V1.meta["categories"])
