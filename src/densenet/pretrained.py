@@ -10,10 +10,18 @@ the same files; ``tests/test_pretrained.py`` recomputes the parameter counts fro
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass, field
 from functools import cache
 
+from torch import Tensor
+
+from densenet.hub import cached_file
 from densenet.meta import IMAGENET_STATS, Preprocessing
+from densenet.model import DenseNet
+from densenet.weights import WeightsError, convert_state_dict, load_weights, read_state_dict
+
+logger = logging.getLogger("densenet")
 
 TORCHVISION_MODELS_URL = "https://download.pytorch.org/models"
 # torchvision's ImageNet evaluation: resize the shorter side to 256, centre-crop 224, ImageNet mean/std
@@ -125,3 +133,60 @@ def category_names(categories: str) -> tuple[str, ...]:
     from torchvision.models import DenseNet121_Weights
 
     return tuple(DenseNet121_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def adapt_input_channels(weight: Tensor, in_chans: int) -> Tensor:
+    """A 3-channel (RGB) first-conv weight ``(C_out, 3, K, K)`` made to read ``in_chans`` channels.
+
+    One channel: the sum over RGB (a gray image ``g`` fed as ``(g, g, g)`` gives the same output). ``N`` channels:
+    the RGB kernels repeated over the channels and scaled by ``3/N``, so that an input whose channels all carry
+    the same image keeps the magnitude of the 3-channel response (timm's rule).
+    """
+    if weight.shape[1] != 3:
+        raise ValueError(f"can only adapt a 3-channel first convolution, this one reads {weight.shape[1]}")
+    if in_chans == 3:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)  # (C_out, 1, K, K)
+    repeats = -(-in_chans // 3)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (3 / in_chans)  # (C_out, in_chans, K, K)
+
+
+def load_pretrained(model: DenseNet, weights: PretrainedWeights, progress: bool = True) -> DenseNet:
+    """Load ``weights`` (downloaded into torch.hub's cache if need be) into ``model``, adapting what differs.
+
+    The first convolution is adapted to ``model``'s input channels (:func:`adapt_input_channels`); a model with
+    another number of classes keeps its freshly initialised classifier. Each adaptation is logged in one line.
+    ``model.meta`` gets the weights' class names (when the head is theirs) and their preprocessing.
+
+    Raises:
+        DownloadError: the file cannot be fetched (the message says where to place it by hand).
+        WeightsError: the cached file is not readable (the message names it), or the weights do not fit the
+            architecture.
+    """
+    path = cached_file(weights.url, progress=progress)
+    try:
+        state = convert_state_dict(read_state_dict(path))
+    except WeightsError as error:
+        raise WeightsError(f"the cached weights file {path} is corrupt or truncated ({error}); delete it and "
+                           "try again to download it anew") from error
+    config = model.config
+    if "features.conv0.weight" in state and config.in_chans != state["features.conv0.weight"].shape[1]:
+        state["features.conv0.weight"] = adapt_input_channels(state["features.conv0.weight"], config.in_chans)
+        logger.info("%s: first convolution adapted from 3 to %d input channel(s)", weights.name, config.in_chans)
+    own_head = config.num_classes == weights.num_classes
+    if not own_head:
+        fresh = [key for key in model.state_dict() if key.startswith("classifier.")]
+        state = {key: value for key, value in state.items() if not key.startswith("classifier.")}
+        state.update({key: model.state_dict()[key] for key in fresh})
+        logger.info("%s: %d classes instead of %d, so a fresh classifier; left at initialisation: %s",
+                    weights.name, config.num_classes, weights.num_classes, ", ".join(fresh) or "nothing (no head)")
+    load_weights(model, state)
+    preprocessing = weights.preprocessing
+    if config.in_chans == 1:
+        preprocessing = Preprocessing("L", preprocessing.resize, preprocessing.crop, (sum(preprocessing.mean) / 3,),
+                                      (sum(preprocessing.std) / 3,))
+    model.meta = model.meta.replace(
+        class_names=weights.class_names() if own_head else model.meta.class_names,
+        preprocessing=preprocessing if config.in_chans in (1, 3) else None)
+    return model
