@@ -1,6 +1,7 @@
 """The `densenet summary` and `densenet list` commands, and the one-line error contract."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -72,3 +73,18 @@ def test_command_line_that_does_not_parse_is_one_line_error(argv, message, capsy
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message) and lines[0].endswith("--help)"), lines
+
+
+def test_densenet_debug_shows_the_traceback(monkeypatch):
+    """``DENSENET_DEBUG=1``: the user's mistake raises (the traceback shows) instead of the one line, exit status 1."""
+    debug = subprocess.run([sys.executable, "-m", "densenet", "summary", "densnet121"], capture_output=True, text=True,
+                           check=False, env={**os.environ, "DENSENET_DEBUG": "1"})
+    assert debug.returncode == 1 and debug.stdout == ""
+    assert debug.stderr.startswith("Traceback (most recent call last):")
+    assert debug.stderr.strip().splitlines()[-1].startswith("ValueError: unknown model 'densnet121'")
+    assert "densenet summary: error:" not in debug.stderr
+    monkeypatch.setenv("DENSENET_DEBUG", "1")
+    with pytest.raises(ValueError, match="unknown model 'densnet121'"):
+        main(["summary", "densnet121"])
+    monkeypatch.delenv("DENSENET_DEBUG")
+    assert main(["summary", "densnet121"]) == 1  # without it: the one line (test_bad_name_is_one_line_error)

@@ -1,0 +1,127 @@
+"""``densenet train`` and ``densenet demo``: one flag per :class:`~densenet.training.recipe.TrainConfig` field,
+layered over the ``--config`` files (and a resumed run's own ``config.yaml``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from densenet.cli.common import positive_int
+from densenet.training.recipe import TrainConfig, field_kinds, load_config
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``train`` and ``demo`` to the ``densenet`` subcommands."""
+    train = commands.add_parser("train", help="train a model (single process, or under torchrun)")
+    add_train_arguments(train)
+    train.set_defaults(handler=cmd_train)
+
+    demo = commands.add_parser("demo", help="train a DenseNet-BC on the bundled digits and predict held-out digits")
+    add_train_arguments(demo)
+    demo.add_argument("--samples", type=positive_int, default=8, help="held-out digits to predict")
+    demo.set_defaults(handler=cmd_demo)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--resume`` and one flag per :class:`TrainConfig` field (flags win over the files)."""
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML recipe (repeatable; later files and flags win)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue an interrupted run from RUN_DIR/checkpoint.pt, with RUN_DIR/config.yaml")
+    for item in dataclasses.fields(TrainConfig):
+        if item.name == "resume":
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        help_text = item.metadata["help"]
+        kinds = field_kinds(item.name)
+        if item.name == "model_args":
+            parser.add_argument("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE",
+                                default=argparse.SUPPRESS, help=help_text + " (one per flag, value in YAML)")
+        elif bool in kinds.kinds:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+        elif list in kinds.kinds:
+            parser.add_argument(flag, nargs="+", type=kinds.element, default=argparse.SUPPRESS, help=help_text)
+        else:
+            kind = next(k for k in kinds.kinds if k is not type(None))
+            parser.add_argument(flag, type=kind, choices=item.metadata.get("choices"), default=argparse.SUPPRESS,
+                                help=help_text)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """Layer the run's own config.yaml (``--resume``), the ``--config`` files and the flags."""
+    names = {item.name for item in dataclasses.fields(TrainConfig)}
+    overrides = {name: value for name, value in vars(args).items() if name in names and name != "resume"}
+    if "model_arg" in args:
+        overrides["model_args"] = _model_args(args.model_arg)
+    files = list(args.config)
+    if args.resume:
+        run_config = Path(args.resume) / "config.yaml"
+        if not run_config.is_file():
+            raise FileNotFoundError(f"nothing to resume: {run_config} does not exist")
+        files.insert(0, run_config)
+        overrides.update(out=args.resume, resume=True)
+    return load_config(*files, **overrides)
+
+
+def _model_args(items: list[str]) -> dict[str, object]:
+    """``--model-arg KEY=VALUE`` flags as a mapping, each value read as YAML."""
+    model_args = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg takes KEY=VALUE, got {item!r}")
+        try:
+            model_args[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--model-arg {item!r}: the value is not valid YAML "
+                             f"({str(error).splitlines()[0]})") from error
+    return model_args
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``densenet train``: train, writing the run directory; Ctrl-C saves a checkpoint and exits with 130."""
+    from densenet.training.engine import train
+
+    result = train(train_config(args))
+    if not _is_main_process():
+        return 130 if result.interrupted else 0
+    if result.interrupted:
+        print(f"interrupted; continue with: densenet train --resume {result.run_dir}", file=sys.stderr)
+        return 130
+    assert result.final is not None
+    print(f"final eval top-1 {result.final.top1:.2%} (best {result.best_acc:.2%}) after {len(result.history)} "
+          f"epochs, {result.train_seconds:.1f} s of training; run directory {result.run_dir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``densenet demo``: the digits run, then predictions for held-out digits read back from PNG files."""
+    from densenet.cli.demo import run_demo
+
+    demo = run_demo(train_config(args), samples=args.samples)
+    run = demo.run
+    if run.interrupted:
+        print(f"interrupted; continue with: densenet demo --resume {run.run_dir}", file=sys.stderr)
+        return 130
+    assert run.final is not None
+    final = run.final
+    print(f"test accuracy {final.top1:.2%} ({round(final.top1 * final.samples)}/{final.samples} held-out digits) "
+          f"after {len(run.history)} epochs, {run.train_seconds:.1f} s of training")
+    print(f"run directory {run.run_dir} (weights in last/ and best/, metrics.csv, curves.png, confusion_matrix.png)")
+    print(f"predictions of the final weights for {len(demo.predictions)} held-out digits:")
+    for prediction, truth in zip(demo.predictions, demo.truths, strict=True):
+        guesses = ", ".join(f"{name} {p:.1%}" for name, p in zip(prediction.names, prediction.probabilities,
+                                                                 strict=True))
+        mark = "ok" if prediction.names[0] == truth else "WRONG"
+        print(f"  {prediction.path}  true {truth}  predicted {guesses}  {mark}")
+    return 0
