@@ -77,6 +77,100 @@ def test_random_crop_takes_windows_of_the_padded_image():
         assert torch.equal(flipped[n], images[n]) or torch.equal(flipped[n], images[n].flip(-1))
 
 
+def test_random_crop_offsets_are_uniform_and_each_output_is_its_window():
+    n, size, padding = 5000, 6, 2
+    spots = 2 * padding + 1  # offsets 0 … 2p on each axis
+    base = (torch.arange(size * size) + 1).view(1, 1, size, size)  # every pixel distinct and nonzero (padding is 0)
+    images = torch.cat([base, base + 100], dim=1).expand(n, 2, size, size).contiguous()  # (N, 2, 6, 6)
+    out = random_crop(images, padding, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    # out[y, x] = padded[y + dy, x + dx] = image[y + dy - p, x + dx - p], so out[p, p] is the pixel (dy, dx)
+    value = out[:, 0, padding, padding] - 1
+    dy, dx = value // size, value % size
+    assert int(dy.max()) < spots and int(dx.max()) < spots and int(value.min()) >= 0
+    counts = torch.bincount(dy * spots + dx, minlength=spots * spots)
+    expected = n / spots**2  # 200 each; a binomial's standard deviation here is about 14
+    assert counts.min() > 0.7 * expected and counts.max() < 1.3 * expected, counts.view(spots, spots)
+    padded = torch.nn.functional.pad(images, (padding,) * 4)  # (N, 2, 10, 10)
+    for y in range(spots):
+        for x in range(spots):
+            chosen = (dy == y) & (dx == x)
+            assert torch.equal(out[chosen], padded[chosen][:, :, y:y + size, x:x + size])  # both channels alike
+
+
+def test_random_flip_mirrors_about_half_of_the_images_each_entirely():
+    n = 4000
+    images = torch.arange(n * 2 * 3).view(n, 1, 2, 3)  # no image is its own mirror
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    mirrored = (out == images.flip(-1)).flatten(1).all(1)
+    unchanged = (out == images).flatten(1).all(1)
+    assert bool((mirrored ^ unchanged).all())  # each image whole, one way or the other
+    assert 0.45 < float(mirrored.float().mean()) < 0.55  # p = 1/2; the standard deviation is 0.008
+
+
+def test_augmentation_follows_the_generator_seed():
+    images = torch.randint(0, 256, (64, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+
+    def augment(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return random_flip(random_crop(images, 4, generator), generator)
+
+    assert torch.equal(augment(3), augment(3))
+    assert not torch.equal(augment(3), augment(4))
+    assert not torch.equal(augment(3), images)
+
+
+def _augmenting_loader(images: torch.Tensor, augment: str, seed: int) -> Loader:
+    """Batches of 4 in a fixed order (so that epochs differ by augmentation alone), values x / 255."""
+    data = ImageTensors(images, torch.arange(len(images)) % 2, ["even", "odd"])
+    preprocessing = Preprocessing("RGB", 12, 12, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    batches = EpochBatches(len(images), 4, shuffle=False, seed=seed)
+    return Loader(data, preprocessing, batches, augment=augment, workers=0)
+
+
+def _epoch(loader: Loader, epoch: int, start: int = 0) -> list[torch.Tensor]:
+    loader.set_epoch(epoch, start)
+    return [images for images, _ in loader]
+
+
+def test_loader_augmentation_replays_by_seed_epoch_and_batch():
+    images = torch.randint(1, 256, (16, 3, 12, 12), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    first = _epoch(_augmenting_loader(images, "cifar", seed=5), 1)
+    again = _augmenting_loader(images, "cifar", seed=5)  # a fresh loader, as after a restart
+    assert all(torch.equal(a, b) for a, b in zip(first, _epoch(again, 1), strict=True))
+    assert torch.equal(_epoch(again, 1, start=2)[0], first[2])  # batch 2 alone, as when resuming mid-epoch
+    assert all(not torch.equal(a, b) for a, b in zip(first, _epoch(again, 2), strict=True))  # another epoch
+    other_seed = _epoch(_augmenting_loader(images, "cifar", seed=6), 1)
+    assert all(not torch.equal(a, b) for a, b in zip(first, other_seed, strict=True))
+    plain = _augmenting_loader(images, "none", seed=5)  # the control: without augmentation, epochs are alike
+    assert all(torch.equal(a, b) for a, b in zip(_epoch(plain, 1), _epoch(plain, 2), strict=True))
+    torch.testing.assert_close(torch.cat(_epoch(plain, 1)), images.float() / 255)
+
+
+@pytest.mark.parametrize("augment, padding, flips", [("cifar", 4, True), ("shift", 1, False)])
+def test_loader_augmentation_is_a_window_of_the_padded_image(augment, padding, flips):
+    images = torch.randint(1, 256, (16, 3, 12, 12), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    padded = torch.nn.functional.pad(images, (padding,) * 4).float() / 255  # (16, 3, 12 + 2p, 12 + 2p)
+    out = torch.cat(_epoch(_augmenting_loader(images, augment, seed=0), 0) + _epoch(_augmenting_loader(
+        images, augment, seed=0), 1)).view(2, 16, 3, 12, 12)
+    spots = range(2 * padding + 1)
+    moved = mirrored = 0
+    for epoch in range(2):
+        for n in range(16):
+            found = [(y, x, flip) for y in spots for x in spots for flip in (False, True)
+                     if torch.equal(out[epoch, n], _window(padded[n], y, x, flip))]
+            assert found, (epoch, n)
+            moved += (found[0][0], found[0][1]) != (padding, padding)
+            mirrored += found[0][2]
+    assert moved > 16  # of 32 images; the chance of no shift is 1/81 (cifar) or 1/9 (shift) per image
+    assert mirrored > 4 if flips else mirrored == 0  # cifar flips half the images; shift never
+
+
+def _window(padded: torch.Tensor, y: int, x: int, flip: bool) -> torch.Tensor:
+    window = padded[:, y:y + 12, x:x + 12]
+    return window.flip(-1) if flip else window
+
+
 def test_tensor_loader_normalises_and_replays():
     spec = DataSpec("synthetic", train_limit=64, eval_limit=16)
     split = load_split(spec, "train")
