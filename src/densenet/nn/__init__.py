@@ -4,8 +4,9 @@
 ``Transition``, ``Features``, the stems); :mod:`~densenet.nn.block` the dense block as one Function with a shared
 feature buffer and a hand-written backward [F2/F2b], which is what makes training memory-linear;
 :mod:`~densenet.nn.recompute` the stem and transition Functions that keep their inputs only; and
-:mod:`~densenet.nn.batchnorm` the batch-norm forward and backward those Functions share (the per-channel-affine
-form of the tutorial's reference in :mod:`densenet.tutorial`).
+:mod:`~densenet.nn.batchnorm` the batch-norm forward and backward those Functions share: what training runs, the
+per-channel-affine form of the tutorial's reference ``densenet.tutorial.batch_norm_backward`` [BN], which is only
+read and tested against.
 
 May import: torch and :mod:`densenet.tutorial`. Imported by :mod:`densenet.model` and the deploy room.
 """

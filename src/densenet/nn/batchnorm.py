@@ -1,10 +1,24 @@
-"""Batch normalisation pieces shared by the explicit autograd Functions (:mod:`densenet.nn.block`,
-:mod:`densenet.nn.recompute`).
+"""Batch normalisation as training runs it: the forward and backward pieces of the explicit autograd Functions
+(:mod:`densenet.nn.block`, :mod:`densenet.nn.recompute`).
+
+This is the same formula [BN] (docs/MATH.md) as the tutorial's reference
+:func:`densenet.tutorial.batch_norm_backward`, which students read and which is tested against autograd; training
+never calls that reference, it runs the functions here. ``tests/nn/test_batchnorm.py`` compares them with it in
+float64.
 
 Training-mode BN of a channel is ``y = γ·x̂ + β`` with ``x̂ = (x − μ)/√(σ² + ε)`` and the batch's ``μ, σ²``; as
-a per-channel affine, ``y = a·x + b`` with ``a = γ/√(σ² + ε)`` and ``b = β − μ·a``. Its backward is
+a per-channel affine, ``y = a·x + b`` with ``a = γ/√(σ² + ε)`` and ``b = β − μ·a``. Its backward [BN] is
 ``∂L/∂β = Σδ``, ``∂L/∂γ = Σδx̂`` and ``∂L/∂x = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` (sums over the ``M = N·H·W``
 values of the channel); with running statistics (eval mode) ``μ, σ²`` are constants and ``∂L/∂x = a·δ``.
+
+Two forms of that backward, one formula:
+
+- whole tensors, ``(N, C, H, W)``: :func:`parameter_grads` and :func:`input_grad` — the stem, the transitions
+  and each dense layer's BN2;
+- the rows of the dense block's shared buffer, ``(M, C_l)``: :func:`bn_relu_backward_into` adds ``a·δ`` in place
+  into the block's shared gradient buffer, and :func:`batch_terms` gives the per-channel rest
+  ``(a/M)(Σδ + x̂·Σδx̂)``, which the block sums over every layer reading a channel and subtracts once — each
+  layer's BN1.
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ from torch import Tensor, nn
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 PER_CHANNEL = (-1, 1, 1)  # view of a (C,) vector that broadcasts over (N, C, H, W)
+_CHUNK_ELEMENTS = 1 << 20  # elements per row chunk of fused elementwise work: a few MB, resident in cache
 
 
 def channel_stats(image: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -81,3 +96,52 @@ def input_grad(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: 
     offset = (-weight * invstd * grad_bias / count).view(PER_CHANNEL) - slope * mean.view(PER_CHANNEL)
     grad_x = torch.addcmul(offset.to(x.dtype), x, slope.to(x.dtype), out=out)
     return grad_x.addcmul_(grad_u, scale.to(x.dtype))
+
+
+def bn_relu_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs: Tensor, scale: Tensor, mean: Tensor,
+                          invstd: Tensor) -> tuple[Tensor, Tensor]:
+    """``r = σ(a·x + b)`` backward for ``(M, C)`` rows, fused in cache-sized chunks: [BN] with ``∂L/∂x`` in two parts.
+
+    This is the dense block's BN1, whose input ``x`` is a view of the block's shared feature buffer and whose input
+    gradient goes into the shared gradient buffer ``grad`` (a view of the same width). It is not written with
+    :func:`parameter_grads` / :func:`input_grad` because those return a new ``∂L/∂x``: here that would allocate an
+    ``(M, C_l)`` tensor per layer and take a second pass over it to add it into ``grad``. Instead, one pass over
+    chunks of rows
+
+    - applies σ': ``δ ← ∂L/∂r ⊙ 1[r > 0]``, in place into ``grad_relu``;
+    - sums ``Σδ`` and ``Σδ(x − μ)`` per channel;
+    - adds the per-pixel part of [BN]'s input gradient, ``∂L/∂x += a·δ``, in place into ``grad``.
+
+    The rest of [BN]'s input gradient, ``−(a/M)(Σδ + x̂·Σδx̂)``, is per-channel constants times ``x̂``, which is
+    the same for every layer reading the channel: :func:`batch_terms` gives them, the block sums them over the
+    layers and adds them once per channel (with running statistics there is no rest).
+
+    Args:
+        grad: ``(M, C)``, the shared gradient buffer's view of the input channels; ``a·δ`` is added to it.
+        grad_relu: ``(M, C)``, ``∂L/∂r``; overwritten with ``δ``.
+        relu: ``(M, C)``, ``r = σ(a·x + b)`` (recomputed by the caller).
+        inputs: ``(M, C)``, ``x``.
+        scale: ``(C,)``, ``a = γ/√(σ² + ε)``.
+        mean, invstd: ``(C,)``, ``μ`` and ``1/√(σ² + ε)`` (batch or running statistics).
+
+    Returns:
+        ``∂L/∂γ = Σδx̂ = σ⁻¹ Σδ(x − μ)`` and ``∂L/∂β = Σδ``, per channel.
+    """
+    rows, channels = grad_relu.shape
+    step = max(1, _CHUNK_ELEMENTS // channels)
+    grad_beta = torch.zeros_like(mean)
+    centred_dot = torch.zeros_like(mean)
+    scale = scale.to(grad.dtype)
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        delta = torch.ops.aten.threshold_backward.grad_input(grad_relu[part], relu[part], 0, grad_input=grad_relu[part])
+        grad_beta += delta.sum(dim=0, dtype=mean.dtype)
+        centred_dot += ((inputs[part] - mean) * delta).sum(dim=0, dtype=mean.dtype)
+        grad[part].addcmul_(delta, scale)
+    return invstd * centred_dot, grad_beta
+
+
+def batch_terms(scale: Tensor, grad_weight: Tensor, grad_bias: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The batch-statistics part of [BN]'s input gradient, ``∂L/∂x = a·δ − c − d·x̂``, per channel:
+    ``c = (a/M)·Σδ`` and ``d = (a/M)·Σδx̂``, with ``Σδ = ∂L/∂β`` and ``Σδx̂ = ∂L/∂γ`` (``M = count``)."""
+    return scale * grad_bias / count, scale * grad_weight / count

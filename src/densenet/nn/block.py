@@ -22,7 +22,9 @@ the ``k`` channels ``x_l``, so their gradient is complete.
 The batch-norm backward of layer ``l`` for an input channel is
 ``∂L/∂x = a·(δ − (1/M)Σδ − x̂·(1/M)Σδx̂)``: the ``a·δ`` part is added at once; the rest is ``c + d·x̂`` with
 per-channel constants, and since ``x̂`` is the same for every layer reading the channel, the constants are summed
-over layers and applied once per channel, when its gradient is needed.
+over layers and applied once per channel, when its gradient is needed. Both parts are [BN] (docs/MATH.md) as
+:mod:`densenet.nn.batchnorm` computes it for training (``bn_relu_backward_into``, ``batch_terms``); BN2 uses that
+module's whole-tensor form. The tutorial's ``batch_norm_backward`` is the reference they are tested against.
 
 Saved for backward: the feature buffer, each layer's bottleneck output (a 1×1 conv is not cheap to recompute),
 per-channel batch statistics, dropout masks — memory linear in depth. Running statistics are updated exactly
@@ -43,6 +45,8 @@ from torch.autograd.function import FunctionCtx
 from densenet.nn.batchnorm import (
     affine,
     affine_relu,
+    batch_terms,
+    bn_relu_backward_into,
     channel_stats,
     count_batch,
     input_grad,
@@ -55,7 +59,6 @@ from densenet.tutorial import conv2d_backward, conv2d_forward, dropout_backward,
 _STRIDE_ONE = (1, 1)
 _PAD_ZERO = (0, 0)
 _PAD_ONE = (1, 1)
-_CHUNK_ELEMENTS = 1 << 20  # elements per row chunk of fused elementwise work: a few MB, resident in cache
 
 
 @dataclass(frozen=True)
@@ -88,30 +91,6 @@ def _rows(image: Tensor) -> Tensor:
     """``(N, C, H, W)`` → ``(M, C)`` rows; a view for channels-last tensors."""
     n, c, h, w = image.shape
     return image.permute(0, 2, 3, 1).reshape(n * h * w, c)
-
-
-def _bn1_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs: Tensor, scale: Tensor, mean: Tensor,
-                       invstd: Tensor) -> tuple[Tensor, Tensor]:
-    """BN1-ReLU backward of one layer, fused in cache-sized chunks of rows, for ``(M, C_l)`` tensors.
-
-    Through σ: ``δ ← ∂L/∂r ⊙ 1[r > 0]``; the sums ``Σδ`` and ``Σδ(x − μ)``; and ``∂L/∂x += a·δ`` added to the
-    shared gradient buffer ``grad`` (the rest of the BN input gradient is deferred by the caller).
-
-    Returns:
-        ``∂L/∂γ = σ⁻¹ Σδ(x − μ)`` and ``∂L/∂β = Σδ``, per channel.
-    """
-    rows, channels = grad_relu.shape
-    step = max(1, _CHUNK_ELEMENTS // channels)
-    grad_beta = torch.zeros_like(mean)
-    centred_dot = torch.zeros_like(mean)
-    scale = scale.to(grad.dtype)
-    for start in range(0, rows, step):
-        part = slice(start, start + step)
-        delta = torch.ops.aten.threshold_backward.grad_input(grad_relu[part], relu[part], 0, grad_input=grad_relu[part])
-        grad_beta += delta.sum(dim=0, dtype=mean.dtype)
-        centred_dot += ((inputs[part] - mean) * delta).sum(dim=0, dtype=mean.dtype)
-        grad[part].addcmul_(delta, scale)
-    return invstd * centred_dot, grad_beta
 
 
 def dense_block_forward(
@@ -269,13 +248,15 @@ def dense_block_backward(
                 grad_new, relu1, weight1, False, _STRIDE_ONE, _PAD_ONE, (True, needs_param_grad[offset + 2], False))
         grad_relu1 = _rows(grad_relu1.contiguous(memory_format=torch.channels_last))  # (M, C_l)
         # ∂L/∂x_j += ∂H_l/∂x_j for every j < l, added into the shared gradient buffer   [F2b]
-        grad_gamma1, grad_beta1 = _bn1_backward_into(grad[:, :channels], grad_relu1, _rows(relu1), inputs, scale,
-                                                     layer_mean, layer_invstd)
+        # BN1 backward [BN]: ∂L/∂x += a·δ now, into the shared gradient buffer (nn.batchnorm.bn_relu_backward_into)
+        grad_gamma1, grad_beta1 = bn_relu_backward_into(grad[:, :channels], grad_relu1, _rows(relu1), inputs, scale,
+                                                        layer_mean, layer_invstd)
         param_grads[offset], param_grads[offset + 1] = grad_gamma1, grad_beta1
         # ∂L/∂x = a·δ was added; −(a/M)(Σδ + x̂·Σδx̂) is deferred (training only: running statistics are constants)
         if training:
-            deferred_offset[:channels] -= scale * grad_beta1 / m
-            deferred_slope[:channels] -= scale * grad_gamma1 / m
+            offset_term, slope_term = batch_terms(scale, grad_gamma1, grad_beta1, m)
+            deferred_offset[:channels] -= offset_term
+            deferred_slope[:channels] -= slope_term
 
     settle(0, c0)
     grad_input = _image(grad[:, :c0], n, h, w) if needs_input_grad else None

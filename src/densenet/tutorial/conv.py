@@ -2,9 +2,10 @@
 each a ``<op>_forward`` / ``<op>_backward`` pair and a ``torch.autograd.Function`` that joins them.
 
 For convolution the backward calls the PyTorch primitive that computes exactly the formula's quantity
-(``aten.convolution_backward``); ReLU and batch norm write the formula out. The batch-norm backward here is the
-reference a student reads; the training path runs its per-channel-affine form in :mod:`densenet.nn.batchnorm`,
-which the tests compare with this one.
+(``aten.convolution_backward``); ReLU and batch norm write the formula out. The batch-norm pair here is the
+reference a student reads, tested against autograd; training never runs it: it runs the same formula [BN] in
+per-channel-affine form from :mod:`densenet.nn.batchnorm`, which ``tests/nn/test_batchnorm.py`` compares with this
+one.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def relu(x: Tensor) -> Tensor:
 
 
 def batch_norm_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Training-mode batch norm over ``(N, H, W)`` for each channel.
+    """Training-mode batch norm over ``(N, H, W)`` for each channel [BN] (the reference; see
+    :func:`batch_norm_backward`).
 
     ``μ = (1/M) Σ x``, ``σ² = (1/M) Σ (x − μ)²``, ``x̂ = (x − μ)/√(σ² + ε)``, ``y = γ x̂ + β`` with ``M = N·H·W``.
 
@@ -133,14 +135,33 @@ def batch_norm_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> t
 def batch_norm_backward(
     grad_out: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``∂L/∂β = Σ δ``, ``∂L/∂γ = Σ δ x̂`` and
-    ``∂L/∂x = (γ/√(σ² + ε)) · (δ − (1/M)·∂L/∂β − x̂·(1/M)·∂L/∂γ)`` (sums over ``N, H, W``; ``M = N·H·W``)."""
+    """The training-mode batch-norm backward [BN], written out: the reference students read.
+
+    ``∂L/∂β = Σ δ``, ``∂L/∂γ = Σ δ x̂`` and
+    ``∂L/∂x = (γ/√(σ² + ε)) · (δ − (1/M)·∂L/∂β − x̂·(1/M)·∂L/∂γ)`` (sums over ``N, H, W``; ``M = N·H·W``).
+
+    ``tests/tutorial/test_formulas.py`` checks it against autograd (float64 ``gradcheck``). Training does not call
+    it: the explicit Functions run :mod:`densenet.nn.batchnorm`, the same formula as a per-channel affine
+    ``a·x + b`` (fused and in place where the dense block shares one buffer), and ``tests/nn/test_batchnorm.py``
+    checks that against this function in float64.
+
+    Args:
+        grad_out: ``δ = ∂L/∂y``, ``(N, C, H, W)``.
+        x: the input, ``(N, C, H, W)``.
+        weight: ``γ``, ``(C,)``.
+        mean, invstd: the batch's ``μ`` and ``1/√(σ² + ε)``, ``(C,)`` (from :func:`batch_norm_forward`).
+
+    Returns:
+        ``∂L/∂x`` ``(N, C, H, W)``, ``∂L/∂γ`` and ``∂L/∂β`` ``(C,)``.
+    """
     m = x.numel() // x.shape[1]
     x_hat = (x - mean[:, None, None]) * invstd[:, None, None]  # (N, C, H, W)
+    # ∂L/∂β = Σδ, ∂L/∂γ = Σδx̂   [BN]
     d_bias = grad_out.sum(dim=(0, 2, 3))  # (C,)
     d_weight = (grad_out * x_hat).sum(dim=(0, 2, 3))  # (C,)
     scale = (weight * invstd)[:, None, None]  # (C, 1, 1)
-    dx = scale * (grad_out - d_bias[:, None, None] / m - x_hat * (d_weight[:, None, None] / m))
+    # ∂L/∂x = (γ/√(σ² + ε))·(δ − Σδ/M − x̂·Σδx̂/M)   [BN]
+    dx = scale * (grad_out - d_bias[:, None, None] / m - x_hat * (d_weight[:, None, None] / m))  # (N, C, H, W)
     return dx, d_weight, d_bias
 
 
