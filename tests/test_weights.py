@@ -55,8 +55,22 @@ def test_wrapped_and_prefixed_checkpoint(torchvision_bc, tmp_path):
 
 
 def test_missing_num_batches_tracked_is_tolerated(torchvision_bc):
+    """An old checkpoint without BN counters loads: the counters keep the model's values, everything else is the
+    file's."""
     state = {k: v for k, v in torchvision_bc.state_dict().items() if not k.endswith("num_batches_tracked")}
-    densenet.load_weights(_ours_for(torchvision_bc), state)
+    model = _ours_for(torchvision_bc)
+    counters = [key for key in model.state_dict() if key.endswith("num_batches_tracked")]
+    assert len(counters) == 1 + 3 * 3 * 2 + 2 + 1  # norm0, two per layer, two transitions, norm5
+    with torch.no_grad():
+        for index, key in enumerate(counters):
+            model.get_buffer(key).fill_(index + 7)
+    assert densenet.load_weights(model, state) is model
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys() | set(counters)
+    for index, key in enumerate(counters):
+        assert loaded[key].item() == index + 7, key
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
 
 
 def test_timm_state_dict_loads():

@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import densenet
 from helpers import max_relative_error, randomize_batch_norm
@@ -86,8 +87,10 @@ def test_float64_equals_reference(name, drop_rate):
 @pytest.mark.parametrize("drop_rate", [0.0, 0.3])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_float32_equals_reference(name, drop_rate):
+    """float32: outputs, the input gradient (max relative error) and the parameter gradients (relative L2) within
+    1e-4 of the reference (measured: ≤ 4e-6)."""
     _, _, errors = _compare_runs(name, drop_rate, torch.float32)
-    assert errors["output"] <= 1e-4 and errors["param_grad"] <= 1e-4, errors
+    assert errors["output"] <= 1e-4 and errors["input_grad"] <= 1e-4 and errors["param_grad"] <= 1e-4, errors
 
 
 def test_dropout_masks_differ_between_layers_and_steps():
@@ -215,11 +218,15 @@ def test_autocast_bfloat16_cpu():
 
 
 def test_torch_compile_runs_and_matches():
+    """torch.compile traces the model with its autograd Functions (the ``aot_eager`` backend: the same Dynamo and
+    AOTAutograd capture as the default, without inductor's code generation, ~30 s on CPU)."""
     _, ours = _pair("plain", dtype=torch.float32)
     x = _input("plain", torch.float32).detach()
-    compiled = torch.compile(copy.deepcopy(ours))
+    compiled = torch.compile(copy.deepcopy(ours), backend="aot_eager")
     out_eager, _ = _step(ours.eval(), x, 0)
+    counters.clear()
     out_compiled, _ = _step(compiled.eval(), x, 0)
+    assert counters["aot_autograd"]["ok"] >= 1  # graphs were captured and compiled, not all run eagerly
     assert torch.allclose(out_compiled, out_eager, rtol=1e-5, atol=1e-6)
     for p_eager, p_compiled in zip(ours.parameters(), compiled.parameters(), strict=True):
         assert torch.allclose(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-6)
