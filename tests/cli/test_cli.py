@@ -1,5 +1,7 @@
 """The `densenet summary` and `densenet list` commands, and the one-line error contract."""
 
+import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -8,7 +10,7 @@ import sys
 import pytest
 
 import densenet
-from densenet.cli import main
+from densenet.cli import build_parser, main
 
 
 def test_summary_densenet121(capsys):
@@ -88,3 +90,11 @@ def test_densenet_debug_shows_the_traceback(monkeypatch):
         main(["summary", "densnet121"])
     monkeypatch.delenv("DENSENET_DEBUG")
     assert main(["summary", "densnet121"]) == 1  # without it: the one line (test_bad_name_is_one_line_error)
+
+
+def test_every_subcommand_is_registered_and_the_entry_point_is_main():
+    parser = build_parser()
+    (commands,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    assert list(commands.choices) == ["summary", "list", "train", "demo", "eval", "predict", "export", "bench"]
+    (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "densenet"]
+    assert script.value == "densenet.cli:main" and script.load() is main
