@@ -1,32 +1,32 @@
-"""The training engine: learning, run directory, exact resume after a kill or Ctrl-C, NaN stop."""
+"""The training engine: learning, the run directory, bf16 / channels-last / accumulation, compile, NaN stop.
+
+Resume and signals: test_resume.py; the schedule, the lr column and best/: test_schedule.py; step log lines:
+test_progress.py."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
+from torch._dynamo.backends.registry import lookup_backend
 
 import densenet
+from densenet.data.datasets import load_split, preprocessing_for
+from densenet.data.loader import EpochBatches, Loader
 from densenet.training.checkpoint import load_checkpoint
-from densenet.training.engine import TrainingDiverged, lr_factor, train
+from densenet.training.engine import TrainingDiverged, train
 from densenet.training.recipe import TrainConfig, load_config
 
 TINY = {"dataset": "synthetic", "train_limit": 512, "eval_limit": 128, "image_size": 16, "model": "densenet_bc100_k12",
         "model_args": {"block_config": [2, 2], "growth_rate": 8}, "batch_size": 32, "epochs": 2, "log_every": 0}
-# Long enough epochs (about 2 s on 2 cores) to stop a process in the middle of one; dropout draws random numbers.
-RESUMABLE = {**TINY, "train_limit": 1024, "image_size": 32, "epochs": 3, "schedule": "cosine", "warmup_epochs": 0.5,
-             "model_args": {"block_config": [2, 2], "growth_rate": 8, "drop_rate": 0.1}, "label_smoothing": 0.1}
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -39,16 +39,6 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     different = [key for key in left if not torch.equal(left[key], right[key])]
     largest = max(((left[k].double() - right[k].double()).abs().max().item() for k in different), default=0.0)
     assert not different, f"{len(different)} tensors differ (by up to {largest:.3g}), e.g. {different[:3]}"
-
-
-def test_lr_schedules():
-    paper = [lr_factor(step, 100, 0, "step", [0.5, 0.75], 0.1) for step in range(100)]
-    assert paper[0] == paper[49] == 1.0
-    assert paper[50] == paper[74] == pytest.approx(0.1) and paper[75] == paper[99] == pytest.approx(0.01)
-    cosine = [lr_factor(step, 110, 10, "cosine", [], 0.1) for step in range(110)]
-    assert cosine[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])  # linear warm-up
-    assert cosine[10] == 1.0 and cosine[60] == pytest.approx(0.5) and cosine[109] == pytest.approx(0.00025, abs=1e-4)
-    assert all(a >= b for a, b in itertools.pairwise(cosine[10:]))
 
 
 def test_config_validation_and_layers(tmp_path):
@@ -94,12 +84,85 @@ def test_two_epochs_learn_and_fill_the_run_directory(tmp_path):
     assert not list(run.rglob("*.tmp*"))  # no temporary file left behind
 
 
+def _first_batches(config: TrainConfig, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``count`` training micro-batches of epoch 0, read with the data room's loader (not the engine)."""
+    spec = config.data_spec()
+    split = load_split(spec, "train")
+    micro = config.batch_size // config.accumulate
+    loader = Loader(split, preprocessing_for(spec, split), EpochBatches(len(split), micro, shuffle=True,
+                                                                       seed=config.seed),
+                    augment=spec.augment_kind, workers=0)
+    loader.set_epoch(0)
+    return list(itertools.islice(iter(loader), count))
+
+
+def _sgd_step(model: torch.nn.Module, grads: list[torch.Tensor], config: TrainConfig) -> dict[str, torch.Tensor]:
+    for parameter, grad in zip(model.parameters(), grads, strict=True):
+        parameter.grad = grad.clone()
+    torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                    weight_decay=config.weight_decay).step()
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
 def test_bf16_channels_last_and_accumulation(tmp_path):
-    config = TrainConfig(**{**TINY, "epochs": 1}, amp="bf16", channels_last=True, accumulate=2, out=str(tmp_path))
-    result = train(config)
+    """bf16 autocast runs the layers in bfloat16, channels-last reaches the weights and the inputs, and the first
+    optimiser step of two accumulated micro-batches equals one SGD step on the mean of their gradients, built here
+    by hand in the same precision and layout."""
+    config = TrainConfig(**{**TINY, "epochs": 1}, amp="bf16", channels_last=True, accumulate=2, workers=0,
+                         out=str(tmp_path))
+    torch.manual_seed(0)
+    initial = densenet.create_model("densenet_bc100_k12", block_config=(2, 2), growth_rate=8, num_classes=10)
+    model = copy.deepcopy(initial)
+    dtypes: set[torch.dtype] = set()
+    layouts: list[bool] = []
+    after_first_step: dict[str, torch.Tensor] = {}
+
+    def record_output(module, inputs, output):
+        if model.training:
+            dtypes.add(output.dtype)
+
+    def record_input(module, inputs):
+        if not model.training:
+            return
+        (x,) = inputs
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        if len(layouts) == 3:  # the first micro-batch of step 2: the weights after step 1
+            after_first_step.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    model.features.conv0.register_forward_hook(record_output)
+    model.classifier.register_forward_hook(record_output)
+    model.register_forward_pre_hook(record_input)
+    result = train(config, model=model)
+
     assert math.isfinite(result.history[0]["train_loss"]) and result.final.top1 > 0.15
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["steps_per_epoch"] == 16 and state["scheduler"]["last_epoch"] == 16  # 32 micro-batches of 16
+    assert dtypes == {torch.bfloat16}  # the stem convolution and the classifier ran in bfloat16
+    assert len(layouts) == 32 and all(layouts)  # every training input reached the model channels-last
+    kernels = {name: p for name, p in result.model.named_parameters() if p.dim() == 4 and p.shape[-1] > 1}
+    not_channels_last = [name for name, p in kernels.items()
+                         if not p.is_contiguous(memory_format=torch.channels_last) or p.is_contiguous()]
+    assert kernels and not not_channels_last, not_channels_last
+
+    # by hand: one replica sees both micro-batches in turn (its BN statistics follow both), each gradient apart
+    replica = copy.deepcopy(initial).to(memory_format=torch.channels_last).train()
+    grads = []
+    for images, targets in _first_batches(config, 2):
+        replica.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = replica(images.contiguous(memory_format=torch.channels_last))
+        F.cross_entropy(logits.float(), targets).backward()
+        grads.append([p.grad.clone() for p in replica.parameters()])
+    averaged = [(g0 + g1) / 2 for g0, g1 in zip(*grads, strict=True)]
+    only_first = _sgd_step(copy.deepcopy(replica), grads[0], config)
+    summed = _sgd_step(copy.deepcopy(replica), [g0 + g1 for g0, g1 in zip(*grads, strict=True)], config)
+    expected = _sgd_step(replica, averaged, config)
+    assert after_first_step.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(after_first_step[key], expected[key], msg=key)
+    weight = "features.conv0.weight"
+    for wrong in (only_first, summed):  # the comparison can tell a step that skipped or did not average a micro-batch
+        assert (after_first_step[weight] - wrong[weight]).abs().max() > 1e-4
 
 
 def test_same_seed_same_weights_other_seed_not(tmp_path):
@@ -163,76 +226,38 @@ def test_nan_evaluation_loss_stops_before_saving(tmp_path, existing):
         assert list(tmp_path.iterdir()) == []  # runs/nested/run, all three created by the run
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "densenet", "train", *args]
-
-
-def _flags(config: dict) -> list[str]:
-    flags = []
-    for key, value in config.items():
-        if key == "model_args":
-            for name, arg in value.items():
-                flags += ["--model-arg", f"{name}={arg}"]
-        else:
-            flags += [f"--{key.replace('_', '-')}", str(value)]
-    return flags
-
-
-def _start_and_stop(out: Path, sig: int) -> subprocess.CompletedProcess:
-    """Start a run, wait until epoch 1 is checkpointed, then send ``sig`` about a quarter into epoch 2."""
-    process = subprocess.Popen(_cli(*_flags(RESUMABLE), "--out", str(out)), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.pt").exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    train(TrainConfig(**RESUMABLE, out=str(out)))
-    return out
-
-
 @pytest.mark.slow
-def test_resume_after_kill_mid_epoch_gives_the_same_weights(tmp_path, uninterrupted):
-    out = tmp_path / "run"
-    killed = _start_and_stop(out, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL
-    state = load_checkpoint(out / "checkpoint.pt")
-    assert (state["epoch"], state["step"]) == (1, 0)  # killed inside epoch 2: only epoch 1 was saved
-    resumed = subprocess.run(_cli("--resume", str(out)), capture_output=True, text=True, check=False)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming at epoch 2, step 0" in resumed.stderr
-    _assert_same_weights(out, uninterrupted)
-    assert [int(r["epoch"]) for r in csv.DictReader((out / "metrics.csv").open())] == [1, 2, 3]
+def test_compiled_model_trains_like_the_plain_one_and_saves_plain_weights(tmp_path, monkeypatch):
+    """``compile: true`` goes through ``torch.compile`` (forced onto the cheap ``aot_eager`` backend, which counts the
+    graphs it compiles), trains to the weights of an uncompiled run and saves the plain model's keys."""
+    graphs: list[torch.fx.GraphModule] = []
+    aot_eager = lookup_backend("aot_eager")
 
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(graph)
+        return aot_eager(graph, example_inputs)
 
-@pytest.mark.slow
-def test_ctrl_c_saves_mid_epoch_and_resume_gives_the_same_weights(tmp_path, uninterrupted):
-    out = tmp_path / "run"
-    stopped = _start_and_stop(out, signal.SIGINT)
-    assert stopped.returncode == 130, stopped.stderr
-    assert f"continue with: densenet train --resume {out}" in stopped.stderr
-    assert "Traceback" not in stopped.stderr
-    state = load_checkpoint(out / "checkpoint.pt")
-    assert state["epoch"] == 1 and 0 < state["step"] < state["steps_per_epoch"]  # saved mid-epoch
-    resumed = subprocess.run(_cli("--resume", str(out)), capture_output=True, text=True, check=False,
-                             env={**os.environ, "DENSENET_DEBUG": "1"})
-    assert resumed.returncode == 0, resumed.stderr
-    _assert_same_weights(out, uninterrupted)
+    compiled: list[torch.nn.Module] = []
+    real_compile = torch.compile
 
+    def compile_on_aot_eager(module: torch.nn.Module, *args: object, **kwargs: object) -> torch.nn.Module:
+        compiled.append(module)
+        return real_compile(module, backend=counting_backend)
 
-@pytest.mark.slow
-def test_compiled_model_trains_and_saves_plain_weights(tmp_path):
-    result = train(TrainConfig(**{**TINY, "train_limit": 256}, compile=True, out=str(tmp_path)))
+    config = {**TINY, "train_limit": 256}
+    plain = train(TrainConfig(**config, out=str(tmp_path / "plain")))
+    monkeypatch.setattr(torch, "compile", compile_on_aot_eager)
+    torch._dynamo.reset()
+    try:
+        result = train(TrainConfig(**config, compile=True, out=str(tmp_path / "compiled")))
+    finally:
+        torch._dynamo.reset()
+    assert len(compiled) == 1 and isinstance(compiled[0], densenet.DenseNet) and graphs  # compilation ran
+    assert type(result.model) is densenet.DenseNet  # the result is the plain module, not the compiled wrapper
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    reloaded = densenet.from_pretrained(tmp_path / "last")  # keys without torch.compile's "_orig_mod." prefix
-    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), result.model.state_dict().values(),
-                                                 strict=True))
+    trained, reference = result.model.state_dict(), plain.model.state_dict()
+    assert trained.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(trained[key], reference[key], rtol=1e-4, atol=1e-5, msg=key)
+    reloaded = densenet.from_pretrained(tmp_path / "compiled" / "last")  # keys without "_orig_mod."
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), trained.values(), strict=True))
