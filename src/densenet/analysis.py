@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from densenet.config import DenseNetConfig
 
 Shape = tuple[int, ...]
+_F32, _BOOL, _INT64 = 4, 1, 8  # bytes per saved float32, bool and int64 value
 
 
 def output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -154,99 +155,20 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
     config.check_input_size(input_size, what="input size")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    c_in, c0, k = config.in_chans, config.num_init_features, config.growth_rate
-    image = (c_in, input_size, input_size)
-    rows: list[Row] = [Row("Input", image, image, "", "", "", "", 0, 0, 0)]
-    bn_channels: list[int] = []
-    f32, bool_bytes, int64_bytes = 4, 1, 8
+    image = (config.in_chans, input_size, input_size)
+    bn_channels: list[int] = []  # the width of every batch norm, in order
     memory = _MemoryTally()
-    memory.add(per_sample=c_in * input_size**2 * f32)  # conv0 keeps its input
-
-    side = input_size
-    if config.stem == "imagenet":
-        # ⌊(W − K + 2P)/S⌋ + 1 through the 7×7/2 pad 3 conv, then the 3×3/2 pad 1 max-pool   [F9]
-        conv_side = output_size(side, 7, 2, 3)
-        # 7·7·C_in·C_0 conv weights (no bias) + BN 2·C_0   [F8]
-        params = 7 * 7 * c_in * c0 + 2 * c0
-        rows.append(Row("Conv1", (c_in, side, side), (c0, conv_side, conv_side), "7×7", "2", "3",
-                        f"7·7·{c_in}·{c0} + BN 2·{c0} = {params:,}", params,
-                        7 * 7 * c_in * c0 * conv_side**2, 7 * 7 * c_in * c0 * conv_side**2))
-        pool_side = output_size(conv_side, 3, 2, 1)
-        rows.append(Row("Pool1", (c0, conv_side, conv_side), (c0, pool_side, pool_side), "3×3 max", "2", "1",
-                        "0", 0, 0, 0))
-        bn_channels.append(c0)
-        # norm0's μ and 1/σ; the reference also keeps the conv0 output (for norm0), the BN-ReLU output (for pool0)
-        # and the max-pool indices, all of which the explicit stem recomputes from the input image
-        memory.add(fixed=2 * c0 * f32)
-        memory.add(per_sample=2 * c0 * conv_side**2 * f32 + c0 * pool_side**2 * int64_bytes, only="reference")
-        side = pool_side
-    else:
-        # 3·3·C_in·C_0 conv weights, no bias and no BN after it   [F8]
-        params = 3 * 3 * c_in * c0
-        rows.append(Row("Conv1", (c_in, side, side), (c0, side, side), "3×3", "1", "1",
-                        f"3·3·{c_in}·{c0} = {params:,}", params, params * side**2, params * side**2))
-
-    channels = c0
-    width = config.bn_size * k
+    memory.add(per_sample=config.in_chans * input_size**2 * _F32)  # conv0 keeps its input
+    stem, side = _stem_rows(config, input_size, memory, bn_channels)
+    rows = [Row("Input", image, image, "", "", "", "", 0, 0, 0), *stem]
+    channels = config.num_init_features
     for block_index, num_layers in enumerate(config.block_config, start=1):
-        layers = []
-        pixels = side * side
-        for layer_index in range(num_layers):
-            layer_channels = channels + layer_index * k
-            layers.append(_dense_layer_row(config, layer_index + 1, layer_channels, side))
-            bn_channels += [layer_channels, width] if config.bottleneck else [layer_channels]
-            # reference: the torch.cat output (kept by norm1) and the BN-ReLU output (kept by conv1), μ and 1/σ
-            memory.add(per_sample=2 * layer_channels * pixels * f32, fixed=2 * layer_channels * f32, only="reference")
-            if config.bottleneck:
-                # both keep the conv1 output and BN2's μ and 1/σ; the reference also its BN-ReLU (kept by conv2)
-                memory.add(per_sample=width * pixels * f32, fixed=2 * width * f32)
-                memory.add(per_sample=width * pixels * f32, only="reference")
-            if config.drop_rate > 0:
-                memory.add(per_sample=k * pixels * bool_bytes)  # the dropout mask
-        out_channels = channels + num_layers * k
-        # the block output (reference: the final torch.cat, kept by the next BN; explicit: the feature buffer,
-        # shared with the next BN), and in the explicit block the batch μ and 1/σ of every buffer channel
-        memory.add(per_sample=out_channels * pixels * f32)
-        memory.add(fixed=2 * out_channels * f32, only="memory_efficient")
-        block_params = sum(row.params for row in layers)
-        block_macs = sum(row.macs for row in layers)
-        first, last = channels, out_channels - k
-        per_layer = (f"2·C + 1·1·C·{width} + 2·{width} + 3·3·{width}·{k}" if config.bottleneck
-                     else f"2·C + 3·3·C·{k}")
-        rows.append(Row(f"Dense Block {block_index}", (channels, side, side), (out_channels, side, side),
-                        f"[{'1×1, 3×3' if config.bottleneck else '3×3'}] × {num_layers}", "1",
-                        "0, 1" if config.bottleneck else "1",
-                        f"Σ over C = {first}, {first + k}, …, {last} of {per_layer} = {block_params:,}",
-                        block_params, block_macs, block_macs, tuple(layers)))
-        channels = out_channels
+        rows.append(_block_row(config, block_index, num_layers, channels, side, memory, bn_channels))
+        channels = rows[-1].output_shape[0]
         if block_index < len(config.block_config):
-            reduced = config.transition_channels(channels)
-            pooled = output_size(side, 2, 2, 0)
-            # BN 2·C + 1×1 conv 1·1·C·⌊θ·C⌋ (no bias)   [F8]
-            params = 2 * channels + channels * reduced
-            bn_channels.append(channels)
-            # pooled maps (kept by the conv), the BN's μ and 1/σ; the reference also keeps the BN-ReLU output
-            memory.add(per_sample=channels * pooled**2 * f32, fixed=2 * channels * f32)
-            memory.add(per_sample=channels * side**2 * f32, only="reference")
-            rows.append(Row(f"Transition {block_index}", (channels, side, side), (reduced, pooled, pooled),
-                            "1×1 conv, 2×2 avg", "1, 2", "0", f"2·{channels} + 1·1·{channels}·{reduced} = {params:,}",
-                            params, channels * reduced * side**2, channels * reduced * pooled**2))
-            channels, side = reduced, pooled
-
-    bn_channels.append(channels)
-    memory.add(per_sample=channels * side**2 * f32, fixed=2 * channels * f32)  # final BN-ReLU output, μ and 1/σ
-    rows.append(Row("Final BN-ReLU", (channels, side, side), (channels, side, side), "", "", "",
-                    f"2·{channels} = {2 * channels:,}", 2 * channels, 0, 0))
-    rows.append(Row("Global Avg Pool", (channels, side, side), (channels, 1, 1), f"{side}×{side} avg", "1", "0",
-                    "0", 0, 0, 0))
-    n = config.num_classes
-    if n:
-        memory.add(per_sample=channels * f32)  # pooled features, kept by the classifier
-        # the classifier, a linear layer with a bias: (C_in + 1)·C_out   [F8]
-        params = (channels + 1) * n
-        rows.append(Row("Fully Connected", (channels,), (n,), "", "", "", f"({channels} + 1)·{n} = {params:,}",
-                        params, channels * n, channels * n))
-        rows.append(Row("Softmax", (n,), (n,), "", "", "", "0", 0, 0, 0))
+            rows.append(_transition_row(config, block_index, channels, side, memory, bn_channels))
+            channels, side = rows[-1].output_shape[:2]
+    rows += _head_rows(config, channels, side, memory, bn_channels)
 
     return Summary(
         config=config,
@@ -260,3 +182,98 @@ def summarize(config: DenseNetConfig, input_size: int = 224, batch_size: int = 1
         bn_layers=len(bn_channels),
         activation_memory=memory.result(batch_size),
     )
+
+
+def _stem_rows(config: DenseNetConfig, side: int, memory: _MemoryTally, bn_channels: list[int]
+               ) -> tuple[list[Row], int]:
+    """Conv1 (and for the ImageNet stem its BN and the max-pool Pool1), and the side of the maps after it."""
+    c_in, c0 = config.in_chans, config.num_init_features
+    if config.stem != "imagenet":
+        # 3·3·C_in·C_0 conv weights, no bias and no BN after it   [F8]
+        params = 3 * 3 * c_in * c0
+        return [Row("Conv1", (c_in, side, side), (c0, side, side), "3×3", "1", "1",
+                    f"3·3·{c_in}·{c0} = {params:,}", params, params * side**2, params * side**2)], side
+    # ⌊(W − K + 2P)/S⌋ + 1 through the 7×7/2 pad 3 conv, then the 3×3/2 pad 1 max-pool   [F9]
+    conv_side = output_size(side, 7, 2, 3)
+    # 7·7·C_in·C_0 conv weights (no bias) + BN 2·C_0   [F8]
+    params = 7 * 7 * c_in * c0 + 2 * c0
+    macs = 7 * 7 * c_in * c0 * conv_side**2
+    pool_side = output_size(conv_side, 3, 2, 1)
+    bn_channels.append(c0)
+    # norm0's μ and 1/σ; the reference also keeps the conv0 output (for norm0), the BN-ReLU output (for pool0)
+    # and the max-pool indices, all of which the explicit stem recomputes from the input image
+    memory.add(fixed=2 * c0 * _F32)
+    memory.add(per_sample=2 * c0 * conv_side**2 * _F32 + c0 * pool_side**2 * _INT64, only="reference")
+    return [Row("Conv1", (c_in, side, side), (c0, conv_side, conv_side), "7×7", "2", "3",
+                f"7·7·{c_in}·{c0} + BN 2·{c0} = {params:,}", params, macs, macs),
+            Row("Pool1", (c0, conv_side, conv_side), (c0, pool_side, pool_side), "3×3 max", "2", "1",
+                "0", 0, 0, 0)], pool_side
+
+
+def _block_row(config: DenseNetConfig, block_index: int, num_layers: int, channels: int, side: int,
+               memory: _MemoryTally, bn_channels: list[int]) -> Row:
+    """Dense block ``block_index`` reading ``channels`` maps: its layers' rows as children, their sums [F8]."""
+    k, width, pixels = config.growth_rate, config.bn_size * config.growth_rate, side * side
+    layers = []
+    for layer_index in range(num_layers):
+        layer_channels = channels + layer_index * k
+        layers.append(_dense_layer_row(config, layer_index + 1, layer_channels, side))
+        bn_channels += [layer_channels, width] if config.bottleneck else [layer_channels]
+        # reference: the torch.cat output (kept by norm1) and the BN-ReLU output (kept by conv1), μ and 1/σ
+        memory.add(per_sample=2 * layer_channels * pixels * _F32, fixed=2 * layer_channels * _F32, only="reference")
+        if config.bottleneck:
+            # both keep the conv1 output and BN2's μ and 1/σ; the reference also its BN-ReLU (kept by conv2)
+            memory.add(per_sample=width * pixels * _F32, fixed=2 * width * _F32)
+            memory.add(per_sample=width * pixels * _F32, only="reference")
+        if config.drop_rate > 0:
+            memory.add(per_sample=k * pixels * _BOOL)  # the dropout mask
+    out_channels = channels + num_layers * k
+    # the block output (reference: the final torch.cat, kept by the next BN; explicit: the feature buffer,
+    # shared with the next BN), and in the explicit block the batch μ and 1/σ of every buffer channel
+    memory.add(per_sample=out_channels * pixels * _F32)
+    memory.add(fixed=2 * out_channels * _F32, only="memory_efficient")
+    block_params = sum(row.params for row in layers)
+    block_macs = sum(row.macs for row in layers)
+    per_layer = (f"2·C + 1·1·C·{width} + 2·{width} + 3·3·{width}·{k}" if config.bottleneck
+                 else f"2·C + 3·3·C·{k}")
+    return Row(f"Dense Block {block_index}", (channels, side, side), (out_channels, side, side),
+               f"[{'1×1, 3×3' if config.bottleneck else '3×3'}] × {num_layers}", "1",
+               "0, 1" if config.bottleneck else "1",
+               f"Σ over C = {channels}, {channels + k}, …, {out_channels - k} of {per_layer} = {block_params:,}",
+               block_params, block_macs, block_macs, tuple(layers))
+
+
+def _transition_row(config: DenseNetConfig, block_index: int, channels: int, side: int, memory: _MemoryTally,
+                    bn_channels: list[int]) -> Row:
+    """Transition ``block_index``: BN, 1×1 conv to ``⌊θ·C⌋`` maps and the 2×2 average pool."""
+    reduced = config.transition_channels(channels)
+    pooled = output_size(side, 2, 2, 0)
+    # BN 2·C + 1×1 conv 1·1·C·⌊θ·C⌋ (no bias)   [F8]
+    params = 2 * channels + channels * reduced
+    bn_channels.append(channels)
+    # pooled maps (kept by the conv), the BN's μ and 1/σ; the reference also keeps the BN-ReLU output
+    memory.add(per_sample=channels * pooled**2 * _F32, fixed=2 * channels * _F32)
+    memory.add(per_sample=channels * side**2 * _F32, only="reference")
+    return Row(f"Transition {block_index}", (channels, side, side), (reduced, pooled, pooled),
+               "1×1 conv, 2×2 avg", "1, 2", "0", f"2·{channels} + 1·1·{channels}·{reduced} = {params:,}",
+               params, channels * reduced * side**2, channels * reduced * pooled**2)
+
+
+def _head_rows(config: DenseNetConfig, channels: int, side: int, memory: _MemoryTally,
+               bn_channels: list[int]) -> list[Row]:
+    """The final BN-ReLU, the global average pool and (with classes) the classifier and softmax."""
+    bn_channels.append(channels)
+    memory.add(per_sample=channels * side**2 * _F32, fixed=2 * channels * _F32)  # final BN-ReLU output, μ and 1/σ
+    rows = [Row("Final BN-ReLU", (channels, side, side), (channels, side, side), "", "", "",
+                f"2·{channels} = {2 * channels:,}", 2 * channels, 0, 0),
+            Row("Global Avg Pool", (channels, side, side), (channels, 1, 1), f"{side}×{side} avg", "1", "0",
+                "0", 0, 0, 0)]
+    n = config.num_classes
+    if n:
+        memory.add(per_sample=channels * _F32)  # pooled features, kept by the classifier
+        # the classifier, a linear layer with a bias: (C_in + 1)·C_out   [F8]
+        params = (channels + 1) * n
+        rows += [Row("Fully Connected", (channels,), (n,), "", "", "", f"({channels} + 1)·{n} = {params:,}",
+                     params, channels * n, channels * n),
+                 Row("Softmax", (n,), (n,), "", "", "", "0", 0, 0, 0)]
+    return rows

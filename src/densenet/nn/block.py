@@ -98,6 +98,10 @@ def dense_block_forward(
 ) -> tuple[Tensor, dict[str, Any]]:
     """``[x_0, x_1, …, x_L]`` with ``x_l = H_l([x_0, …, x_{l−1}])`` [F2], in one channels-last buffer.
 
+    Longer than ~60 lines on purpose: one loop over the layers writing into shared buffers and scratch tensors in
+    a fixed order; split up, a dozen buffers would travel between functions and the order of in-place writes
+    (what makes it memory-linear) would be harder to read.
+
     Args:
         spec: the block's layers.
         x: ``(N, C_0, H, W)``.
@@ -183,6 +187,9 @@ def dense_block_backward(
     """The gradient of the block input and of every parameter [F2b], walking the layers in reverse.
 
     ``∂L/∂x_j = ∂L/∂out[x_j] + Σ_{l > j} ∂H_l/∂x_j``, accumulated in one shared gradient buffer.
+
+    Longer than ~60 lines for the reason :func:`dense_block_forward` is: one reverse loop whose in-place writes
+    into the shared gradient buffer and scratch tensors must be read in order.
     """
     features: Tensor = saved["features"]
     n, total, h, w = features.shape
