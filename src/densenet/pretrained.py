@@ -52,7 +52,7 @@ class PretrainedWeights:
     metrics: dict[str, float] = field(default_factory=dict)
     preprocessing: Preprocessing = IMAGENET_EVAL
     categories: str = "imagenet1k"
-    source: str = "torchvision (ported from LuaTorch)"
+    source: str = "torchvision, ported from LuaTorch"
 
     @property
     def name(self) -> str:
@@ -110,7 +110,7 @@ def get_weights(architecture: str, tag: str | None = None) -> PretrainedWeights:
     """
     available = list_pretrained(architecture)
     if not available:
-        known = ", ".join(sorted({weights.architecture for weights in _WEIGHTS}))
+        known = ", ".join(sorted({weights.architecture for weights in _WEIGHTS.values()}))
         raise ValueError(f"no pretrained weights for {architecture!r}; models with weights: {known}")
     if tag is None:
         return available[0]

@@ -48,6 +48,20 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "densenet", *args], capture_output=True, text=True, check=False)
 
 
+
+def test_list_pretrained_and_summary_show_the_weights(capsys):
+    assert main(["list", "--pretrained"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [f"densenet{n}.imagenet1k" for n in (121, 161, 169, 201)]
+    assert "acc@1 74.434  acc@5 91.972  7,978,856 parameters  30.8 MB" in lines[0]
+    assert main(["list", "densenet12*", "--pretrained", "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["url"].endswith("/densenet121-a639ec97.pth") and entry["preprocessing"]["crop"] == 224
+    assert main(["summary", "densenet161"]) == 0
+    assert "pretrained weights     densenet161.imagenet1k      acc@1 77.138" in capsys.readouterr().out
+    assert main(["summary", "densenet_bc100_k12", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pretrained"] == []
+
 def test_bad_name_is_one_line_error():
     result = _run("summary", "densnet121")
     assert result.returncode == 1

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from densenet.analysis import Row, Summary, summarize
 from densenet.cli.common import positive_int
 from densenet.config import DenseNetConfig
+from densenet.pretrained import PretrainedWeights, list_pretrained
 from densenet.registry import get_config, list_models
 
 
@@ -25,6 +27,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     listing = commands.add_parser("list", help="registered model names")
     listing.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'densenet_bc*'")
+    listing.add_argument("--pretrained", action="store_true",
+                         help="only names with pretrained weights, with each file's metrics")
+    listing.add_argument("--json", action="store_true", help="with --pretrained: print JSON")
     listing.set_defaults(handler=cmd_list)
 
 
@@ -33,17 +38,41 @@ def cmd_summary(args: argparse.Namespace) -> int:
     title, config = _resolve_config(args.model)
     size = args.input_size if args.input_size is not None else config.default_input_size
     summary = summarize(config, size, args.batch_size)
+    weights = list_pretrained(title)
     if args.json:
-        print(json.dumps({"model": title, **summary.to_dict()}, indent=2))
+        print(json.dumps({"model": title, **summary.to_dict(),
+                          "pretrained": [_weights_dict(entry) for entry in weights]}, indent=2))
     else:
         print(format_summary(title, summary, args.detail))
+        for entry in weights:
+            print(f"pretrained weights     {_weights_line(entry)}")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """``densenet list``: the registered model names."""
-    print("\n".join(list_models(args.pattern)))
+    """``densenet list``: the registered model names (``--pretrained``: those with weights, one line per file)."""
+    names = list_models(args.pattern)
+    if not args.pretrained:
+        print("\n".join(names))
+        return 0
+    entries = [entry for entry in list_pretrained() if entry.architecture in names]
+    if args.json:
+        print(json.dumps([_weights_dict(entry) for entry in entries], indent=2))
+    else:
+        print("\n".join(_weights_line(entry) for entry in entries))
     return 0
+
+
+def _weights_line(entry: PretrainedWeights) -> str:
+    metrics = "  ".join(f"{key} {value:.3f}" for key, value in entry.metrics.items())
+    return (f"{entry.name:<26}  {metrics}  {entry.num_params:,} parameters  {entry.file_size_mb:.1f} MB  "
+            f"({entry.source})")
+
+
+def _weights_dict(entry: PretrainedWeights) -> dict[str, Any]:
+    return {"name": entry.name, "architecture": entry.architecture, "tag": entry.tag, "url": entry.url,
+            "metrics": entry.metrics, "num_params": entry.num_params, "file_size_mb": entry.file_size_mb,
+            "preprocessing": entry.preprocessing.to_dict(), "source": entry.source}
 
 
 def _resolve_config(name: str) -> tuple[str, DenseNetConfig]:
