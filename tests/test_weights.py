@@ -1,6 +1,7 @@
 """Weights: torchvision legacy keys, timm, .pth and safetensors, save_pretrained / from_pretrained, errors."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -143,3 +144,22 @@ def test_from_pretrained_errors(tmp_path):
 def test_convert_leaves_modern_keys_alone():
     state = {"features.denseblock1.denselayer10.norm1.weight": torch.zeros(1)}
     assert convert_state_dict(state).keys() == state.keys()
+
+
+def test_non_strict_load_reports_what_did_not_fit(caplog):
+    torch.manual_seed(0)
+    source = densenet.create_model("densenet_bc100_k12", block_config=(2, 2, 2), num_classes=10)
+    target = densenet.create_model("densenet_bc100_k12", block_config=(2, 2, 2), num_classes=4)
+    state = dict(source.state_dict())
+    del state["features.norm5.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    before = {key: value.clone() for key, value in target.state_dict().items()}
+    with pytest.raises(WeightsError, match="missing: features.norm5.weight; unexpected: extra.weight; shape mismatch"):
+        densenet.load_weights(target, state)
+    with caplog.at_level(logging.WARNING, logger="densenet"):
+        densenet.load_weights(target, state, strict=False)
+    assert "missing: features.norm5.weight" in caplog.text and "unexpected: extra.weight" in caplog.text
+    assert "shape mismatch: classifier.weight (file (10, 48), model (4, 48)), classifier.bias" in caplog.text
+    for key, value in target.state_dict().items():
+        kept = key in ("features.norm5.weight", "classifier.weight", "classifier.bias")
+        assert torch.equal(value, before[key] if kept else state[key]), key

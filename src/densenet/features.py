@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densenet.config import DenseNetConfig
+from densenet.meta import ModelMeta
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,15 @@ class DenseNetFeatures(nn.Module):
     """The feature maps of a DenseNet at the chosen taps (``create_model(name, features_only=True)``).
 
     Its parameters keep the model's names (``features.…``), so a DenseNet state dict without the classifier
-    loads into it; ``feature_info`` describes each returned map.
+    loads into it; ``feature_info`` describes each returned map; ``meta`` is the model's (its preprocessing).
     """
 
     def __init__(self, features: nn.Sequential, config: DenseNetConfig,
-                 out_indices: Sequence[int] | int | None = None) -> None:
+                 out_indices: Sequence[int] | int | None = None, meta: ModelMeta | None = None) -> None:
         super().__init__()
         self.features = features
         self.config = config
+        self.meta = meta or ModelMeta()
         self.out_indices = check_indices(config, out_indices)
         taps = feature_taps(config)
         self.feature_info = [taps[index].to_dict() for index in self.out_indices]

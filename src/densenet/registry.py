@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from densenet.config import DenseNetConfig
+from densenet.features import DenseNetFeatures
 from densenet.meta import ModelMeta
 from densenet.model import DenseNet
+from densenet.pretrained import get_weights, load_pretrained
 
 ConfigBuilder = Callable[[], DenseNetConfig]
 
@@ -53,8 +55,10 @@ def get_config(name: str, **overrides: Any) -> DenseNetConfig:
     return config.replace(**overrides) if overrides else config
 
 
-def create_model(name: str, *, class_names: list[str] | None = None, **overrides: Any) -> DenseNet:
-    """Build the registered model ``name`` with freshly initialised weights.
+def create_model(name: str, *, pretrained: bool = False, weights: str | None = None, features_only: bool = False,
+                 out_indices: Sequence[int] | int | None = None, progress: bool = True,
+                 class_names: list[str] | None = None, **overrides: Any) -> DenseNet | DenseNetFeatures:
+    """Build the registered model ``name``, freshly initialised or from pretrained weights (timm's arguments).
 
     ``model.meta.name`` is ``name`` unless ``overrides`` change the architecture itself (growth rate, blocks,
     widths, compression or stem): a network with other layers is not ``name`` any more and is saved as a custom
@@ -62,12 +66,34 @@ def create_model(name: str, *, class_names: list[str] | None = None, **overrides
 
     Args:
         name: a name from :func:`list_models`.
+        pretrained: load the architecture's default weights (:mod:`densenet.pretrained`; downloaded once into
+            torch.hub's cache). Another ``num_classes`` keeps a fresh classifier, another ``in_chans`` an adapted
+            first convolution; ``model.meta`` gets the weights' class names and preprocessing.
+        weights: load these weights instead of the default ones (a tag such as ``"imagenet1k"``); implies
+            ``pretrained``.
+        features_only: return a :class:`~densenet.features.DenseNetFeatures` backbone (multi-scale maps with
+            ``feature_info``) instead of a classifier.
+        out_indices: with ``features_only``: which maps (default all; an int ``n``: the last ``n``).
+        progress: show a progress bar while downloading.
         class_names: optional output names (their count must equal ``num_classes``).
         **overrides: config fields to change, e.g. ``num_classes=2, in_chans=1, drop_rate=0.2``.
+
+    Raises:
+        ValueError: unknown name or weights, a bad override, or pretrained weights with other layers.
+        DownloadError: the weights cannot be fetched (the message says where to place the file by hand).
     """
     config = get_config(name, **overrides)
-    same_layers = all(getattr(config, key) == getattr(get_config(name), key) for key in ARCHITECTURE_KEYS)
-    return DenseNet(config, meta=ModelMeta(name=name if same_layers else None, class_names=class_names))
+    changed = [key for key in ARCHITECTURE_KEYS if getattr(config, key) != getattr(get_config(name), key)]
+    model = DenseNet(config, meta=ModelMeta(name=None if changed else name, class_names=class_names))
+    if pretrained or weights is not None:
+        if changed:
+            raise ValueError(f"pretrained weights fit {name}'s layers; {', '.join(changed)} would change them")
+        load_pretrained(model, get_weights(name, weights), progress=progress)
+    if features_only:
+        return DenseNetFeatures(model.features, model.config, out_indices, model.meta)
+    if out_indices is not None:
+        raise ValueError("out_indices applies to features_only=True")
+    return model
 
 
 def _imagenet(growth_rate: int, block_config: tuple[int, ...], num_init_features: int) -> DenseNetConfig:

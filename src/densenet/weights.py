@@ -6,6 +6,7 @@ Nothing here unpickles code: ``.pth`` files load with ``torch.load(weights_only=
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import re
 from collections.abc import Mapping
@@ -26,6 +27,8 @@ from densenet.model import DenseNet
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+
+logger = logging.getLogger("densenet")
 
 # torchvision's first checkpoints named dense-layer modules "norm.1", "conv.2", … instead of "norm1", "conv2".
 _LEGACY_KEY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
@@ -57,6 +60,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             loaded: Any = load_file(path)
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (KeyError, IndexError, TypeError, AttributeError) as error:  # the unpickler on a truncated or foreign file
+        raise WeightsError(f"{path} is not a readable weights file: not a complete file written by torch.save or "
+                           "safetensors") from error
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WeightsError(f"{path} is not a readable weights file: {reason[:200]}") from error
@@ -80,16 +86,17 @@ def convert_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return converted
 
 
-def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor]) -> DenseNet:
-    """Load a torchvision, timm or densenet state dict (file, directory or mapping) into ``model``, strictly.
+def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor], strict: bool = True) -> DenseNet:
+    """Load a torchvision, timm or densenet state dict (file, directory or mapping) into ``model``.
 
-    BN ``num_batches_tracked`` counters missing from old checkpoints keep the model's values; anything else
-    missing, unexpected or of another shape is an error.
+    BN ``num_batches_tracked`` counters missing from old checkpoints keep the model's values. With ``strict``
+    (the default) anything else missing, unexpected or of another shape is an error; without it, the keys that
+    fit are loaded, the rest keep the model's values, and one warning line per kind names them.
 
     Raises:
         FileNotFoundError: ``source`` is a path to nothing.
-        WeightsError: the file is not a readable state dict, keys or shapes do not match, or a value is NaN or
-            infinite (the message names the first offending keys).
+        WeightsError: the file is not a readable state dict, keys or shapes do not match (``strict``), or a value
+            is NaN or infinite (the message names the first offending keys).
     """
     state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
     state = convert_state_dict(state)
@@ -99,22 +106,22 @@ def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor]) -> 
             state[key] = value
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
-    mismatched = [
-        f"{key} (file {tuple(state[key].shape)}, model {tuple(expected[key].shape)})"
-        for key in expected
-        if key in state and state[key].shape != expected[key].shape
-    ]
-    problems = [f"{label}: {_first_keys(keys)}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-                if keys]
+    mismatched = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+    problems = [f"{label}: {_first_keys(keys)}" for label, keys in (
+        ("missing", missing), ("unexpected", unexpected),
+        ("shape mismatch", [f"{key} (file {tuple(state[key].shape)}, model {tuple(expected[key].shape)})"
+                            for key in mismatched])) if keys]
     where = f"{source}" if isinstance(source, (str, Path)) else "state dict"
-    if problems:
+    if problems and strict:
         raise WeightsError(f"weights in {where} do not fit this model; " + "; ".join(problems))
+    for problem in problems:
+        logger.warning("weights in %s: %s (not loaded; the model keeps its own values there)", where, problem)
+    state = {key: value for key, value in state.items() if key in expected and key not in mismatched}
     non_finite = [key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
     if non_finite:
         raise WeightsError(f"weights in {where} hold NaN or infinite values (a diverged run?): "
                            f"{_first_keys(non_finite)}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=strict)
     return model
 
 
