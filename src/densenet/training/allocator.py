@@ -3,8 +3,8 @@
 By default glibc's ``malloc`` serves allocations above a threshold (dynamic, at most 32 MiB) with ``mmap`` and
 returns them to the system on ``free``; the next step's tensors of the same size then fault in every page again
 (each page fault also zero-fills 4 KiB). A densenet121 training step at 224×224, batch 16, allocates ~1 GB of such
-pages; with the thresholds raised it reuses its heap (measured: 2.15 → 1.83 s per step on 2 cores, the resident
-peak 5–15% higher). ``benchmarks/NOTES.md`` has the numbers.
+pages; with the thresholds raised it reuses its heap: steps get faster and the resident peak somewhat higher (see
+``benchmarks/NOTES.md`` for the measurements).
 
 The setting is process-wide and stays for the life of the process: memory freed after training is kept by the
 process (up to the trim threshold) rather than given back. With another allocator preloaded (jemalloc, tcmalloc)

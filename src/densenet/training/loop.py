@@ -1,0 +1,87 @@
+"""One epoch of training (resumable mid-epoch) and the evaluation after it, and the epoch's row of metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from densenet.data.seeds import mix_seed
+from densenet.training import distributed
+from densenet.training.build import Run
+from densenet.training.checkpoint import EpochTotals, set_rng_state
+from densenet.training.metrics import Accumulator, EvalResult
+from densenet.training.progress import StepReporter
+from densenet.training.signals import StopRequest
+from densenet.training.step import optimisation_step
+
+
+def start_epoch(run: Run, seed: int, epoch: int, step: int, rng: dict[str, Any] | None) -> None:
+    """Put the generators where epoch ``epoch``, step ``step`` needs them: re-seeded from ``(seed, epoch, rank)``
+    at an epoch's start, restored from this process's saved state ``rng`` when resuming mid-epoch."""
+    if step == 0:
+        torch.manual_seed(mix_seed(seed, epoch, run.context.rank))
+    elif rng is not None:
+        set_rng_state(rng)
+
+
+def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate: int, stop: StopRequest,
+                report: StepReporter, diverged: Callable[[int], str]) -> int:
+    """Train epoch ``epoch`` from step ``step`` on, adding to ``totals``; return the step reached.
+
+    That is ``run.steps_per_epoch`` when the epoch is complete (``totals.skipped`` then counts the unreadable
+    images left out), fewer when ``stop`` was requested (the caller saves). ``diverged(step)`` describes the
+    position for :class:`~densenet.training.step.TrainingDiverged`.
+    """
+    run.model.train()
+    run.train_loader.set_epoch(epoch, step * accumulate)
+    skipped_before = len(run.train_loader.skipped)
+    started = time.perf_counter() - totals.seconds
+    batches = iter(run.train_loader)
+    while step < run.steps_per_epoch:
+        taken = optimisation_step(run, batches, accumulate, stop, lambda at=step: diverged(at))
+        totals.loss_sum += taken.loss_sum
+        totals.correct += taken.correct
+        totals.seen += taken.seen
+        totals.lr = taken.lr
+        step += 1
+        totals.seconds = time.perf_counter() - started
+        report(step, totals)
+        if stop.requested:
+            return step
+    totals.skipped = float(len(run.train_loader.skipped) - skipped_before)
+    return step
+
+
+def evaluate(run: Run) -> EvalResult:
+    """Top-1/top-5 accuracy, loss and confusion of the plain model on the evaluation split, over all processes."""
+    run.model.eval()
+    accumulator = Accumulator(run.class_names)
+    run.eval_loader.set_epoch(0)
+    with torch.inference_mode():
+        for images, targets in run.eval_loader:
+            images = images.to(run.device, non_blocking=True, memory_format=run.memory_format)
+            targets = targets.to(run.device, non_blocking=True)
+            with run.autocast():
+                logits = run.model(images).float()
+            accumulator.update(logits, targets, F.cross_entropy(logits, targets, reduction="sum"))
+    accumulator.totals = distributed.all_reduce(accumulator.totals, run.context)
+    return accumulator.result()
+
+
+def epoch_row(run: Run, epoch: int, totals: EpochTotals, result: EvalResult) -> dict[str, float]:
+    """The row of ``metrics.csv`` for finished epoch ``epoch`` (0-based): training totals summed over processes,
+    the evaluation, and the lr of the epoch's last step."""
+    summed = distributed.all_reduce(torch.tensor([totals.loss_sum, totals.correct, totals.seen, totals.skipped],
+                                                 dtype=torch.float64), run.context)
+    loss_sum, correct, seen, skipped = summed.tolist()
+    seconds = totals.seconds
+    return {
+        "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+        "eval_loss": result.loss, "eval_acc": result.top1, "eval_top5": result.top5,
+        "lr": totals.lr, "train_seconds": seconds,
+        "images_per_second": seen / seconds if seconds else 0.0, "skipped_images": skipped,
+    }

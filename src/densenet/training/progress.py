@@ -1,0 +1,86 @@
+"""What a run reports while it trains (rank 0 only): the start line, a per-step reporter (a tqdm bar on a
+terminal, plain log lines every ``log_every`` steps otherwise) and the line after each epoch."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from densenet.model import DenseNet
+from densenet.training.checkpoint import EpochTotals
+from densenet.training.distributed import Context
+from densenet.training.recipe import TrainConfig
+
+logger = logging.getLogger("densenet")
+
+StepReporter = Callable[[int, EpochTotals], None]
+
+
+def log_start(config: TrainConfig, context: Context, model: DenseNet, images: tuple[int, int], classes: int,
+              steps_per_epoch: int, run_dir: Path) -> None:
+    """The run's first line: model, parameters, data (``images`` = train, eval), processes, steps per epoch."""
+    params = sum(p.numel() for p in model.parameters())
+    logger.info("training %s (%s parameters) on %s: %d train / %d eval images, %d classes, %s × %d process(es), "
+                "%d steps/epoch; run directory %s", model.meta.name or "a custom DenseNet", f"{params:,}",
+                config.dataset, images[0], images[1], classes, context.device, context.world_size, steps_per_epoch,
+                run_dir)
+
+
+def log_resume(epoch: int, step: int) -> None:
+    """Where a resumed run continues (``epoch`` finished epochs, ``step`` steps into the next)."""
+    logger.info("resuming at epoch %d, step %d", epoch + 1, step)
+
+
+def step_reporter(config: TrainConfig, context: Context, epoch: int, step: int, total: int) -> StepReporter:
+    """A reporter called after each step of epoch ``epoch`` (0-based), which starts at ``step`` of ``total``."""
+    if not context.is_main:
+        return lambda step, totals: None
+    world = context.world_size
+
+    def stats(totals: EpochTotals) -> tuple[float, float, float]:
+        seen = max(totals.seen, 1.0)
+        rate = totals.seen * world / totals.seconds if totals.seconds else 0.0
+        return totals.loss_sum / seen, totals.correct / seen, rate
+
+    if sys.stderr.isatty():
+        bar = tqdm(total=total, initial=step, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   dynamic_ncols=True)
+
+        def update_bar(step: int, totals: EpochTotals) -> None:
+            loss, acc, rate = stats(totals)
+            bar.set_postfix_str(f"loss {loss:.4f} acc {acc:.2%} {rate:.0f} img/s", refresh=False)
+            bar.update(step - bar.n)
+            if step == total:
+                bar.close()
+
+        return update_bar
+    every = config.log_every
+
+    def log_line(step: int, totals: EpochTotals) -> None:
+        if every and step % every == 0 and step < total:
+            loss, acc, rate = stats(totals)
+            eta = (total - step) * totals.seconds / step
+            logger.info("epoch %d/%d step %d/%d  loss %.4f acc %.2f%%  %.0f img/s  eta %.0fs", epoch + 1,
+                        config.epochs, step, total, loss, 100 * acc, rate, eta)
+
+    return log_line
+
+
+def log_epoch(row: dict[str, float], epochs: int) -> None:
+    """The line after an epoch: its training and evaluation metrics (a row of ``metrics.csv``)."""
+    skipped = row["skipped_images"]
+    logger.info("epoch %d/%d  train loss %.4f acc %.2f%%  eval loss %.4f acc %.2f%%  lr %.4g  %.0f img/s  %.1fs%s",
+                row["epoch"], epochs, row["train_loss"], 100 * row["train_acc"], row["eval_loss"],
+                100 * row["eval_acc"], row["lr"], row["images_per_second"], row["train_seconds"],
+                f"  skipped {int(skipped)} unreadable image(s)" if skipped else "")
+
+
+def log_interrupted(epoch: int, step: int, steps_per_epoch: int, checkpoint: Path) -> None:
+    """The line after a stop by a signal: where the checkpoint was saved."""
+    logger.info("interrupted: checkpoint saved at epoch %d, step %d of %d in %s", epoch + 1, step, steps_per_epoch,
+                checkpoint)
+
