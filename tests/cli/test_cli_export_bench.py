@@ -1,8 +1,10 @@
-"""`densenet export` and `densenet bench` from the command line, including their bad-input contract."""
+"""`densenet export` and `densenet bench` from the command line: what they write and report, checked against
+independent computations (onnxruntime on the file, ``from_pretrained``'s logits, ``analysis.summarize``'s MACs),
+and their bad-input contract. The benchmark's library side: tests/deploy/test_bench.py."""
 
-import itertools
 import json
 import re
+import statistics
 import subprocess
 import sys
 
@@ -10,10 +12,16 @@ import pytest
 import torch
 
 import densenet
+import densenet.deploy.bench.run
+import densenet.deploy.bench.timing
+from densenet.analysis import summarize
 from densenet.cli import main
 from densenet.deploy.bench import run_bench
 from densenet.deploy.export import export_model
 from densenet.deploy.inference import predict
+from helpers import max_relative_error, randomize_batch_norm
+
+PEAK = 123.0  # a stand-in for the measured matmul peak (4096² float32 products take seconds on a test machine)
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +33,55 @@ def weights(tmp_path_factory):
     return directory
 
 
-def test_export_onnx(weights, tmp_path, capsys):
+@pytest.fixture
+def quick_peak(monkeypatch):
+    """The matmul peak as a known constant (the function itself: test_bench.py)."""
+    monkeypatch.setattr(densenet.deploy.bench.run, "matmul_peak_gflops", lambda threads: PEAK)
+
+
+def _export_cases():
+    gray = densenet.Preprocessing(image_mode="L", resize=20, crop=16, mean=(0.5,), std=(0.25,))
+    return {
+        "cifar-stem": (lambda: densenet.DenseNet(growth_rate=8, block_config=(5, 7), num_init_features=16,
+                                                 num_classes=3, stem="cifar"), [], 32),
+        "one-channel": (lambda: densenet.DenseNet(growth_rate=6, block_config=(3, 2), num_init_features=12,
+                                                  num_classes=4, stem="cifar", in_chans=1,
+                                                  meta=densenet.ModelMeta(preprocessing=gray)), [], 16),
+        "densenet121": (lambda: densenet.create_model("densenet121", num_classes=10), ["--input-size", "64"], 64),
+    }
+
+
+@pytest.mark.parametrize("case", list(_export_cases()))
+def test_cli_onnx_export_runs_like_the_saved_model(case, tmp_path, capsys):
+    """The file `densenet export` writes, run in onnxruntime, gives `from_pretrained(dir)`'s logits; its graph
+    concatenates every four layers of a block; its height and width are the saved crop or --input-size."""
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    make, extra, side = _export_cases()[case]
+    torch.manual_seed(0)
+    model = randomize_batch_norm(make())
+    model.save_pretrained(tmp_path / "weights")
     output = tmp_path / "model.onnx"
-    assert main(["export", "--weights", str(weights), "--format", "onnx", "--output", str(output), "--json"]) == 0
+    assert main(["export", "--weights", str(tmp_path / "weights"), "--format", "onnx", "--output", str(output),
+                 "--json", *extra]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert output.is_file() and report["format"] == "onnx" and report["max_rel_diff"] <= 1e-4
+    assert report["path"] == str(output) and report["format"] == "onnx" and report["max_rel_diff"] <= 1e-4
+
+    saved = densenet.from_pretrained(tmp_path / "weights").eval()
+    channels = saved.config.in_chans
+    x = torch.randn(5, channels, side, side)  # a batch size neither traced (2) nor checked (3) by the export
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    actual = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        expected = saved(x)
+    assert actual.shape == expected.shape and max_relative_error(actual, expected) <= 1e-4
+
+    graph = onnx.load(str(output)).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [channels, side, side] and dims[0].dim_param  # dynamic batch
+    concats = sum(node.op_type == "Concat" for node in graph.node)
+    # per block of L layers: one before layers 5, 9, … and one for its output
+    assert concats == sum((layers - 1) // 4 + 1 for layers in saved.config.block_config)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -108,102 +160,84 @@ def test_library_entry_points_check_sizes(weights, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bench_against_torchvision(capsys):
-    assert main(["bench", "densenet121", "--input-size", "64", "--batch", "2", "--rounds", "1", "--no-memory"]) == 0
+def _bench(capsys, *args: str) -> dict:
+    assert main(["bench", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_numbers_follow_from_its_times_and_the_closed_form_macs(capsys, quick_peak):
+    report = _bench(capsys, "densenet121", "--input-size", "32", "--batch", "2", "--rounds", "3", "--warmup", "0",
+                    "--threads", "1", "--no-memory")
+    assert (report["model"], report["mode"], report["batch"], report["input_size"], report["threads"],
+            report["rounds"], report["warmup"]) == ("densenet121", "inference", 2, 32, 1, 3, 0)
+    assert report["timing"] == "interleaved in one process" and report["matmul_peak_gflops"] == PEAK
+    summary = summarize(densenet.get_config("densenet121"), 32)
+    macs = {"ours": summary.macs_executed, "torchvision": summary.macs, "torchvision-channels-last": summary.macs}
+    assert [m["label"] for m in report["measurements"]] == list(macs)
+    for m in report["measurements"]:
+        times = m["times_ms"]
+        assert len(times) == 3 and all(0 < t < float("inf") for t in times)
+        median = statistics.median(times) / 1e3
+        assert m["macs_per_image"] == macs[m["label"]]
+        assert m["images_per_second"] == pytest.approx(2 / median, rel=1e-9)
+        assert m["latency_ms"] == pytest.approx(1e3 * median, rel=1e-9)
+        assert m["gflops"] == pytest.approx(2 * macs[m["label"]] * 2 / median / 1e9, rel=1e-9)
+        assert m["peak_memory_mib"] is None
+
+
+def test_bench_table_against_torchvision(capsys, quick_peak):
+    assert main(["bench", "densenet121", "--input-size", "32", "--batch", "2", "--rounds", "1", "--warmup", "0",
+                 "--no-memory"]) == 0
     out = capsys.readouterr().out
-    assert "matmul peak" in out
-    for label in ("ours", "torchvision", "torchvision-channels-last"):
-        assert f"\n{label} " in out
+    assert f"matmul peak {PEAK:.0f} GFLOP/s" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[3:]}
+    assert set(rows) == {"ours", "torchvision", "torchvision-channels-last"}
+    assert rows["torchvision"][3] == "1.00"  # the ratio column is relative to torchvision
 
 
-def test_bench_ours_alone_says_so(capsys, monkeypatch):
-    assert main(["bench", "densenet_bc100_k12", "--batch", "2", "--rounds", "1", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+def test_bench_ours_alone_says_so(capsys, monkeypatch, quick_peak):
+    report = _bench(capsys, "densenet_bc100_k12", "--batch", "2", "--rounds", "1", "--warmup", "0")
     assert [m["label"] for m in report["measurements"]] == ["ours"]
     assert "measuring ours alone" in report["notes"][0]
     assert report["measurements"][0]["peak_memory_mib"] > 0
 
-    import densenet.deploy.bench as bench
+    import importlib.util
 
-    real = bench.importlib.util.find_spec
-    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None if name == "torchvision" else real(name))
-    assert main(["bench", "densenet121", "--input-size", "64", "--batch", "2", "--rounds", "1", "--no-memory"]) == 0
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "torchvision" else real(name))
+    assert main(["bench", "densenet121", "--input-size", "32", "--batch", "2", "--rounds", "1", "--warmup", "0",
+                 "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert "torchvision is not installed or cannot express this architecture: measuring ours alone" in out
+    assert "\nours " in out and "\ntorchvision " not in out
 
 
-def test_bench_training(capsys):
-    assert main(["bench", "densenet121", "--input-size", "64", "--batch", "2", "--rounds", "1", "--train",
-                 "--no-memory", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["mode"] == "train" and [m["label"] for m in report["measurements"]] == ["ours", "torchvision"]
+def test_bench_training(capsys, quick_peak):
+    report = _bench(capsys, "densenet121", "--input-size", "32", "--batch", "2", "--rounds", "1", "--warmup", "0",
+                    "--train", "--no-memory")
+    summary = summarize(densenet.get_config("densenet121"), 32)
+    assert report["mode"] == "train"
+    assert {m["label"]: m["macs_per_image"] for m in report["measurements"]} == {
+        "ours": 3 * summary.macs_executed, "torchvision": 3 * summary.macs}
+    assert all(len(m["times_ms"]) == 1 and m["times_ms"][0] > 0 for m in report["measurements"])
 
 
-def test_interleaved_timing_varies_the_order():
-    from densenet.deploy.bench import time_interleaved
-
-    calls: list[str] = []
-    runners = {label: (lambda label=label: calls.append(label), 1) for label in "abc"}
-    times = time_interleaved(runners, rounds=30, warmup=1, settle=0.0).seconds
-    assert {label: len(seconds) for label, seconds in times.items()} == {"a": 30, "b": 30, "c": 30}
-    rounds = ["".join(calls[i:i + 3]) for i in range(0, len(calls), 3)]
-    assert all(sorted(one) == ["a", "b", "c"] for one in rounds)  # every configuration once per round
-    neighbours = {(first, second) for one in rounds for first, second in itertools.pairwise(one)}
-    assert neighbours == {(x, y) for x in "abc" for y in "abc" if x != y}  # each follows each other one
-    calls.clear()
-    time_interleaved(runners, rounds=30, warmup=1, settle=0.0)
-    assert ["".join(calls[i:i + 3]) for i in range(0, len(calls), 3)] == rounds  # seeded: the same orders
-
-
-def test_bench_isolated_times_each_configuration_in_processes_of_its_own(capsys, monkeypatch):
-    import densenet.deploy.bench as bench
-
-    children: list[tuple[str, int]] = []
-    run_child = bench._run_child
+def test_bench_isolated_times_each_configuration_in_processes_of_its_own(capsys, monkeypatch, quick_peak):
+    timing = densenet.deploy.bench.timing
+    children: list[tuple[str, int, int]] = []
+    run_child = timing.run_child
 
     def spy(spec):
-        children.append((spec["label"], spec["rounds"]))
+        children.append((spec["label"], spec["rounds"], spec["warmup"]))
         return run_child(spec)
 
-    monkeypatch.setattr(bench, "_run_child", spy)
-    assert main(["bench", "densenet121", "--input-size", "64", "--batch", "2", "--rounds", "2", "--no-memory",
-                 "--isolated", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    monkeypatch.setattr(timing, "run_child", spy)
+    report = _bench(capsys, "densenet121", "--input-size", "32", "--batch", "2", "--rounds", "2", "--no-memory",
+                    "--isolated")
     labels = ["ours", "torchvision", "torchvision-channels-last"]
-    assert sorted(children) == sorted((label, 1) for label in labels for _ in range(2))  # two passes of one round
+    # two passes of one round each, the default three warm-up runs in every process
+    assert sorted(children) == sorted((label, 1, 3) for label in labels for _ in range(2))
     assert report["timing"].startswith("isolated") and report["warmup"] == 3
     for measurement in report["measurements"]:
-        assert len(measurement["times_ms"]) == 2
-        assert (measurement["minor_faults_per_batch"] is None) == (bench.resource is None)
-
-
-def test_a_failed_child_measurement_names_itself():
-    from densenet.deploy.bench import _run_child
-
-    spec = {"task": "time", "label": "ours", "name": "no-such-model", "batch": 1, "input_size": 32, "train": False,
-            "onnx": False, "threads": 1, "workdir": ".", "rounds": 1, "warmup": 0}
-    with pytest.raises(RuntimeError, match=r"time measurement of ours failed in its child process \(exit 1\): .*"
-                                           r"no-such-model"):
-        _run_child(spec)
-
-
-def test_isolated_children_reuse_the_parents_onnx_export(tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
-    import densenet.deploy.bench as bench
-    import densenet.deploy.export
-
-    exports: list[str] = []
-    export = densenet.deploy.export.export_model
-
-    def spy(model, fmt, output, **kwargs):
-        exports.append(str(output))
-        return export(model, fmt, output, **kwargs)
-
-    monkeypatch.setattr(densenet.deploy.export, "export_model", spy)
-    parent, _ = bench.build_runners("densenet40_k12", 2, 32, False, True, 1, tmp_path)  # as run_bench builds
-    assert list(parent) == ["ours", "onnxruntime-ours"]
-    child, _ = bench.build_runners("densenet40_k12", 2, 32, False, True, 1, tmp_path, only="onnxruntime-ours")
-    assert list(child) == ["onnxruntime-ours"]
-    torch.testing.assert_close(torch.from_numpy(child["onnxruntime-ours"][0]()[0]),
-                               torch.from_numpy(parent["onnxruntime-ours"][0]()[0]))
-    assert exports == [str(tmp_path / "ours.onnx")]  # exported once, by the parent
+        assert len(measurement["times_ms"]) == 2 and all(t > 0 for t in measurement["times_ms"])
+        assert (measurement["minor_faults_per_batch"] is None) == (timing.resource is None)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from densenet.deploy.onnx_graph import onnx_graph
+from densenet.deploy.runtime import onnx_session, run_onnx
 from densenet.fileio import atomic_path
 from densenet.model import DenseNet
 
@@ -70,12 +71,7 @@ def _write(model: DenseNet, fmt: str, path: Path, example: torch.Tensor) -> None
 
 def _run_exported(fmt: str, path: Path, x: torch.Tensor, threads: int) -> torch.Tensor:
     if fmt == "onnx":
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        return run_onnx(onnx_session(path, threads), x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
         if fmt == "torchscript":

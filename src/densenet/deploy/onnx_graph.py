@@ -1,9 +1,9 @@
 """The dense block as it is written into an ONNX file: concatenate every few layers, not before every layer.
 
 ONNX has no shared buffer, so a layer's input ``[x_0, …, x_{l−1}]`` is a ``Concat`` — and ONNX Runtime runs each
-``Concat`` on one thread, a copy of the whole input per layer (15–34 ms of a densenet121 batch of 8 here). Because
-BN-ReLU acts per channel and a convolution is linear in its input channels (zero padding included), a layer can
-take its input in parts instead [F2]:
+``Concat`` on one thread, a copy of the whole input per layer (a memory-bound share of the forward pass that does
+no arithmetic; benchmarks/NOTES.md has the profile). Because BN-ReLU acts per channel and a convolution is linear in
+its input channels (zero padding included), a layer can take its input in parts instead [F2]:
 
     W ∗ σ(BN([a; b])) = W_a ∗ σ(BN_a(a)) + W_b ∗ σ(BN_b(b))
 
@@ -27,9 +27,10 @@ from densenet.model import DenseNet
 from densenet.nn.layers import DenseBlock, DenseLayer
 
 CONCAT_EVERY = 4
-"""Layers per concatenation: measured on densenet121 under ONNX Runtime, 2 threads, 1.5–3% faster than
-concatenating before every layer; every 2 to 8 measured alike, never (one concatenation per block) slower
-(benchmarks/NOTES.md)."""
+"""Layers per concatenation. Fewer concatenations copy less, but each layer between two of them runs its first
+convolution once more per map kept apart; on densenet121 under ONNX Runtime every 2 to 8 layers measured alike and
+faster than concatenating before every layer, and never concatenating inside a block slower (the numbers:
+benchmarks/NOTES.md, v5)."""
 
 
 class PartsDenseLayer(nn.Module):

@@ -16,8 +16,8 @@ What changes (the weights' function does not; the algebra is in :mod:`densenet.d
   and the ReLU fused (``mkldnn._convolution_pointwise``) and its weight reordered once into oneDNN's own layout
   for the input shape (not on every call); elsewhere (CUDA, float64) a plain conv and an in-place ReLU;
 - the large intermediate tensors (each block's buffer, the clamp scratch) are kept between calls, per thread
-  and input shape, instead of being allocated afresh: fresh pages cost a page fault each on first touch, which
-  measured ~10% of a forward pass here when other work had churned the heap in between.
+  and input shape, instead of being allocated afresh: fresh pages cost a page fault each on first touch, and the
+  more so when other work has churned the heap in between (benchmarks/NOTES.md, v2 and the page-fault notes).
 """
 
 from __future__ import annotations
@@ -42,22 +42,22 @@ _FUSED_DTYPES = (torch.float32, torch.bfloat16)  # what oneDNN's fused convoluti
 
 def clamp_bound(bound: Tensor) -> Tensor | None:
     """A folded clamp bound, or ``None`` where it is infinite in every channel (every BN scale of one sign):
-    ``clamp(x, lo, None)`` reads one operand less than ``clamp(x, lo, +∞)`` — measured, 2.6% of a densenet121
-    forward pass when all its BN scales are positive."""
+    ``clamp(x, lo, None)`` reads one operand less than ``clamp(x, lo, +∞)``, and the clamp is a memory-bound pass
+    over each layer's whole input, so the saving is paid back on every layer (benchmarks/NOTES.md, v6)."""
     return None if bool(torch.isinf(bound).all()) else bound
 
 
 class FrozenConv(nn.Module):
     """``σ(W ∗ x + b)`` (σ optional) with fixed weights.
 
-    On CPU in float32/bfloat16: one oneDNN call with the bias and the ReLU fused, the weight reordered into
-    oneDNN's blocked layout once per input shape (measured: 3% of a DenseNet-121 forward pass against reordering it
-    on every call). The packed copy is rebuilt when the input shape or dtype changes, when ``weight`` is replaced
-    (``.to()``, ``load_state_dict`` into a new tensor) or changed in place through autograd-visible operations
-    (``copy_``, ``mul_``: its version counter); a change made through ``.data`` or a NumPy view, or to a weight
-    made under ``torch.inference_mode()`` (no version counter), is not seen — call :meth:`clear_cache` after one.
-    Threads running different input shapes repack in turn (correct, slower). Otherwise (CUDA, float64, float16)
-    ``F.conv2d`` and an in-place ReLU.
+    On CPU in float32/bfloat16: one oneDNN call with the bias and the ReLU fused, the weight reordered into oneDNN's
+    blocked layout once per input shape rather than on every call (a reorder is a fixed cost per call, and a
+    DenseNet makes over a hundred convolution calls per forward; benchmarks/NOTES.md, v4). The packed copy is
+    rebuilt when the input shape or dtype changes, when ``weight`` is replaced (``.to()``, ``load_state_dict`` into
+    a new tensor) or changed in place through autograd-visible operations (``copy_``, ``mul_``: its version
+    counter); a change made through ``.data`` or a NumPy view, or to a weight made under ``torch.inference_mode()``
+    (no version counter), is not seen — call :meth:`clear_cache` after one. Threads running different input shapes
+    repack in turn (correct, slower). Otherwise (CUDA, float64, float16) ``F.conv2d`` and an in-place ReLU.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0, relu: bool = False,

@@ -1,0 +1,74 @@
+"""``densenet bench`` end to end: check the request, build the configurations, time them, measure their memory,
+and assemble the JSON-able report."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from densenet.deploy.bench.report import Measurement, matmul_peak_gflops
+from densenet.deploy.bench.runners import build_runners
+from densenet.deploy.bench.timing import (
+    ISOLATED_PASSES,
+    SETTLE_SECONDS,
+    peak_memory_mib,
+    time_interleaved,
+    time_isolated,
+)
+from densenet.model import check_batch_statistics
+from densenet.registry import get_config
+
+
+def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: bool = False, onnx: bool = False,
+              threads: int | None = None, rounds: int = 10, warmup: int = 3, memory: bool = True,
+              isolated: bool = False) -> dict[str, Any]:
+    """Measure every configuration; returns a JSON-able report (see :func:`~densenet.deploy.bench.format_report`).
+
+    ``isolated`` times each configuration in fresh processes of its own
+    (:func:`~densenet.deploy.bench.timing.time_isolated`) instead of all in this one
+    (:func:`~densenet.deploy.bench.timing.time_interleaved`); ``warmup`` runs are then made in every process (a
+    fresh process's first runs are slower, onnxruntime's most: benchmarks/NOTES.md).
+
+    Raises:
+        ValueError: ``batch``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0, ``input_size`` below the
+            network's smallest; ``train`` with one value per channel at the last batch norm.
+    """
+    for label, value in (("batch", batch), ("input_size", input_size), ("threads", threads), ("rounds", rounds)):
+        if value is not None and value < 1:
+            raise ValueError(f"{label} must be at least 1, got {value}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be at least 0, got {warmup}")
+    threads = threads if threads is not None else torch.get_num_threads()
+    torch.set_num_threads(threads)
+    config = get_config(name)
+    input_size = input_size if input_size is not None else config.default_input_size
+    config.check_input_size((input_size, input_size), name)
+    if train:
+        check_batch_statistics(config, batch, input_size)
+    with tempfile.TemporaryDirectory() as workdir:
+        runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir))
+        macs = {label: label_macs for label, (_, label_macs) in runners.items()}
+        if isolated:
+            del runners  # the children build their own; this process only made the ONNX files they reuse
+            spec = {"name": name, "batch": batch, "input_size": input_size, "train": train, "onnx": onnx,
+                    "threads": threads, "workdir": workdir}
+            timings = time_isolated(list(macs), spec, rounds, warmup)
+        else:
+            timings = time_interleaved(runners, rounds, warmup)
+    peak = matmul_peak_gflops(threads)
+    measurements = []
+    for label, label_macs in macs.items():
+        peak_mib = peak_memory_mib(label, name, batch, input_size, train, threads) if memory else None
+        measurements.append(Measurement.from_times(label, batch, label_macs, timings.seconds[label],
+                                                   timings.minor_faults[label], peak_mib))
+    return {"model": name, "mode": "train" if train else "inference", "batch": batch, "input_size": input_size,
+            "threads": threads, "rounds": rounds, "warmup": warmup, "settle_seconds": SETTLE_SECONDS,
+            "timing": f"isolated: each configuration in {min(ISOLATED_PASSES, rounds)} fresh processes of its own"
+                      if isolated else "interleaved in one process",
+            "matmul_peak_gflops": peak, "torch": torch.__version__, "notes": notes,
+            "measurements": [asdict(m) for m in measurements]}
+

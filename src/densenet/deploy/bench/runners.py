@@ -1,0 +1,179 @@
+"""What ``densenet bench`` times: one runner per configuration, each running one batch on the same weights.
+
+Inference: ours (:func:`~densenet.deploy.optimize.optimize_for_inference`), torchvision's DenseNet with the same
+weights (contiguous and channels-last), and with ``onnx`` both models' ONNX exports under ONNX Runtime. Training: one
+SGD step of ours and of torchvision's. An inference runner returns the batch's logits, so the configurations can be
+compared value for value; a training runner returns nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from densenet.analysis import Summary, summarize
+from densenet.deploy.optimize import optimize_for_inference
+from densenet.deploy.runtime import onnx_feed, onnx_session
+from densenet.model import DenseNet
+from densenet.registry import create_model
+
+Runner = Callable[[], Any]
+Runners = dict[str, tuple[Runner, int]]  # label → (run one batch, MACs per image)
+M = TypeVar("M", bound=nn.Module)
+NO_TWIN = "torchvision is not installed or cannot express this architecture: measuring ours alone"
+NO_ONNXRUNTIME = "onnxruntime is not installed (pip install 'densenet[export]'): no ONNX comparison"
+
+
+def trained_like(model: M, seed: int = 0) -> M:
+    """``model`` with every batch norm's ``γ, β`` and running statistics drawn at random, as in a trained network.
+
+    Fresh batch norms are all alike (``γ = 1, β = 0, μ = 0, σ² = 1``), and the ONNX exporter merges alike BN-ReLUs
+    that read the same tensor: timed with fresh batch norms, our ONNX export (:mod:`densenet.deploy.onnx_graph`)
+    would run faster than it does with a trained network's weights (benchmarks/NOTES.md). ``γ`` is drawn positive,
+    as most of a trained network's are.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                shape = module.weight.shape
+                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)  # γ ~ U[0.5, 1.5)
+                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)  # β ~ N(0, 0.1²)
+                module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.1)  # μ ~ N(0, 0.1²)
+                module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)  # σ² ~ U[0.5, 1.5)
+    return model
+
+
+def torchvision_twin(model: DenseNet) -> nn.Module | None:
+    """torchvision's DenseNet with ``model``'s weights, or None when torchvision is missing or cannot express the
+    architecture (CIFAR stem, no bottleneck, compression other than ½, other input channels)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    config = model.config
+    if config.stem != "imagenet" or not config.bottleneck or config.compression != 0.5 or config.in_chans != 3:
+        return None
+    import torchvision
+
+    twin = torchvision.models.DenseNet(config.growth_rate, config.block_config, config.num_init_features,
+                                       config.bn_size, config.drop_rate, config.num_classes or 1000)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor) -> Runner:
+    """One training step of ``model`` on ``(x, target)``: forward, cross-entropy, backward, optimizer step."""
+    def step() -> None:
+        loss = nn.functional.cross_entropy(model(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: bool, threads: int,
+                  workdir: Path, only: str | None = None) -> tuple[Runners, list[str]]:
+    """The configurations to time: ``label → (run one batch, MACs per image)``, and notes for the user.
+
+    Every configuration runs the registered model ``name`` with :func:`trained_like` weights on the same seeded
+    batch ``(batch, in_chans, input_size, input_size)``. ``only`` builds that one configuration's runner alone (what
+    a child process measures); the model, its summary and the torchvision twin it is compared with are built first
+    either way, so every child starts from the same heap. The ONNX files are exported into ``workdir`` once: a file
+    already there is reused, so children time the parent's exports — ``workdir`` must belong to this one
+    measurement (:func:`~densenet.deploy.bench.run_bench` makes a temporary one).
+    """
+    def wanted(label: str) -> bool:
+        return only is None or label == only
+
+    torch.manual_seed(0)
+    model = trained_like(create_model(name))
+    summary = summarize(model.config, input_size)
+    twin = torchvision_twin(model)
+    notes = [NO_TWIN] if twin is None else []
+    x = torch.randn(batch, model.config.in_chans, input_size, input_size)
+    if train:
+        return _train_runners(model, twin, summary, x, wanted), notes
+    runners = _inference_runners(model, twin, summary, x, wanted)
+    if onnx:
+        if importlib.util.find_spec("onnxruntime") is None:
+            notes.append(NO_ONNXRUNTIME)
+        else:
+            runners.update(_onnx_runners(model, twin, summary, x, threads, workdir, wanted))
+    return runners, notes
+
+
+def _train_runners(model: DenseNet, twin: nn.Module | None, summary: Summary, x: torch.Tensor,
+                   wanted: Callable[[str], bool]) -> Runners:
+    """One SGD step each; a training step counts 3× the forward's MACs (forward, input and weight gradients)."""
+    target = torch.randint(0, max(model.config.num_classes, 1), (x.shape[0],))
+    models = {"ours": (model.train(), summary.macs_executed)}
+    if twin is not None:
+        models["torchvision"] = (twin.train(), summary.macs)
+    runners: Runners = {}
+    for label, (net, macs) in models.items():
+        if wanted(label):
+            optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+            runners[label] = (train_step(net, optimizer, x, target), 3 * macs)
+    return runners
+
+
+def _inference_runners(model: DenseNet, twin: nn.Module | None, summary: Summary, x: torch.Tensor,
+                       wanted: Callable[[str], bool]) -> Runners:
+    """Ours optimized (pool-first transitions: ``macs_executed``), torchvision's in both memory formats."""
+    runners: Runners = {}
+    if wanted("ours"):
+        runners["ours"] = (_no_grad(optimize_for_inference(model.eval()), x), summary.macs_executed)
+    if twin is not None:
+        if wanted("torchvision"):
+            runners["torchvision"] = (_no_grad(twin.eval(), x), summary.macs)
+        if wanted("torchvision-channels-last"):
+            twin_cl = torchvision_twin(model).eval().to(memory_format=torch.channels_last)
+            runners["torchvision-channels-last"] = (
+                _no_grad(twin_cl, x.contiguous(memory_format=torch.channels_last)), summary.macs)
+    return runners
+
+
+def _onnx_runners(model: DenseNet, twin: nn.Module | None, summary: Summary, x: torch.Tensor, threads: int,
+                  workdir: Path, wanted: Callable[[str], bool]) -> Runners:
+    """Our export (:func:`~densenet.deploy.export.export_model`) and torchvision's, each under ONNX Runtime."""
+    from densenet.deploy.export import export_model
+
+    runners: Runners = {}
+    ours_path = workdir / "ours.onnx"
+    if wanted("onnxruntime-ours"):
+        if not ours_path.exists():
+            export_model(model, "onnx", ours_path, input_size=x.shape[-1], threads=threads)
+        runners["onnxruntime-ours"] = (_onnx_runner(ours_path, x, threads), summary.macs_executed)
+    twin_path = workdir / "torchvision.onnx"
+    if twin is not None and wanted("onnxruntime-torchvision"):
+        if not twin_path.exists():
+            _export_torchvision_onnx(twin, x, twin_path)
+        runners["onnxruntime-torchvision"] = (_onnx_runner(twin_path, x, threads), summary.macs)
+    return runners
+
+
+def _no_grad(model: nn.Module, x: torch.Tensor) -> Runner:
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+def _onnx_runner(path: Path, x: torch.Tensor, threads: int) -> Runner:
+    session = onnx_session(path, threads)
+    feed = onnx_feed(session, x)  # converted once, outside the timed call
+    return lambda: torch.from_numpy(session.run(None, feed)[0])
+
+
+def _export_torchvision_onnx(twin: nn.Module, x: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(twin.eval(), (x[:2],), dynamo=True, input_names=["image"],
+                                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                                    verbose=False)
+    program.save(str(path))
