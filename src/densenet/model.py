@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densenet.config import DenseNetConfig
+from densenet.features import check_indices, run_features
 from densenet.meta import ModelMeta
 from densenet.nn.layers import DenseBlock, Features, Transition, cifar_stem, imagenet_stem
 
@@ -100,8 +102,46 @@ class DenseNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_chans, H, W)`` → logits ``(N, num_classes)``."""
-        self.check_input(x)
+        if not torch.fx._symbolic_trace.is_fx_tracing():  # FX traces shapes as symbols: nothing to check
+            self.check_input(x)
         return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int] | int | None = None,
+                              intermediates_only: bool = False) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's ``forward_intermediates``: the final features and the multi-scale maps at ``indices``.
+
+        Args:
+            x: ``(N, in_chans, H, W)``.
+            indices: which maps of :func:`densenet.features.feature_taps` (default all; an int ``n``: the last
+                ``n``; negative indices count from the end).
+            intermediates_only: return the maps alone.
+
+        Returns:
+            ``(final, maps)``: ``final`` is :meth:`forward_features`'s ``(N, C, h, w)``; or ``maps`` alone.
+        """
+        self.check_input(x)
+        final, maps = run_features(self.features, self.config, x, check_indices(self.config, indices))
+        return maps if intermediates_only else (final, maps)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch for recomputation in training, mapped onto ``memory_efficient``.
+
+        The explicit path is this library's form of gradient checkpointing, and more: each dense block keeps one
+        shared feature buffer and recomputes its BN-ReLU outputs in a hand-written backward, and the stem and the
+        transitions keep their inputs only, so memory grows linearly with depth and batch-norm statistics are
+        updated once (checkpointing would run them twice). ``enable=False`` switches to the plain autograd path,
+        which stores every intermediate. The function computed does not change.
+        """
+        self.config = self.config.replace(memory_efficient=bool(enable))
+        for module in self.modules():
+            if hasattr(module, "memory_efficient") and module is not self:
+                module.memory_efficient = bool(enable)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Called by ``torch.jit.script``; refuses with the supported alternatives."""
+        raise TypeError("torch.jit.script cannot compile densenet.DenseNet (its blocks choose between Python "
+                        "code paths at run time); use torch.export.export(model.eval(), (x,)) — or torch.jit.trace, "
+                        "or densenet export --format exported-program")
 
     def get_classifier(self) -> nn.Module:
         """The final linear layer (``nn.Identity`` when ``num_classes`` is 0)."""

@@ -100,7 +100,7 @@ class DenseBlock(nn.ModuleDict):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_0, H, W)`` → ``(N, C_0 + L·k, H, W)``: ``[x_0, x_1, …, x_L]``."""
-        if not self.memory_efficient:
+        if not self.memory_efficient or capturing_graph():
             return self.reference_forward(x)
         return self.explicit_forward(x)
 
@@ -195,10 +195,25 @@ class Features(nn.Sequential):
         return x
 
 
+def capturing_graph() -> bool:
+    """Whether the model is being captured into a graph — FX symbolic tracing (``create_feature_extractor``),
+    ``torch.jit.trace`` or ``torch.export`` — rather than run.
+
+    Such graphs hold plain operations; the explicit Functions (a hand-written backward, ``out=`` writes into one
+    shared buffer) are opaque to them, so while capturing, every module takes its plain autograd path instead.
+    Both paths compute the same function, so the captured graph computes the model's function.
+    """
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.jit.is_tracing() or torch.fx._symbolic_trace.is_fx_tracing() or exporting()
+
+
 def _recompute(memory_efficient: bool, training: bool, x: Tensor, norm: nn.BatchNorm2d,
                other_grad: bool = False) -> bool:
     """Whether BN-ReLU-pool should run as the recomputing Function: memory-efficient training with autograd
-    recording something (and the batch norm tracking running statistics, as the Function updates them)."""
+    recording something (and the batch norm tracking running statistics, as the Function updates them), and no
+    graph being captured."""
+    if capturing_graph():
+        return False
     wants_grad = x.requires_grad or norm.weight.requires_grad or norm.bias.requires_grad or other_grad
     return memory_efficient and training and torch.is_grad_enabled() and norm.track_running_stats and wants_grad
 
