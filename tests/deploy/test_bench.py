@@ -173,3 +173,10 @@ def test_matmul_peak_is_a_positive_rate_and_restores_the_threads():
     threads = torch.get_num_threads()
     peak = matmul_peak_gflops(1, size=128, repeats=2)
     assert math.isfinite(peak) and peak > 0 and torch.get_num_threads() == threads
+
+
+def test_the_child_entry_point_without_a_spec_says_what_it_is(capsys):
+    from densenet.deploy.bench.timing import child_main
+
+    assert child_main([]) == 2
+    assert "child process of `densenet bench`" in capsys.readouterr().err

@@ -92,3 +92,17 @@ def test_onnx_file_concatenates_every_few_layers(bn_size, tmp_path):
     concats = [node for node in onnx.load(str(tmp_path / "m.onnx")).graph.node if node.op_type == "Concat"]
     # block 1 (9 layers): before layers 5 and 9, and its output; block 2 (2 layers): its output
     assert CONCAT_EVERY == 4 and len(concats) == 4
+
+
+def test_importing_the_deploy_room_loads_neither_onnx_nor_onnxruntime():
+    """onnx and onnxruntime load on first export or session (inside the functions), not on import."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json; import densenet.deploy.optimize, densenet.deploy.export, densenet.deploy.runtime, "
+            "densenet.deploy.bench; print(json.dumps(sorted(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "densenet.deploy.bench.runners" in loaded and "densenet.deploy.runtime" in loaded
+    assert [name for name in loaded if name.split(".")[0] in ("onnx", "onnxruntime", "onnxscript")] == []
