@@ -216,7 +216,7 @@ def test_bench_training(capsys, quick_peak):
     report = _bench(capsys, "densenet121", "--input-size", "32", "--batch", "2", "--rounds", "1", "--warmup", "0",
                     "--train", "--no-memory")
     summary = summarize(densenet.get_config("densenet121"), 32)
-    assert report["mode"] == "train"
+    assert report["mode"] == "train" and [m["label"] for m in report["measurements"]] == ["ours", "torchvision"]
     assert {m["label"]: m["macs_per_image"] for m in report["measurements"]} == {
         "ours": 3 * summary.macs_executed, "torchvision": 3 * summary.macs}
     assert all(len(m["times_ms"]) == 1 and m["times_ms"][0] > 0 for m in report["measurements"])
