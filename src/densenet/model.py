@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from densenet.config import DenseNetConfig
 from densenet.features import check_indices, run_features
 from densenet.meta import ModelMeta
-from densenet.nn.layers import DenseBlock, Features, Transition, cifar_stem, imagenet_stem
+from densenet.nn.layers import DenseBlock, Features, Transition, cifar_stem, imagenet_stem, symbolic_tracing
 
 
 class DenseNet(nn.Module):
@@ -102,7 +102,7 @@ class DenseNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_chans, H, W)`` → logits ``(N, num_classes)``."""
-        if not torch.fx._symbolic_trace.is_fx_tracing():  # FX traces shapes as symbols: nothing to check
+        if not symbolic_tracing():  # FX traces shapes as symbols: nothing to check
             self.check_input(x)
         return self.forward_head(self.forward_features(x))
 

@@ -2,12 +2,14 @@
 
 import copy
 import itertools
+import logging
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 import densenet
+from densenet.nn import double_backward
 from helpers import max_relative_error, randomize_batch_norm
 
 CONFIGS = {
@@ -182,11 +184,25 @@ def test_gradient_accumulation():
         assert torch.allclose(p.grad, 2 * g, rtol=1e-12, atol=0)
 
 
-def test_double_backward_raises_clear_error():
-    _, ours = _pair("bottleneck")
-    x = _input("bottleneck", torch.float64)
-    with pytest.raises(RuntimeError, match="does not support double backward"):
-        torch.autograd.grad(ours.train()(x).sum(), x, create_graph=True)
+@pytest.mark.parametrize(("name", "drop_rate"), [("imagenet", 0.0), ("bottleneck", 0.2), ("plain", 0.0)])
+def test_double_backward_gradient_penalty_equals_the_reference(name, drop_rate, monkeypatch, caplog):
+    """A gradient penalty (double backward, create_graph=True) through the explicit block, stem and transitions
+    gives the reference's gradients in float64, and says once that it differentiates the plain form."""
+    monkeypatch.setattr(double_backward, "_announced", set())
+    results = []
+    for model in _pair(name, drop_rate):
+        torch.manual_seed(1)  # the same dropout masks in both
+        x = _input(name, torch.float64)
+        with caplog.at_level(logging.INFO, logger="densenet"):
+            out = model.train()(x)
+            (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+            penalty = (grad_x.flatten(1).norm(dim=1) - 1).square().mean() + out.mean()
+            penalty.backward()
+        results.append([grad_x.detach(), x.grad, *(p.grad for p in model.parameters())])
+    for ref, got in zip(*results, strict=True):
+        assert max_relative_error(got, ref) <= 1e-8
+    assert "double backward through the memory-efficient dense block" in caplog.text
+    assert ("stem and transitions" in caplog.text) == (name == "imagenet" or len(CONFIGS[name]["block_config"]) > 1)
 
 
 def test_autocast_bfloat16_cpu():

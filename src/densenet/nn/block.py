@@ -54,6 +54,7 @@ from densenet.nn.batchnorm import (
     running_affine,
     update_running_stats,
 )
+from densenet.nn.double_backward import announce, differentiable_grads, plain_block
 from densenet.tutorial import conv2d_backward, conv2d_forward, dropout_backward, dropout_forward, dropout_mask
 
 _STRIDE_ONE = (1, 1)
@@ -283,13 +284,33 @@ class DenseBlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        if torch.is_grad_enabled():
-            raise RuntimeError("the memory-efficient dense block does not support double backward "
-                               "(create_graph=True); build the model with memory_efficient=False")
         features, mean, invstd, bottlenecks, stats2, *rest = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient is wanted
+            return (None, None, *_differentiable_backward(ctx, features, rest, grad_out))
         saved = {"features": features, "mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2,
                  "masks": rest[:ctx.num_masks]}
         grad_input, param_grads = dense_block_backward(
             ctx.spec, saved, grad_out, tuple(rest[ctx.num_masks:]), ctx.training, ctx.needs_input_grad[2],
             tuple(ctx.needs_input_grad[3:]))
         return (None, None, grad_input, *param_grads)
+
+
+def _differentiable_backward(ctx: Any, features: Tensor, rest: list[Tensor], grad_out: Tensor) -> list[Tensor | None]:
+    """The block's input and parameter gradients, recorded for double backward (:mod:`densenet.nn.double_backward`).
+
+    The input ``x_0`` is read back from the saved output's first ``C_0`` channels, which hold it unchanged: in the
+    graph they are this Function's own output, whose derivative with respect to the input is the identity there,
+    so second derivatives reach the real input through this node once more. That second visit brings a gradient
+    on the ``x_0`` channels only, whose exact answer is the identity (the new maps received nothing): it is
+    returned at once, which also ends the recursion.
+    """
+    spec: BlockSpec = ctx.spec
+    masks, params = rest[:ctx.num_masks], rest[ctx.num_masks:]
+    c0 = features.shape[1] - len(spec.norms1) * spec.growth_rate
+    if not grad_out[:, c0:].any():  # only x_0 = out[:, :C_0] is differentiated: ∂out/∂x_0 there is the identity
+        return [grad_out[:, :c0], *(None for _ in params)]
+    announce("dense block")
+    x = features[:, :c0]  # (N, C_0, H, W)
+    with torch.enable_grad():
+        output = plain_block(spec.norms1, spec.norms2, x, params, masks, spec.drop_rate, ctx.training)
+    return differentiable_grads(output, [x, *params], grad_out)

@@ -204,7 +204,13 @@ def capturing_graph() -> bool:
     Both paths compute the same function, so the captured graph computes the model's function.
     """
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return torch.jit.is_tracing() or torch.fx._symbolic_trace.is_fx_tracing() or exporting()
+    return torch.jit.is_tracing() or symbolic_tracing() or exporting()
+
+
+def symbolic_tracing() -> bool:
+    """Whether FX is tracing the module with symbolic (``Proxy``) inputs, whose values cannot be inspected."""
+    module = torch.fx._symbolic_trace
+    return getattr(module, "is_fx_symbolic_tracing", module.is_fx_tracing)()
 
 
 def _recompute(memory_efficient: bool, training: bool, x: Tensor, norm: nn.BatchNorm2d,

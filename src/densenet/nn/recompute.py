@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
 from densenet.nn.batchnorm import PER_CHANNEL, affine, affine_relu, count_batch, input_grad, parameter_grads
+from densenet.nn.double_backward import announce, differentiable_grads
 from densenet.tutorial import conv2d_backward, conv2d_forward
 
 Pool = tuple[str, int, int, int]  # kind ("avg" | "max"), kernel, stride, padding
@@ -56,6 +57,13 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, mean, invstd, conv_weight = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain form (densenet.nn.double_backward)
+            announce("stem and transitions")
+            with torch.enable_grad():
+                z = x if conv_weight is None else F.conv2d(x, conv_weight.to(x.dtype), None, *ctx.conv)
+                out = _pool(F.relu(F.batch_norm(z, None, None, weight, bias, True, 0.0, ctx.eps)), ctx.pool)
+            grads = differentiable_grads(out, [x, weight, bias, conv_weight], grad_out)
+            return None, None, None, *grads
         with torch.autocast(x.device.type, enabled=False):
             z = _conv(x, conv_weight, ctx.conv, ctx.dtype)  # recomputed
             scale, shift = affine(weight, bias, mean, invstd)
