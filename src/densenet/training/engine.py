@@ -179,7 +179,7 @@ class _Trainer:
         report = progress.step_reporter(self.config, self.context, self.epoch, self.step, self.run.steps_per_epoch)
         self.step = train_epoch(self.run, self.epoch, self.step, self.totals, self.config.accumulate, self.stop,
                                 report, self._diverged_at)
-        return self.step == self.run.steps_per_epoch and not self.stop.requested
+        return self.step == self.run.steps_per_epoch and not self.stop.agreed
 
     def _diverged_at(self, step: int) -> str:
         return (f"at epoch {self.epoch + 1}, step {step + 1}: training stopped; "

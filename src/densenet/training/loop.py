@@ -50,7 +50,7 @@ def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate
         step += 1
         totals.seconds = time.perf_counter() - started
         report(step, totals)
-        if stop.requested:
+        if stop.agreed:
             return step
     totals.skipped = float(len(run.train_loader.skipped) - skipped_before)
     return step

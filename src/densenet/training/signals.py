@@ -13,7 +13,10 @@ logger = logging.getLogger("densenet")
 
 
 class StopRequest:
-    """Whether a stop was asked for; set by the signal handlers :meth:`handling_signals` installs.
+    """Whether a stop was asked for in this process (:attr:`requested`, set by the signal handlers
+    :meth:`handling_signals` installs) and whether every process has agreed to stop after the current step
+    (:attr:`agreed`, set by the step from the processes' requests). Kept apart, a signal that arrives after the
+    step has read the requests is not lost: it is read at the next step.
 
     Args:
         announce: log the "stopping after this step" line (rank 0 only).
@@ -21,6 +24,7 @@ class StopRequest:
 
     def __init__(self, announce: bool) -> None:
         self.requested = False
+        self.agreed = False
         self.announce = announce
 
     def _on_signal(self, signum: int, frame: Any) -> None:

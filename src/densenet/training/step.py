@@ -37,7 +37,7 @@ def optimisation_step(run: Run, batches: Iterator[tuple[Tensor, Tensor]], accumu
 
     The loss of each micro-batch is divided by ``accumulate``, so the step follows the mean gradient of the
     whole batch. Every process learns whether any of them saw a non-finite loss or was asked to stop (then
-    ``stop.requested`` is set on all of them, so that they stop at the same step).
+    ``stop.agreed`` is set on all of them, so that they stop at the same step).
 
     Args:
         diverged: says where the step is and what was kept (``"at epoch E, step S: training stopped; …"``), for
@@ -72,7 +72,7 @@ def optimisation_step(run: Run, batches: Iterator[tuple[Tensor, Tensor]], accumu
     if nonfinite:
         raise TrainingDiverged(f"loss is {loss_sum.item() / max(seen, 1)} {diverged()}. Lower the learning rate or "
                                "check the data")
-    stop.requested = bool(stopping)
+    stop.agreed = bool(stopping)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
