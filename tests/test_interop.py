@@ -93,3 +93,35 @@ def test_forward_intermediates_and_grad_checkpointing_switch():
     model.set_grad_checkpointing()
     assert model.config.memory_efficient and model.features.denseblock3.memory_efficient
     assert model.features.transition1.memory_efficient and model.features.memory_efficient
+
+
+def test_grad_cam_maps_equal_the_plain_paths():
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, plain = _pair("densenet121")
+    x = torch.randn(2, 3, 64, 64)
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(4)]
+    for method in (GradCAM, GradCAMPlusPlus):
+        maps = []
+        for net in (model, plain):
+            with method(model=net, target_layers=[net.features.denseblock4]) as cam:
+                maps.append(torch.from_numpy(cam(input_tensor=x, targets=targets)))
+        assert maps[0].shape == (2, 64, 64) and maps[0].std() > 0.01  # a real map, not a constant
+        torch.testing.assert_close(maps[0], maps[1], rtol=1e-3, atol=1e-4)
+
+
+def test_captum_attributions_equal_the_plain_paths():
+    from captum.attr import IntegratedGradients, LayerGradCam, Saliency
+
+    model, plain = _pair("densenet_bc100_k12")
+    x = torch.randn(2, 3, 32, 32)
+    results = []
+    for net in (model, plain):
+        integrated = IntegratedGradients(net).attribute(x, target=2, n_steps=8)
+        saliency = Saliency(net).attribute(x, target=2)
+        layer = LayerGradCam(net, net.features.denseblock3).attribute(x, target=2)
+        results.append((integrated, saliency, layer))
+    for ours, reference in zip(*results, strict=True):
+        assert ours.abs().sum() > 0
+        torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-5)

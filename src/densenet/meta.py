@@ -82,6 +82,21 @@ class Preprocessing:
         except (KeyError, TypeError) as error:
             raise ValueError(f"preprocessing must map image_mode, resize, crop, mean and std, got {data!r}") from error
 
+    def for_channels(self, channels: int) -> Preprocessing:
+        """The same preprocessing for a network of ``channels`` inputs: RGB read as gray (``"L"``) with the mean and
+        std averaged over RGB for 1 channel; itself when the channels already agree.
+
+        Raises:
+            ValueError: no image mode has ``channels`` channels.
+        """
+        if channels == self.channels:
+            return self
+        if channels == 1:
+            return Preprocessing("L", self.resize, self.crop, (sum(self.mean) / 3,), (sum(self.std) / 3,))
+        if channels == 3:
+            return Preprocessing("RGB", self.resize, self.crop, self.mean * 3, self.std * 3)
+        raise ValueError(f"cannot read images for a network with {channels} input channels")
+
     @classmethod
     def standard(cls, config: DenseNetConfig) -> Preprocessing:
         """The preprocessing an architecture is designed for, when the weights carry none: its default input size
@@ -93,12 +108,7 @@ class Preprocessing:
         """
         crop = config.default_input_size
         resize = round(crop * 256 / 224) if config.stem == "imagenet" else crop
-        mean, std = IMAGENET_STATS
-        if config.in_chans == 1:
-            return cls("L", resize, crop, (sum(mean) / 3,), (sum(std) / 3,))
-        if config.in_chans != 3:
-            raise ValueError(f"cannot read images for a network with {config.in_chans} input channels")
-        return cls("RGB", resize, crop, mean, std)
+        return cls("RGB", resize, crop, *IMAGENET_STATS).for_channels(config.in_chans)
 
 
 @dataclass(frozen=True)

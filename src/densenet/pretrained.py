@@ -153,11 +153,9 @@ def adapt_input_channels(weight: Tensor, in_chans: int) -> Tensor:
 
 
 def load_pretrained(model: DenseNet, weights: PretrainedWeights, progress: bool = True) -> DenseNet:
-    """Load ``weights`` (downloaded into torch.hub's cache if need be) into ``model``, adapting what differs.
-
-    The first convolution is adapted to ``model``'s input channels (:func:`adapt_input_channels`); a model with
-    another number of classes keeps its freshly initialised classifier. Each adaptation is logged in one line.
-    ``model.meta`` gets the weights' class names (when the head is theirs) and their preprocessing.
+    """Load ``weights`` (downloaded into torch.hub's cache if need be) into ``model``, adapting what differs
+    (:func:`load_start`); ``model.meta`` gets the weights' class names (when the head is theirs) and their
+    preprocessing, for ``model``'s input channels.
 
     Raises:
         DownloadError: the file cannot be fetched (the message says where to place it by hand).
@@ -166,27 +164,40 @@ def load_pretrained(model: DenseNet, weights: PretrainedWeights, progress: bool 
     """
     path = cached_file(weights.url, progress=progress)
     try:
-        state = convert_state_dict(read_state_dict(path))
+        state = read_state_dict(path)
     except WeightsError as error:
         raise WeightsError(f"the cached weights file {path} is corrupt or truncated ({error}); delete it and "
                            "try again to download it anew") from error
-    config = model.config
-    if "features.conv0.weight" in state and config.in_chans != state["features.conv0.weight"].shape[1]:
-        state["features.conv0.weight"] = adapt_input_channels(state["features.conv0.weight"], config.in_chans)
-        logger.info("%s: first convolution adapted from 3 to %d input channel(s)", weights.name, config.in_chans)
-    own_head = config.num_classes == weights.num_classes
-    if not own_head:
-        fresh = [key for key in model.state_dict() if key.startswith("classifier.")]
-        state = {key: value for key, value in state.items() if not key.startswith("classifier.")}
-        state.update({key: model.state_dict()[key] for key in fresh})
-        logger.info("%s: %d classes instead of %d, so a fresh classifier; left at initialisation: %s",
-                    weights.name, config.num_classes, weights.num_classes, ", ".join(fresh) or "nothing (no head)")
-    load_weights(model, state)
-    preprocessing = weights.preprocessing
-    if config.in_chans == 1:
-        preprocessing = Preprocessing("L", preprocessing.resize, preprocessing.crop, (sum(preprocessing.mean) / 3,),
-                                      (sum(preprocessing.std) / 3,))
+    own_head = load_start(model, state, weights.name)
+    in_chans = model.config.in_chans
     model.meta = model.meta.replace(
         class_names=weights.class_names() if own_head else model.meta.class_names,
-        preprocessing=preprocessing if config.in_chans in (1, 3) else None)
+        preprocessing=weights.preprocessing.for_channels(in_chans) if in_chans in (1, 3) else None)
     return model
+
+
+def load_start(model: DenseNet, state: dict[str, Tensor], source: str) -> bool:
+    """Load a state dict that is to be a starting point into ``model``, adapting what differs, each adaptation
+    logged in one line: the first convolution to ``model``'s input channels (:func:`adapt_input_channels`), and a
+    classifier of another shape left at ``model``'s fresh initialisation. Returns whether the head was loaded.
+
+    Raises:
+        WeightsError: anything else does not fit (the message names the first mismatched keys).
+    """
+    state = convert_state_dict(state)
+    expected = model.state_dict()
+    stem = state.get("features.conv0.weight")
+    if stem is not None and stem.shape[1] != model.config.in_chans and stem.shape[1] == 3:
+        state["features.conv0.weight"] = adapt_input_channels(stem, model.config.in_chans)
+        logger.info("%s: first convolution adapted from 3 to %d input channel(s)", source, model.config.in_chans)
+    head = [key for key in expected if key.startswith("classifier.")]
+    own_head = bool(head) and all(key in state and state[key].shape == expected[key].shape for key in head)
+    if not own_head:
+        theirs = state.get("classifier.weight")
+        classes = "no" if theirs is None else f"{theirs.shape[0]}"
+        state = {key: value for key, value in state.items() if not key.startswith("classifier.")}
+        state.update({key: expected[key] for key in head})
+        logger.info("%s: %d classes instead of %s, so a fresh classifier; left at initialisation: %s", source,
+                    model.config.num_classes, classes, ", ".join(head) or "nothing (no head)")
+    load_weights(model, state)
+    return own_head

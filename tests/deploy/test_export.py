@@ -1,5 +1,7 @@
 """Export to ONNX, TorchScript and ExportedProgram, each checked against PyTorch (ONNX with onnxruntime)."""
 
+import json
+
 import pytest
 import torch
 
@@ -106,3 +108,20 @@ def test_importing_the_deploy_room_loads_neither_onnx_nor_onnxruntime():
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert "densenet.deploy.bench.runners" in loaded and "densenet.deploy.runtime" in loaded
     assert [name for name in loaded if name.split(".")[0] in ("onnx", "onnxruntime", "onnxscript")] == []
+
+
+def test_onnx_file_carries_class_names_preprocessing_and_input_size(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    preprocessing = densenet.Preprocessing("L", 40, 36, (0.45,), (0.22,))
+    model = densenet.create_model("densenet_bc100_k12", block_config=(2, 2, 2), num_classes=3, in_chans=1,
+                                  class_names=["cat", "dog", "emu"])
+    model.meta = model.meta.replace(preprocessing=preprocessing)
+    export_model(model, "onnx", tmp_path / "m.onnx", input_size=36)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["class_names"]) == ["cat", "dog", "emu"]
+    assert (props["image_mode"], props["resize"], props["crop"], props["input_size"]) == ("L", "40", "36", "36")
+    assert json.loads(props["mean"]) == [0.45] and json.loads(props["std"]) == [0.22]
+    assert json.loads(props["architecture"])["block_config"] == [2, 2, 2] and props["model_name"] == ""
+    assert props["in_chans"] == "1"

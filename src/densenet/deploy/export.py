@@ -6,6 +6,8 @@ transitions are kept — four times fewer MACs there than torchvision's own expo
 batch norm that follows a conv into it. In the ONNX file each dense block concatenates its maps every few layers
 instead of before every layer (:mod:`densenet.deploy.onnx_graph`: ONNX Runtime copies a ``Concat`` on one thread); the
 TorchScript and ExportedProgram files keep the block as it is, ``torch.cat`` before every layer.
+The ONNX file carries the model's class names, preprocessing and input size in its metadata
+(:func:`onnx_metadata`).
 
 The file is written to a temporary name, checked (ONNX with onnxruntime, the others by loading them back) on a
 batch of another size than the one traced, and renamed only when the largest difference from the model's own
@@ -14,15 +16,18 @@ logits stays within ``tolerance`` relative to the largest logit.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from densenet import __version__
 from densenet.deploy.onnx_graph import onnx_graph
 from densenet.deploy.runtime import onnx_session, run_onnx
 from densenet.fileio import atomic_path
+from densenet.meta import Preprocessing
 from densenet.model import DenseNet
 
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -62,11 +67,33 @@ def _write(model: DenseNet, fmt: str, path: Path, example: torch.Tensor) -> None
         if fmt == "onnx":
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
                                         output_names=["logits"], dynamic_shapes={"x": {0: batch}}, verbose=False)
+            program.model.metadata_props.update(onnx_metadata(model, example.shape[-1]))
             program.save(str(path))
         elif fmt == "torchscript":
             torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(path))
         else:
             torch.export.save(torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}}), str(path))
+
+
+def onnx_metadata(model: DenseNet, input_size: int) -> dict[str, str]:
+    """What an ONNX consumer needs besides the graph, as the file's metadata (``metadata_props``, read with
+    onnxruntime's ``session.get_modelmeta().custom_metadata_map``): class names, the preprocessing (image mode,
+    resize, crop, mean, std; JSON lists), the traced input size, the architecture and the registered name."""
+    meta, config = model.meta, model.config
+    preprocessing = meta.preprocessing or (Preprocessing.standard(config) if config.in_chans in (1, 3) else None)
+    entries = {
+        "densenet.version": __version__,
+        "model_name": meta.name or "",
+        "architecture": json.dumps(config.to_dict()),
+        "input_size": str(input_size),
+        "in_chans": str(config.in_chans),
+        "class_names": json.dumps(list(meta.class_names or [str(i) for i in range(config.num_classes)])),
+    }
+    if preprocessing is not None:
+        entries.update({"image_mode": preprocessing.image_mode, "resize": str(preprocessing.resize),
+                        "crop": str(preprocessing.crop), "mean": json.dumps(list(preprocessing.mean)),
+                        "std": json.dumps(list(preprocessing.std))})
+    return entries
 
 
 def _run_exported(fmt: str, path: Path, x: torch.Tensor, threads: int) -> torch.Tensor:

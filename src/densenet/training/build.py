@@ -21,6 +21,12 @@ from densenet.model import DenseNet, check_batch_statistics
 from densenet.registry import create_model
 from densenet.training.allocator import keep_freed_memory
 from densenet.training.distributed import Context
+from densenet.training.finetune import (
+    check_frozen_training,
+    load_start_weights,
+    parameter_groups,
+    with_normalisation,
+)
 from densenet.training.recipe import TrainConfig
 from densenet.training.schedule import lr_scheduler
 
@@ -38,6 +44,7 @@ class Run:
         net: what training calls: ``model``, wrapped in DistributedDataParallel and/or ``torch.compile``.
         memory_format: the layout of weights and inputs (channels-last or contiguous).
         amp: the recipe's autocast mode (off, bf16, fp16).
+        freeze_epochs: the first epochs that train the classifier alone.
         train_loader, eval_loader: this process's batches; micro_batch: images per forward pass.
         steps_per_epoch: optimiser steps per epoch (micro-batches / accumulate).
         optimizer, scheduler, scaler, criterion: SGD, its LR schedule, the fp16 gradient scaler, the loss.
@@ -52,6 +59,7 @@ class Run:
     net: nn.Module
     memory_format: torch.memory_format
     amp: str
+    freeze_epochs: int
     train_loader: Loader
     eval_loader: Loader
     micro_batch: int
@@ -111,8 +119,10 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
     if eval_split.class_names != class_names:
         raise ValueError(f"the evaluation split's classes {eval_split.class_names} differ from the "
                          f"training split's {class_names}")
+    check_frozen_training(config, context.distributed)
     preprocessing = preprocessing_for(spec, train_split)
     model = _model(config, model, class_names, preprocessing.channels)
+    preprocessing = with_normalisation(preprocessing, load_start_weights(config, model))
     model.meta = model.meta.replace(preprocessing=preprocessing)
     # fail before the run directory exists on input the network cannot train on
     model.config.check_input_size(preprocessing.crop, config.model, what="image size", hint=" (--image-size)")
@@ -135,10 +145,12 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {config.batch_size} is larger than the training split "
                          f"({len(train_split)} images over {context.world_size} process(es))")
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay)
+    groups = model.parameters() if config.backbone_lr_factor == 1 else parameter_groups(
+        model, config.lr, config.backbone_lr_factor)  # one group as before: old checkpoints' optimiser state fits
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                                weight_decay=config.weight_decay)
     return Run(context, train_split, eval_split, class_names, preprocessing, model, net, memory_format, config.amp,
-               train_loader, eval_loader, micro_batch, steps_per_epoch, optimizer,
+               config.freeze_epochs, train_loader, eval_loader, micro_batch, steps_per_epoch, optimizer,
                lr_scheduler(optimizer, config, steps_per_epoch),
                torch.amp.GradScaler(context.device.type, enabled=config.amp == "fp16"),
                nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))

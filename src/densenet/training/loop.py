@@ -13,6 +13,7 @@ from densenet.data.seeds import mix_seed
 from densenet.training import distributed
 from densenet.training.build import Run
 from densenet.training.checkpoint import EpochTotals, set_rng_state
+from densenet.training.finetune import set_backbone_frozen
 from densenet.training.metrics import Accumulator, EvalResult
 from densenet.training.progress import StepReporter
 from densenet.training.signals import StopRequest
@@ -37,6 +38,8 @@ def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate
     position for :class:`~densenet.training.step.TrainingDiverged`.
     """
     run.model.train()
+    if run.freeze_epochs:
+        set_backbone_frozen(run.model, epoch < run.freeze_epochs)
     run.train_loader.set_epoch(epoch, step * accumulate)
     skipped_before = len(run.train_loader.skipped)
     started = time.perf_counter() - totals.seconds

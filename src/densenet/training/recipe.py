@@ -51,6 +51,12 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "config overrides, e.g. {growth_rate: 12, block_config: [6, 6, 6]}"})
     sync_bn: bool = _field(False, "torchrun on CUDA: synchronise batch-norm statistics across processes")
+    pretrained: bool = _field(False, "start from --model's pretrained weights (densenet list --pretrained), with "
+                                     "their normalisation")
+    init_from: str | None = _field(None, "start from these weights: a .pth, a .safetensors or a save_pretrained "
+                                         "directory such as a run's best/ (another head is replaced)")
+    freeze_epochs: int = _field(0, "train the classifier alone for this many epochs, then everything")
+    backbone_lr_factor: float = _field(1.0, "learning rate of everything but the classifier, as a fraction of lr")
     # optimisation
     epochs: int = _field(10, "epochs to train")
     batch_size: int = _field(64, "images per optimiser step, over all processes and accumulation steps")
@@ -96,6 +102,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             raise ValueError("need lr > 0, weight_decay >= 0, 0 <= momentum < 1 and 0 <= label_smoothing < 1")
+        if self.pretrained and self.init_from:
+            raise ValueError("pretrained and init_from both name the starting weights: choose one")
+        if not 0 <= self.freeze_epochs <= self.epochs:
+            raise ValueError(f"freeze_epochs must be in [0, epochs], got {self.freeze_epochs}")
+        if not math.isfinite(self.backbone_lr_factor) or self.backbone_lr_factor < 0:
+            raise ValueError(f"backbone_lr_factor must be a finite number >= 0, got {self.backbone_lr_factor}")
         if self.gamma <= 0:
             raise ValueError(f"gamma multiplies the learning rate at each milestone: it must be > 0, got {self.gamma}")
         if not 0 <= self.seed < 2**63:
