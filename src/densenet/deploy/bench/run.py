@@ -42,8 +42,18 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
             raise ValueError(f"{label} must be at least 1, got {value}")
     if warmup < 0:
         raise ValueError(f"warmup must be at least 0, got {warmup}")
-    threads = threads if threads is not None else torch.get_num_threads()
+    previous = torch.get_num_threads()
+    threads = threads if threads is not None else previous
     torch.set_num_threads(threads)
+    try:
+        return _run(name, batch, input_size, train, onnx, threads, rounds, warmup, memory, isolated)
+    finally:
+        torch.set_num_threads(previous)  # the caller's process keeps its own setting
+
+
+def _run(name: str, batch: int, input_size: int | None, train: bool, onnx: bool, threads: int, rounds: int,
+         warmup: int, memory: bool, isolated: bool) -> dict[str, Any]:
+    """:func:`run_bench` after its checks, on ``threads`` threads."""
     config = get_config(name)
     input_size = input_size if input_size is not None else config.default_input_size
     config.check_input_size((input_size, input_size), name)
