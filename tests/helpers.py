@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TypeVar
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 import densenet
@@ -48,3 +50,17 @@ def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def small_input_size(name: str) -> int:
     """A small input side the registered model accepts with at least 2×2 final maps."""
     return 32 if densenet.get_config(name).stem == "cifar" else 64
+
+
+def run_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The final weights a training run saved (``last/model.safetensors``)."""
+    return load_file(run_dir / "last" / "model.safetensors")
+
+
+def assert_same_run_weights(a: Path, b: Path) -> None:
+    """Assert two runs ended with bit-identical weights, naming the tensors that differ and by how much."""
+    left, right = run_weights(a), run_weights(b)
+    assert left.keys() == right.keys()
+    different = [key for key in left if not torch.equal(left[key], right[key])]
+    largest = max(((left[k].double() - right[k].double()).abs().max().item() for k in different), default=0.0)
+    assert not different, f"{len(different)} tensors differ (by up to {largest:.3g}), e.g. {different[:3]}"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
 import re
 import sys
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,29 +22,6 @@ RUN = {"dataset": "synthetic", "train_limit": 256, "eval_limit": 64, "image_size
        "model_args": {"block_config": [2, 2], "growth_rate": 8}, "batch_size": 32, "epochs": 2, "workers": 0}
 STEP_LINE = re.compile(r"epoch (\d+)/(\d+) step (\d+)/(\d+)  loss (\d+\.\d{4}) acc (\d+\.\d\d)%  (\d+) img/s  "
                        r"eta (\d+)s")
-
-
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    """The ``densenet`` logger's messages."""
-    logger = logging.getLogger("densenet")
-    handler, level = _Lines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _step_lines(lines: list[str]) -> list[tuple[int, ...]]:

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import densenet
 from densenet.training.checkpoint import load_checkpoint
 from densenet.training.engine import train
 from densenet.training.recipe import TrainConfig
+from helpers import assert_same_run_weights
 
 TINY = {"dataset": "synthetic", "train_limit": 512, "eval_limit": 128, "image_size": 16, "model": "densenet_bc100_k12",
         "model_args": {"block_config": [2, 2], "growth_rate": 8}, "batch_size": 32, "epochs": 2, "log_every": 0}
@@ -30,16 +28,6 @@ RESUMABLE = {**TINY, "train_limit": 1024, "image_size": 32, "epochs": 3, "schedu
              "model_args": {"block_config": [2, 2], "growth_rate": 8, "drop_rate": 0.1}, "label_smoothing": 0.1}
 
 
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "last" / "model.safetensors")
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    left, right = _weights(a), _weights(b)
-    assert left.keys() == right.keys()
-    different = [key for key in left if not torch.equal(left[key], right[key])]
-    largest = max(((left[k].double() - right[k].double()).abs().max().item() for k in different), default=0.0)
-    assert not different, f"{len(different)} tensors differ (by up to {largest:.3g}), e.g. {different[:3]}"
 
 
 def _cli(*args: str) -> list[str]:
@@ -103,7 +91,7 @@ def test_resume_after_kill_mid_epoch_gives_the_same_weights(tmp_path, uninterrup
     resumed = subprocess.run(_cli("--resume", str(out)), capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at epoch 2, step 0" in resumed.stderr
-    _assert_same_weights(out, uninterrupted)
+    assert_same_run_weights(out, uninterrupted)
     assert [int(r["epoch"]) for r in csv.DictReader((out / "metrics.csv").open())] == [1, 2, 3]
 
 
@@ -122,30 +110,7 @@ def test_signal_saves_mid_epoch_exits_130_and_resume_gives_the_same_weights(tmp_
                              env={**os.environ, "DENSENET_DEBUG": "1"})
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming at epoch 2, step {state['step']}" in resumed.stderr
-    _assert_same_weights(out, uninterrupted)
-
-
-class _LogLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    """The ``densenet`` logger's messages (the CLI may have turned its propagation to the root logger off)."""
-    logger = logging.getLogger("densenet")
-    handler, level = _LogLines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    assert_same_run_weights(out, uninterrupted)
 
 
 def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, log_lines):
@@ -186,7 +151,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, log_lines
     resumed = train(TrainConfig(**config, out=str(tmp_path / "stopped"), resume=True))
     straight = train(TrainConfig(**config, out=str(tmp_path / "straight")))
     assert not resumed.interrupted and len(resumed.history) == 3
-    _assert_same_weights(tmp_path / "stopped", tmp_path / "straight")
+    assert_same_run_weights(tmp_path / "stopped", tmp_path / "straight")
     for row, expected in zip(resumed.history, straight.history, strict=True):
         assert {k: v for k, v in row.items() if k not in ("train_seconds", "images_per_second")} == {
             k: v for k, v in expected.items() if k not in ("train_seconds", "images_per_second")}

@@ -9,13 +9,11 @@ import copy
 import csv
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import load_file
 from torch._dynamo.backends.registry import lookup_backend
 
 import densenet
@@ -24,21 +22,12 @@ from densenet.data.loader import EpochBatches, Loader
 from densenet.training.checkpoint import load_checkpoint
 from densenet.training.engine import TrainingDiverged, train
 from densenet.training.recipe import TrainConfig, load_config
+from helpers import assert_same_run_weights, run_weights
 
 TINY = {"dataset": "synthetic", "train_limit": 512, "eval_limit": 128, "image_size": 16, "model": "densenet_bc100_k12",
         "model_args": {"block_config": [2, 2], "growth_rate": 8}, "batch_size": 32, "epochs": 2, "log_every": 0}
 
 
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "last" / "model.safetensors")
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    left, right = _weights(a), _weights(b)
-    assert left.keys() == right.keys()
-    different = [key for key in left if not torch.equal(left[key], right[key])]
-    largest = max(((left[k].double() - right[k].double()).abs().max().item() for k in different), default=0.0)
-    assert not different, f"{len(different)} tensors differ (by up to {largest:.3g}), e.g. {different[:3]}"
 
 
 def test_config_validation_and_layers(tmp_path):
@@ -169,9 +158,9 @@ def test_same_seed_same_weights_other_seed_not(tmp_path):
     config = {**TINY, "epochs": 1, "train_limit": 128}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         train(TrainConfig(**config, seed=seed, out=str(tmp_path / name)))
-    _assert_same_weights(tmp_path / "a", tmp_path / "b")
+    assert_same_run_weights(tmp_path / "a", tmp_path / "b")
     with pytest.raises(AssertionError):
-        _assert_same_weights(tmp_path / "a", tmp_path / "c")
+        assert_same_run_weights(tmp_path / "a", tmp_path / "c")
 
 
 class Exploding(densenet.DenseNet):
@@ -198,7 +187,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         train(config, model=model)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
-    assert all(torch.isfinite(t).all() for t in _weights(tmp_path).values())
+    assert all(torch.isfinite(t).all() for t in run_weights(tmp_path).values())
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2  # header and epoch 1
 
 
@@ -227,7 +216,7 @@ def test_nan_evaluation_loss_stops_before_saving(tmp_path, existing):
 
 
 @pytest.mark.slow
-def test_compiled_model_trains_like_the_plain_one_and_saves_plain_weights(tmp_path, monkeypatch):
+def test_compiled_model_trains_like_the_plain_one_and_saves_plainrun_weights(tmp_path, monkeypatch):
     """``compile: true`` goes through ``torch.compile`` (forced onto the cheap ``aot_eager`` backend, which counts the
     graphs it compiles), trains to the weights of an uncompiled run and saves the plain model's keys."""
     graphs: list[torch.fx.GraphModule] = []
