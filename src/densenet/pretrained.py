@@ -194,10 +194,11 @@ def load_start(model: DenseNet, state: dict[str, Tensor], source: str) -> bool:
     own_head = bool(head) and all(key in state and state[key].shape == expected[key].shape for key in head)
     if not own_head:
         theirs = state.get("classifier.weight")
-        classes = "no" if theirs is None else f"{theirs.shape[0]}"
+        reason = "no classifier taken from it" if theirs is None else (
+            f"{model.config.num_classes} classes instead of {theirs.shape[0]}")
         state = {key: value for key, value in state.items() if not key.startswith("classifier.")}
         state.update({key: expected[key] for key in head})
-        logger.info("%s: %d classes instead of %s, so a fresh classifier; left at initialisation: %s", source,
-                    model.config.num_classes, classes, ", ".join(head) or "nothing (no head)")
+        logger.info("%s: %s, so a fresh classifier; left at initialisation: %s", source, reason,
+                    ", ".join(head) or "nothing (no head)")
     load_weights(model, state)
     return own_head

@@ -7,6 +7,9 @@ value); set ``DENSENET_DEBUG=1`` to see the traceback of the latter instead.
 The groups: :mod:`~densenet.cli.models` (``summary``, ``list``), :mod:`~densenet.cli.train` (``train``, ``demo``),
 :mod:`~densenet.cli.inference` (``eval``, ``predict``), :mod:`~densenet.cli.deploy` (``export``, ``bench``); what
 they share is in :mod:`~densenet.cli.common`.
+
+May import: every room. The subcommands import the rooms they use when they run, so ``densenet list`` does not
+load the training engine.
 """
 
 from __future__ import annotations
