@@ -65,9 +65,10 @@ def test_torch_export_module_with_and_without_grad(name, side):
     torch.testing.assert_close(inputs[0].grad, inputs[1].grad, rtol=1e-4, atol=1e-6)
 
 
-def test_torch_compile_gives_the_plain_numbers():
-    model, plain = _pair("densenet_bc100_k12")
-    x = torch.randn(2, 3, 32, 32)
+@pytest.mark.parametrize(("name", "side"), CASES)
+def test_torch_compile_gives_the_plain_numbers(name, side):
+    model, plain = _pair(name)
+    x = torch.randn(2, 3, side, side)
     compiled = torch.compile(model, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), plain(x), rtol=1e-4, atol=1e-5)
