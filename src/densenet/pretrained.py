@@ -194,11 +194,15 @@ def load_start(model: DenseNet, state: dict[str, Tensor], source: str) -> bool:
     own_head = bool(head) and all(key in state and state[key].shape == expected[key].shape for key in head)
     if not own_head:
         theirs = state.get("classifier.weight")
-        reason = "no classifier taken from it" if theirs is None else (
-            f"{model.config.num_classes} classes instead of {theirs.shape[0]}")
+        if theirs is None:
+            reason = "no classifier taken from it"
+        elif theirs.shape[0] != model.config.num_classes:
+            reason = f"{model.config.num_classes} classes instead of {theirs.shape[0]}"
+        else:
+            reason = f"its classifier reads {theirs.shape[1]} features, this model's {model.num_features}"
         state = {key: value for key, value in state.items() if not key.startswith("classifier.")}
         state.update({key: expected[key] for key in head})
         logger.info("%s: %s, so a fresh classifier; left at initialisation: %s", source, reason,
                     ", ".join(head) or "nothing (no head)")
-    load_weights(model, state)
+    load_weights(model, state, name=source)
     return own_head

@@ -86,12 +86,14 @@ def convert_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return converted
 
 
-def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor], strict: bool = True) -> DenseNet:
+def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor], strict: bool = True, *,
+                 name: str | None = None) -> DenseNet:
     """Load a torchvision, timm or densenet state dict (file, directory or mapping) into ``model``.
 
     BN ``num_batches_tracked`` counters missing from old checkpoints keep the model's values. With ``strict``
     (the default) anything else missing, unexpected or of another shape is an error; without it, the keys that
-    fit are loaded, the rest keep the model's values, and one warning line per kind names them.
+    fit are loaded, the rest keep the model's values, and one warning line per kind names them. Messages name
+    ``source`` when it is a path, else ``name`` (default "state dict").
 
     Raises:
         FileNotFoundError: ``source`` is a path to nothing.
@@ -111,7 +113,7 @@ def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor], str
         ("missing", missing), ("unexpected", unexpected),
         ("shape mismatch", [f"{key} (file {tuple(state[key].shape)}, model {tuple(expected[key].shape)})"
                             for key in mismatched])) if keys]
-    where = f"{source}" if isinstance(source, (str, Path)) else "state dict"
+    where = f"{source}" if isinstance(source, (str, Path)) else (name or "state dict")
     if problems and strict:
         raise WeightsError(f"weights in {where} do not fit this model; " + "; ".join(problems))
     for problem in problems:
