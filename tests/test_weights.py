@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -163,3 +164,14 @@ def test_non_strict_load_reports_what_did_not_fit(caplog):
     for key, value in target.state_dict().items():
         kept = key in ("features.norm5.weight", "classifier.weight", "classifier.bias")
         assert torch.equal(value, before[key] if kept else state[key]), key
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_files_follow_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        directory = densenet.create_model("densenet_bc100_k12", block_config=(1, 1)).save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(previous)
+    assert {path.name: path.stat().st_mode & 0o777 for path in directory.iterdir()} == {
+        "model.safetensors": mode, "config.json": mode}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, on error delete it.
+    """Yield a temporary path beside ``path``; on success give it the mode a new file gets under the user's umask
+    and rename it over ``path``; on error delete it.
 
     Raises:
         FileNotFoundError: the parent directory of ``path`` does not exist.
@@ -27,6 +28,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # same suffix: some writers check it
     try:
         yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())  # what a plain open() gives: some writers (safetensors) use 0600
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -36,3 +38,10 @@ def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -111,10 +111,16 @@ def test_every_recipe_field_is_a_flag(capsys):
     assert {name: getattr(config, name) for name in values} == values
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
-    flags = set(re.findall(r"--[a-z-]+", capsys.readouterr().out))
+    help_text = capsys.readouterr().out
+    flags = set(re.findall(r"--[a-z-]+", help_text))
     missing = [item.name for item in dataclasses.fields(TrainConfig) if item.name not in ("resume", "model_args")
                and "--" + item.name.replace("_", "-") not in flags]
     assert not missing and "--model-arg" in flags
+    flat = " ".join(help_text.split())  # argparse wraps the help column
+    for shown in ("(default: 64)", "(default: densenet_bc100_k12)", "(default: on)", "(default: 0.5 0.75)",
+                  "(default: none)", "(default: 0.0001)"):
+        assert shown in flat, shown
+    assert flat.count("(default:") >= len(dataclasses.fields(TrainConfig)) - 4  # a few describe their own default
 
 
 def test_demo_prints_accuracy_run_directory_and_predictions(tmp_path, capsys):

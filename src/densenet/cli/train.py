@@ -37,7 +37,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         if item.name == "resume":
             continue
         flag = "--" + item.name.replace("_", "-")
+        default = item.default_factory() if item.default is dataclasses.MISSING else item.default
         help_text = item.metadata["help"]
+        if "default" not in help_text:  # some say what their default depends on
+            help_text += f" (default: {_shown(default)})"
         kinds = field_kinds(item.name)
         if item.name == "model_args":
             parser.add_argument("--model-arg", dest="model_arg", action="append", metavar="KEY=VALUE",
@@ -51,6 +54,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             kind = next(k for k in kinds.kinds if k is not type(None))
             parser.add_argument(flag, type=kind, choices=item.metadata.get("choices"), default=argparse.SUPPRESS,
                                 help=help_text)
+
+
+def _shown(default: object) -> str:
+    """A recipe default as the help text shows it: ``none``, ``off``/``on``, space-separated lists, YAML maps."""
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, list):
+        return " ".join(map(str, default))
+    if isinstance(default, dict):
+        return "{}" if not default else str(default)
+    return str(default)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
