@@ -59,11 +59,6 @@ class PretrainedWeights:
         """``architecture.tag``, e.g. ``densenet121.imagenet1k``."""
         return f"{self.architecture}.{self.tag}"
 
-    @property
-    def num_classes(self) -> int:
-        """Outputs of the weights' classifier."""
-        return len(category_names(self.categories))
-
     def class_names(self) -> tuple[str, ...]:
         """The names of the weights' outputs, in order."""
         return category_names(self.categories)
