@@ -23,6 +23,7 @@ __all__ = [
     "ModelMeta",
     "Preprocessing",
     "create_model",
+    "explain",
     "from_pretrained",
     "get_config",
     "list_models",
@@ -34,7 +35,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``optimize_for_inference`` from the deploy room, imported on first use."""
+    """``optimize_for_inference`` from the deploy room and ``explain`` (the explain room, callable as
+    :func:`densenet.explain.api.explain`), imported on first use."""
+    if name == "explain":
+        import densenet.explain
+
+        return densenet.explain
     if name == "optimize_for_inference":
         from densenet.deploy.optimize import optimize_for_inference
 

@@ -5,7 +5,8 @@ argparse rejects (unknown flag, value of the wrong type), 1 for everything else 
 value); set ``DENSENET_DEBUG=1`` to see the traceback of the latter instead.
 
 The groups: :mod:`~densenet.cli.models` (``summary``, ``list``), :mod:`~densenet.cli.train` (``train``, ``demo``),
-:mod:`~densenet.cli.inference` (``eval``, ``predict``), :mod:`~densenet.cli.deploy` (``export``, ``bench``); what
+:mod:`~densenet.cli.inference` (``eval``, ``predict``), :mod:`~densenet.cli.deploy` (``export``, ``bench``),
+:mod:`~densenet.cli.explain` (``explain``, ``report``); what
 they share is in :mod:`~densenet.cli.common`.
 
 May import: every room. The subcommands import the rooms they use when they run, so ``densenet list`` does not
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from densenet import __version__
-from densenet.cli import deploy, inference, models, train
+from densenet.cli import deploy, explain, inference, models, train
 from densenet.cli.common import Handler, OneLineErrorParser, log_to_stderr, usage_error
 
 __all__ = ["build_parser", "main"]
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="densenet", description="DenseNet: summary, train, eval, predict, export.")
     parser.add_argument("--version", action="version", version=f"densenet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (models, train, inference, deploy):
+    for group in (models, train, inference, deploy, explain):
         group.add_commands(commands)
     return parser
 

@@ -19,6 +19,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add ``train`` and ``demo`` to the ``densenet`` subcommands."""
     train = commands.add_parser("train", help="train a model (single process, or under torchrun)")
     add_train_arguments(train)
+    train.add_argument("--report", action="store_true", help="write RUN_DIR/report.html at the end (densenet report)")
     train.set_defaults(handler=cmd_train)
 
     demo = commands.add_parser("demo", help="train a DenseNet-BC on the bundled digits and predict held-out digits")
@@ -117,6 +118,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     assert result.final is not None
     print(f"final eval top-1 {result.final.top1:.2%} (best {result.best_acc:.2%}) after {len(result.history)} "
           f"epochs, {result.train_seconds:.1f} s of training; run directory {result.run_dir}")
+    if getattr(args, "report", False):
+        from densenet.explain.report import write_report
+
+        print(f"report: {write_report(result.run_dir, device=result.model.classifier.weight.device)}")
     return 0
 
 
