@@ -110,8 +110,10 @@ def test_the_public_function_predicts_and_explains():
     assert [e.class_name for e in explanations] == [NAMES[i] for i in probabilities.argmax(dim=1).tolist()]
     assert [e.probability for e in explanations] == pytest.approx(probabilities.max(dim=1).values.tolist(), abs=1e-6)
     assert all(e.heatmap.shape == (16, 16) and e.image.shape == (16, 16, 3) for e in explanations)
-    requested = densenet.explain(model, x, targets="emu", method="gradcam++")
+    requested = densenet.explain(model.train(), x, targets="emu", method="gradcam++")
     assert [e.class_index for e in requested] == [2, 2, 2]
+    assert model.training  # explained in eval mode, the caller's mode given back
+    model.eval()
     # importing a submodule binds the package as the attribute densenet.explain: it is that package, callable
     assert densenet.explain is sys.modules["densenet.explain"] and densenet.explain.cam.compute_maps is compute_maps
     assert len(densenet.explain(model, x, targets=[0, "dog", 2])) == 3

@@ -58,10 +58,12 @@ def explain(model: nn.Module, images: Tensor | Sequence[str | Path], targets: Ta
         transform = eval_transform(preprocessing)
         inputs = torch.stack([transform(picture) for picture in pictures])  # (N, C, crop, crop)
         originals = [np.asarray(picture.convert("RGB"), dtype=np.float32) / 255 for picture in pictures]
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        probs = probabilities(model, CamModel(model)(inputs.to(device))).cpu()  # (N, K); checks the input
+    device, was_training = next(model.parameters()).device, model.training
+    try:
+        with torch.no_grad():
+            probs = probabilities(model, CamModel(model.eval())(inputs.to(device))).cpu()  # (N, K); checks input
+    finally:
+        model.train(was_training)
     if not originals:
         originals = [_denormalise(image, preprocessing) for image in inputs]
     pairs = resolve_targets(model, probs, targets)
