@@ -207,3 +207,60 @@ def test_two_inputs_with_one_name_are_refused():
     assert output_stems([one(0, "a/x.png"), one(0, "a/x.png")], True) == ["x_cat", "x_cat"]  # one image, 2 labels
     with pytest.raises(ValueError, match="would both write x.png"):
         output_stems([one(0, "a/x.png"), one(1, "b/x.png")], False)
+
+
+class _Volumes(torch.nn.Module):
+    """A stand-in 3-D classifier with DenseNet's interface (``forward_features`` → final BN-ReLU maps, ``classifier``,
+    ``config``, ``meta``, ``check_input``) until volumes land in DenseNet itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv3d(1, 6, 3, padding=1), torch.nn.BatchNorm3d(6))
+        self.classifier = torch.nn.Linear(6, 2)
+        self.config = types.SimpleNamespace(num_classes=2)
+        self.meta = types.SimpleNamespace(class_names=["healthy", "lesion"])
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 5:
+            raise ValueError(f"expected (N, 1, D, H, W), got {tuple(x.shape)}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.features(x))  # (N, 6, D, H, W)
+
+
+def test_volume_maps_are_volumes_and_drawn_as_a_montage(tmp_path):
+    """The 3-D seam end to end: pytorch-grad-cam's map of a volume has the volume's shape, and its overlay is the
+    montage through the maximum."""
+    model = _Volumes().eval()
+    x = torch.randn(2, 1, 6, 8, 10, generator=torch.Generator().manual_seed(6))
+    maps = compute_maps(model, x, [(0, 1), (1, 0)], "gradcam")
+    assert maps.shape == (2, 6, 8, 10) and maps.min() >= 0 and maps.max() <= 1
+    # a linear head on global pooling: Grad-CAM is CAM, ReLU(Σ_k W_ck A_k), min-max scaled (same resolution: no resize)
+    features = model.forward_features(x).detach()
+    cam = torch.einsum("k,nkdhw->ndhw", model.classifier.weight[1].detach(), features[:1]).clamp(min=0)
+    cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
+    np.testing.assert_allclose(maps[0], cam[0].numpy(), atol=1e-5)
+    views = panels(x[0, 0].numpy().clip(0, 1), maps[0])
+    assert [label.split()[0] for label, _ in views] == ["axial", "coronal", "sagittal"]
+
+
+def test_multi_label_models_explain_each_label_present(tmp_path):
+    """The multi-label seam end to end: sigmoid probabilities, one map per label predicted present, files named
+    ``<stem>_<label>``."""
+    from densenet.explain.write import write_explanations
+
+    model = _tiny()
+    model.meta = types.SimpleNamespace(multi_label=True, class_names=NAMES,
+                                       input_preprocessing=lambda config: Preprocessing.standard(config))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([5.0, -5.0, 5.0]))  # cat and emu present, dog absent
+        probabilities = torch.sigmoid(model(x))
+    explanations = densenet.explain(model, x)
+    present = [(i, c) for i in range(2) for c in range(3) if probabilities[i, c] >= 0.5]
+    assert [(e.index, e.class_index) for e in explanations] == present
+    assert [e.probability for e in explanations] == pytest.approx([float(probabilities[i, c]) for i, c in present])
+    write_explanations(explanations, tmp_path, "gradcam", multi_label=True)
+    assert {p.name for p in tmp_path.iterdir()} == {f"image{i}_{NAMES[c]}.{ext}" for i, c in present
+                                                    for ext in ("png", "npy")}

@@ -81,7 +81,10 @@ class CamModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_chans, *spatial)`` → logits ``(N, num_classes)``, with autograd from ``final_maps`` on."""
-        check_input(self.model.config, x)
+        if hasattr(self.model, "check_input"):  # DenseNet's own (N-D once volumes land)
+            self.model.check_input(x)
+        else:  # OptimizedDenseNet
+            check_input(self.model.config, x)
         with torch.no_grad():
             maps = self.model.forward_features(x)  # (N, C, *spatial'), after the final BN-ReLU
         maps = self.final_maps(maps.detach().float().requires_grad_())
