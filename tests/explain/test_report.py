@@ -3,6 +3,7 @@ with no network; a page that needs the network or shows a broken image fails the
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -23,6 +24,18 @@ def test_train_report_is_self_contained_and_complete(localisation_run):
     assert len(images) >= 3 and all(src.startswith("data:image/png;base64,") for src in images)
     assert "background, cross, ring, square" in text and "precision" in text and "training seconds" in text
     assert "true <b>" in text or "Every evaluation image was classified correctly" in text
+
+
+def test_report_metrics_agree_with_densenet_eval(localisation_run, localisation_data, tmp_path, capsys):
+    """The report's accuracy and per-class recall are those ``densenet eval`` computes for best/ (another path:
+    training.metrics' accumulator over the loader's batches)."""
+    assert main(["eval", "--weights", str(localisation_run / "best"), "--dataset", "folder", "--data-dir",
+                 str(localisation_data), "--json", "--out", str(tmp_path)]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    text = (localisation_run / "report.html").read_text()
+    assert f"top-1 accuracy <b>{evaluation['top1']:.2%}</b> on {evaluation['samples']} evaluation images" in text
+    for name, recall in evaluation["per_class"].items():
+        assert f"<td>{name}</td><td>" in text and f"</td><td>{recall:.3f}</td>" in text
 
 
 def test_report_command_rewrites_the_page(localisation_run, capsys):

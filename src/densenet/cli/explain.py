@@ -40,20 +40,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from densenet.deploy.inference import image_paths, load_model
     from densenet.explain.api import explain
     from densenet.explain.cam import is_multi_label
-    from densenet.explain.write import output_stems, write_explanations
+    from densenet.explain.write import write_explanations
     from densenet.training.distributed import resolve_device
 
     model = load_model(args.weights, resolve_device(args.device))
     paths = image_paths(args.inputs)
-    explanations = explain(model, paths, targets=args.target, method=args.method, batch_size=args.batch_size)
-    output_stems(explanations, is_multi_label(model))  # name clashes fail before anything is written
-    write_explanations(explanations, Path(args.out), args.method, is_multi_label(model))
-    for explanation in explanations:
-        if args.json:
-            print(json.dumps(explanation.to_dict()))
-        else:
-            print(f"{explanation.path}  {explanation.class_name} {explanation.probability:.2%}  "
-                  f"{' '.join(map(str, explanation.files))}")
+    multi_label = is_multi_label(model)
+    stems = [Path(path).stem for path in paths]
+    clash = next((path for i, path in enumerate(paths) if stems.index(stems[i]) != i), None)
+    if clash is not None:  # refused before anything is written
+        raise ValueError(f"{paths[stems.index(Path(clash).stem)]} and {clash} would both write "
+                         f"{Path(clash).stem}.png: explain them separately")
+    for start in range(0, len(paths), args.batch_size):  # a chunk of images in memory at a time
+        explanations = explain(model, paths[start:start + args.batch_size], targets=args.target, method=args.method,
+                               batch_size=args.batch_size)
+        write_explanations(explanations, Path(args.out), args.method, multi_label)
+        for explanation in explanations:
+            if args.json:
+                print(json.dumps(explanation.to_dict()))
+            else:
+                print(f"{explanation.path}  {explanation.class_name} {explanation.probability:.2%}  "
+                      f"{' '.join(map(str, explanation.files))}")
     return 0
 
 

@@ -47,6 +47,8 @@ def explain(model: nn.Module, images: Tensor | Sequence[str | Path], targets: Ta
     Raises:
         ValueError: an image the model cannot take (channels, size), an unreadable file, an unknown class or method.
     """
+    if len(images) == 0:
+        raise ValueError("no images to explain")
     preprocessing = model.meta.input_preprocessing(model.config)
     if isinstance(images, Tensor):
         paths: list[Path | None] = [None] * images.shape[0]
