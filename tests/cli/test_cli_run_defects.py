@@ -79,7 +79,7 @@ def test_memory_precheck_stops_with_what_would_fit(tmp_path, capsys, monkeypatch
     assert _train(tmp_path, data, "--image-size", "16") == 1
     line = _error_line(capsys)
     match = re.fullmatch(r"densenet train: error: a training step of densenet_bc100_k12 at 16×16, 6 image\(s\) per "
-                         r"process needs at least .* GiB \(closed form\) but .* GiB is available "
+                         r"process needs at least .* MiB \(closed form\) but .* MiB is available "
                          r"\(DENSENET_MEMORY_LIMIT\); would fit: --batch-size 4 or --image-size (\d+)", line)
     assert match, line
     side = int(match.group(1))

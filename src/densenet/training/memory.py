@@ -173,4 +173,4 @@ def _largest(fits: Callable[[int], bool], low: int, high: int) -> int | None:
 
 
 def _gib(value: int) -> str:
-    return f"{value / 2**30:.2f} GiB"
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
