@@ -37,6 +37,8 @@ def test_image_size_comes_from_the_data_within_the_models_limits(tmp_path):
     large = _folder(tmp_path / "large", [(300, 260), (320, 280), (400, 300)])
     assert with_image_size(TrainConfig(dataset="folder", data_dir=str(large))).image_size == 224  # at most 224
     assert with_image_size(TrainConfig(dataset="folder", data_dir=str(large), image_size=64)).image_size == 64
+    resumed = TrainConfig(dataset="folder", data_dir=str(small), resume=True, out=str(tmp_path / "old"))
+    assert with_image_size(resumed).image_size == 224  # a run recorded before sizes were resolved: its old default
     assert with_image_size(TrainConfig(dataset="digits")).image_size == 8
     assert with_image_size(TrainConfig(dataset="synthetic")).image_size == 32
 

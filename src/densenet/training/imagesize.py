@@ -27,7 +27,7 @@ def with_image_size(config: TrainConfig) -> TrainConfig:
     if config.image_size is not None:
         return config
     spec = config.data_spec()
-    if spec.name != "folder":
+    if spec.name != "folder" or config.resume:  # a run recorded without a size predates this rule: its old default
         return dataclasses.replace(config, image_size=spec.crop)
     side = typical_side(folder_files(spec)) or MAX_DEFAULT_SIDE  # none readable: loading the data says so
     smallest = get_config(config.model, **config.model_args).min_input_size
