@@ -65,7 +65,7 @@ def test_image_size_defaults_to_the_folders_and_the_start_line_says_it(tmp_path,
     assert recorded["image_size"] == 32  # not 224
     assert densenet.from_pretrained(tmp_path / "run" / "best").meta.preprocessing.crop == 32
     start = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("training "))
-    assert "32×32 input, cifar augmentation" in start
+    assert "32×32 input, augmentation cifar" in start
 
 
 def test_memory_precheck_stops_with_what_would_fit(tmp_path, capsys, monkeypatch):

@@ -11,7 +11,8 @@ import torch
 
 from densenet.data.images import read_image
 from densenet.data.transforms import eval_transform
-from densenet.deploy.inference import Model, Prediction, preprocessing_of, run_model, top_k
+from densenet.deploy import inference
+from densenet.deploy.inference import Model, Prediction, preprocessing_of, top_k
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ def predict_each(model: Model, paths: Sequence[str | Path], k: int = 5,
                 readable.append(path)
             except (ValueError, OSError) as error:  # corrupt, truncated, or gone since it was listed
                 failed[path] = Failed(path, str(error))
-        rows = top_k(run_model(model, torch.stack(images).to(device)), k, model.meta.class_names) if images else []
+        logits = inference.run_model(model, torch.stack(images).to(device)) if images else None  # the one place it runs
+        rows = top_k(logits, k, model.meta.class_names) if logits is not None else []
         predicted = {path: Prediction(path, *row) for path, row in zip(readable, rows, strict=True)}
         for path in chunk:
             yield failed[path] if path in failed else predicted[path]

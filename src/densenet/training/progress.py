@@ -26,8 +26,8 @@ def log_start(config: TrainConfig, context: Context, model: DenseNet, images: tu
     processes, steps per epoch."""
     params = sum(p.numel() for p in model.parameters())
     side = model.meta.input_preprocessing(model.config).crop
-    logger.info("training %s (%s parameters) on %s: %d train / %d eval images, %d classes, %d×%d input, %s "
-                "augmentation, %s × %d process(es), %d steps/epoch; run directory %s",
+    logger.info("training %s (%s parameters) on %s: %d train / %d eval images, %d classes, %d×%d input, "
+                "augmentation %s, %s × %d process(es), %d steps/epoch; run directory %s",
                 model.meta.name or "a custom DenseNet", f"{params:,}", config.dataset, images[0], images[1], classes,
                 side, side, augment, context.device, context.world_size, steps_per_epoch, run_dir)
 
