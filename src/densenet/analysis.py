@@ -277,3 +277,35 @@ def _head_rows(config: DenseNetConfig, channels: int, side: int, memory: _Memory
                      params, channels * n, channels * n),
                  Row("Softmax", (n,), (n,), "", "", "", "0", 0, 0, 0)]
     return rows
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes one float32 training step holds at least (closed form): the saved activations of the path the config
+    trains with (:class:`ActivationMemory`), the weights and BN buffers, their gradients and the optimiser's
+    per-parameter state. The measured peak is higher (the backward's transient buffers, allocator slack: 1.9× at
+    DenseNet-BC-100 32×32 batch 64 and 3.5× at densenet121 224×224 batch 16 in ``benchmarks/NOTES.md``), so this is
+    a lower bound."""
+
+    activations: int
+    weights: int
+    gradients: int
+    optimizer_state: int
+
+    @property
+    def total(self) -> int:
+        """The sum of the parts."""
+        return self.activations + self.weights + self.gradients + self.optimizer_state
+
+
+def training_memory(config: DenseNetConfig, input_size: int, batch_size: int,
+                    optimizer_states: int = 1) -> TrainingMemory:
+    """:class:`TrainingMemory` of a step at ``input_size × input_size`` and ``batch_size``: activations as
+    :func:`summarize` counts them (explicit block when ``config.memory_efficient``, else plain autograd), 4 bytes per
+    parameter and BN buffer [F8], 4 per gradient, ``4 · optimizer_states`` per parameter (SGD's momentum: 1; AdamW's
+    two moments: 2)."""
+    summary = summarize(config, input_size, batch_size)
+    memory = summary.activation_memory
+    activations = memory.memory_efficient if config.memory_efficient else memory.reference
+    return TrainingMemory(activations, (summary.params + summary.bn_buffers) * _F32, summary.params * _F32,
+                          summary.params * _F32 * optimizer_states)

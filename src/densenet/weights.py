@@ -170,7 +170,10 @@ def read_pretrained_config(directory: str | Path) -> tuple[DenseNetConfig, Model
         raise FileNotFoundError(f"weights directory {directory} does not exist")
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}: not a directory written by save_pretrained")
+        inside = [directory / name for name in ("best", "last") if (directory / name / CONFIG_FILE).is_file()]
+        hint = f"; did you mean {inside[0]}?" if inside else ""
+        raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}: not a directory written by save_pretrained"
+                                f"{hint}")
     try:
         saved = json.loads(config_path.read_text())
         if not isinstance(saved, dict) or not isinstance(saved.get("architecture"), dict):

@@ -66,7 +66,8 @@ def test_values_are_coerced_and_checked_by_their_kinds():
         ({"image_size": "12"}, "config key 'image_size' must be int or null, got '12'"),
         ({"milestones": [0.5, "x"]}, "config key 'milestones' must be list, got \\[0.5, 'x'\\]"),
         ({"model_args": {1: 2}}, "config key 'model_args' must be dict"),
-        ({"lr": None}, "config key 'lr' must be float, got None"),
+        ({"lr": "0.1"}, "config key 'lr' must be float or null, got '0.1'"),  # null: the optimiser's default
+        ({"gamma": None}, "config key 'gamma' must be float, got None"),
     ]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**changes)

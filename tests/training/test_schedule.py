@@ -55,8 +55,8 @@ def test_step_schedule_per_step_and_in_metrics_csv(tmp_path, step_lrs):
     train(TrainConfig(**RUN, schedule="step", milestones=[0.3, 0.9], gamma=0.5, out=str(run)))
     expected = [0.1] * 4 + [0.05] * 7 + [0.025]
     assert step_lrs == pytest.approx(expected, rel=1e-12)
-    # the column holds the lr of each epoch's last step (steps 3, 7 and 11)
-    assert _lr_column(run) == pytest.approx([0.1, 0.05, 0.025], rel=1e-12)
+    # the column holds the mean lr of each epoch's steps (0-3, 4-7, 8-11), not its last step's
+    assert _lr_column(run) == pytest.approx([0.1, 0.05, (3 * 0.05 + 0.025) / 4], rel=1e-12)
 
 
 def test_cosine_schedule_with_warm_up_per_step_and_in_metrics_csv(tmp_path, step_lrs):
@@ -66,8 +66,7 @@ def test_cosine_schedule_with_warm_up_per_step_and_in_metrics_csv(tmp_path, step
     expected = [0.05, 0.1] + [0.1 * 0.5 * (1 + math.cos(math.pi * (step - 2) / 10)) for step in range(2, 12)]
     assert step_lrs == pytest.approx(expected, rel=1e-12)
     assert expected[7] == pytest.approx(0.05)  # halfway through the decay: half the peak
-    last_steps = [0.1 * 0.5 * (1 + math.cos(math.pi * t)) for t in (0.1, 0.5, 0.9)]  # steps 3, 7, 11
-    assert _lr_column(run) == pytest.approx(last_steps, rel=1e-12)
+    assert _lr_column(run) == pytest.approx([sum(expected[i:i + 4]) / 4 for i in (0, 4, 8)], rel=1e-12)  # means
 
 
 def test_best_holds_the_best_epochs_weights_not_the_last(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -47,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_to_stderr()
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # the reader went away (`densenet predict DIR | head`): end quietly, as SIGPIPE would
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         print("densenet: interrupted", file=sys.stderr)
         return 130
@@ -59,6 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"out of memory ({message[:200]}): use a smaller batch, image or model"
         print(f"densenet {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured in tests)
+        pass
 
 
 def _out_of_memory(error: RuntimeError) -> bool:

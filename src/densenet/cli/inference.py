@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from densenet.cli.common import count, positive_int
@@ -68,17 +69,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``densenet predict``: top-k classes with probabilities for each image."""
-    from densenet.deploy.inference import load_model, predict
+    """``densenet predict``: top-k classes with probabilities for each image, printed as they come; an unreadable
+    file is named on stderr and skipped, and the exit status is 1 when any was."""
+    from densenet.deploy.inference import image_paths, load_model
+    from densenet.deploy.prediction import Failed, predict_each
     from densenet.training.distributed import resolve_device
 
     model = load_model(args.weights, resolve_device(args.device))
-    predictions = predict(model, args.inputs, k=args.top_k, batch_size=args.batch_size)
+    paths = image_paths(args.inputs)
+    width = max(len(str(path)) for path in paths)
+    predictions, failed = [], 0
+    for item in predict_each(model, paths, k=args.top_k, batch_size=args.batch_size):
+        if isinstance(item, Failed):
+            failed += 1
+            print(f"densenet predict: skipped: {item.reason}", file=sys.stderr)
+        elif args.json:
+            predictions.append(item.to_dict())
+        else:
+            cells = [f"{name} {p:6.2%}" for name, p in zip(item.names, item.probabilities, strict=True)]
+            print(f"{str(item.path).ljust(width)}  " + "  ".join(cells))
     if args.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2))
-        return 0
-    width = max(len(str(p.path)) for p in predictions)
-    for prediction in predictions:
-        cells = [f"{name} {p:6.2%}" for name, p in zip(prediction.names, prediction.probabilities, strict=True)]
-        print(f"{str(prediction.path).ljust(width)}  " + "  ".join(cells))
+        print(json.dumps(predictions, indent=2))
+    if failed:
+        print(f"densenet predict: error: {failed} of {len(paths)} image(s) could not be read", file=sys.stderr)
+        return 1
     return 0

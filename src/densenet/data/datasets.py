@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
+from densenet.data.holdout import held_out
 from densenet.data.images import (
     IMAGE_EXTENSIONS,
     ImageFiles,
@@ -53,6 +54,8 @@ class DataSpec:
         train_limit: use at most this many training images (a fixed random subset; ``synthetic``: generate this many).
         eval_limit: the same for the evaluation split.
         seed: seed of the subsets and of the synthetic data.
+        val_fraction: ``folder`` with ``train/`` only: hold out this fraction of it, stratified by class, as the
+            evaluation split (:func:`~densenet.data.holdout.held_out`).
     """
 
     name: str = "digits"
@@ -65,6 +68,7 @@ class DataSpec:
     train_limit: int | None = None
     eval_limit: int | None = None
     seed: int = 0
+    val_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -82,6 +86,10 @@ class DataSpec:
             if self.name == "synthetic" and value is not None and value > MAX_SYNTHETIC_IMAGES:
                 raise ValueError(f"{name} of the synthetic data set makes that many images in memory: at most "
                                  f"{MAX_SYNTHETIC_IMAGES:,}, got {value:,}")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.val_fraction is not None and self.name != "folder":
+            raise ValueError(f"val_fraction holds out part of a folder's train/; {self.name} has its own split")
         if self.in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3 for image data, got {self.in_chans}")
         if self.name in ("cifar10", "cifar100", "folder") and not self.data_dir:
@@ -206,13 +214,32 @@ def _folder(spec: DataSpec, train: bool) -> ImageFiles:
     _require_not_file(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data directory {root} does not exist")
+    if spec.val_fraction is not None:
+        if any((root / name).is_dir() for name in ("val", "test")):
+            raise ValueError(f"{root} has a val/ or test/ folder already; --val-fraction holds out part of train/ "
+                             "only when there is none")
+        if not (root / "train").is_dir():
+            raise FileNotFoundError(f"data directory {root} has no train/ folder (expected {root}/train/<class>/…)")
+        return held_out(_class_folders(root / "train"), spec.val_fraction, spec.seed, train)
     if train:
         split_dir = root / "train"
     else:
         split_dir = next((root / name for name in ("val", "test") if (root / name).is_dir()), root / "val")
     if not split_dir.is_dir():
         wanted = "train/" if train else "val/ or test/"
-        raise FileNotFoundError(f"data directory {root} has no {wanted} folder (expected {root}/{wanted}<class>/…)")
+        hint = "" if train or not (root / "train").is_dir() else " or hold out part of train/ with --val-fraction F"
+        raise FileNotFoundError(f"data directory {root} has no {wanted} folder (expected {root}/{wanted}<class>/…"
+                                f"{hint})")
+    return _class_folders(split_dir)
+
+
+def folder_files(spec: DataSpec, train: bool = True) -> ImageFiles:
+    """The files of a ``folder`` data set's training (or evaluation) split, before any ``*_limit``."""
+    return _folder(spec, train)
+
+
+def _class_folders(split_dir: Path) -> ImageFiles:
+    """The images of ``split_dir/<class>/…`` (every class folder must hold one)."""
     if not any(entry.is_dir() for entry in split_dir.iterdir()):
         raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/<class>/<image>)")
     folder = datasets.ImageFolder(str(split_dir), allow_empty=True, is_valid_file=is_image)

@@ -81,9 +81,9 @@ class Loader:
     """Batches of normalised ``float32`` images and ``int64`` targets for one process.
 
     Call :meth:`set_epoch` before iterating; ``len(loader)`` is the number of batches per epoch. ``skipped``
-    collects the paths of unreadable images met so far, once per epoch they were left out of: read from files,
-    as each batch meets them; decoded into memory (``--cache``), the ones dropped at decoding, at the start of
-    each epoch on rank 0 (so that a sum over processes counts each once).
+    collects the paths of unreadable images met so far: read from files, once per epoch they were left out of, as
+    each batch meets them; decoded into memory (``--cache``), the ones dropped at decoding, once, in the first
+    epoch on rank 0 (so that a sum over processes counts each once).
     """
 
     def __init__(self, data: Split, preprocessing: Preprocessing, batches: EpochBatches, *, augment: str = "none",
@@ -121,8 +121,8 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         batches = self.sampling.batches(self._epoch, self._start)
         if self._file_loader is None:
-            if self.sampling.rank == 0:
-                self.skipped += self.data.skipped  # left out of every epoch
+            if self.sampling.rank == 0 and self._epoch == 0:
+                self.skipped += self.data.skipped  # dropped once, when decoded: counted in the first epoch only
             yield from self._tensor_batches(batches)
             return
         self._batch_list[:] = [[(self._epoch, index) for index in batch] for batch in batches]

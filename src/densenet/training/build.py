@@ -27,6 +27,8 @@ from densenet.training.finetune import (
     parameter_groups,
     with_normalisation,
 )
+from densenet.training.memory import check_memory
+from densenet.training.optimizers import make_optimizer
 from densenet.training.recipe import TrainConfig
 from densenet.training.schedule import lr_scheduler
 
@@ -47,7 +49,7 @@ class Run:
         freeze_epochs: the first epochs that train the classifier alone.
         train_loader, eval_loader: this process's batches; micro_batch: images per forward pass.
         steps_per_epoch: optimiser steps per epoch (micro-batches / accumulate).
-        optimizer, scheduler, scaler, criterion: SGD, its LR schedule, the fp16 gradient scaler, the loss.
+        optimizer, scheduler, scaler, criterion: SGD or AdamW, its LR schedule, the fp16 gradient scaler, the loss.
     """
 
     context: Context
@@ -64,7 +66,7 @@ class Run:
     eval_loader: Loader
     micro_batch: int
     steps_per_epoch: int
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     criterion: nn.CrossEntropyLoss
@@ -127,6 +129,7 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
     # fail before the run directory exists on input the network cannot train on
     model.config.check_input_size(preprocessing.crop, config.model, what="image size", hint=" (--image-size)")
     check_batch_statistics(model.config, micro_batch, preprocessing.crop)
+    check_memory(config, context, model.config, preprocessing.crop, micro_batch)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model, net = _placed(config, context, model, memory_format)
 
@@ -147,8 +150,7 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
                          f"({len(train_split)} images over {context.world_size} process(es))")
     groups = model.parameters() if config.backbone_lr_factor == 1 else parameter_groups(
         model, config.lr, config.backbone_lr_factor)  # one group as before: old checkpoints' optimiser state fits
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                                weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, groups)
     return Run(context, train_split, eval_split, class_names, preprocessing, model, net, memory_format, config.amp,
                config.freeze_epochs, train_loader, eval_loader, micro_batch, steps_per_epoch, optimizer,
                lr_scheduler(optimizer, config, steps_per_epoch),

@@ -101,7 +101,7 @@ class EpochTotals:
         correct: images whose top-1 prediction was right.
         seen: images trained on so far in this epoch.
         seconds: training time of the epoch so far (evaluation excluded).
-        lr: the learning rate of the last step taken.
+        lr: the mean learning rate of the steps taken so far in the epoch.
         skipped: unreadable images left out of the epoch (set when the epoch ends).
     """
 

@@ -23,7 +23,7 @@ together.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,17 @@ from densenet.training import distributed, progress
 from densenet.training.build import build_run, check_recipe
 from densenet.training.checkpoint import CheckpointError, EpochTotals, TrainingCheckpoint, kept_checkpoint, rng_state
 from densenet.training.distributed import Context
+from densenet.training.earlystop import should_stop
+from densenet.training.imagesize import with_image_size
 from densenet.training.loop import epoch_row, evaluate, start_epoch, train_epoch
 from densenet.training.metrics import EvalResult
 from densenet.training.recipe import TrainConfig
 from densenet.training.rundir import checkpoint_to_use, run_directory, run_records
+from densenet.training.runlock import run_lock
 from densenet.training.runlog import RunLog
 from densenet.training.schedule import lr_factor
 from densenet.training.signals import StopRequest
+from densenet.training.splitrecord import record_val_split
 from densenet.training.step import TrainingDiverged
 from densenet.weights import WeightsError, load_weights
 
@@ -61,6 +65,7 @@ class TrainResult:
         train_seconds: time spent in training steps, evaluation excluded.
         interrupted: stopped by Ctrl-C / SIGTERM; the checkpoint lets ``resume`` continue.
         epoch: finished epochs; step: optimiser steps done in the unfinished epoch.
+        stopped_early: ended by ``early_stop`` before ``epochs``.
     """
 
     run_dir: Path
@@ -72,6 +77,7 @@ class TrainResult:
     interrupted: bool
     epoch: int
     step: int
+    stopped_early: bool = field(default=False)
 
 
 def train(config: TrainConfig, model: DenseNet | None = None) -> TrainResult:
@@ -92,7 +98,10 @@ def train(config: TrainConfig, model: DenseNet | None = None) -> TrainResult:
     """
     context = distributed.setup(config.device)
     try:
-        return _Trainer(config, context, model).fit()
+        config = with_image_size(config)
+        run_dir = run_directory(config, context)
+        with run_lock(run_dir, context.is_main):
+            return _Trainer(config, context, model, run_dir).fit()
     finally:
         distributed.cleanup(context)
 
@@ -101,11 +110,11 @@ class _Trainer:
     """A run's position (epoch, step, the unfinished epoch's totals, history, best accuracy) and the loop over
     epochs: train, evaluate, save; a signal saves mid-epoch and stops."""
 
-    def __init__(self, config: TrainConfig, context: Context, model: DenseNet | None) -> None:
+    def __init__(self, config: TrainConfig, context: Context, model: DenseNet | None, run_dir: Path) -> None:
         self.config = config
         self.context = context
         micro_batch = check_recipe(config, context)
-        self.run_dir = run_directory(config, context)
+        self.run_dir = run_dir
         self.checkpoint_path = checkpoint_to_use(self.run_dir, config.resume)
         self.run = build_run(config, context, model, micro_batch)
         self.epoch = 0
@@ -144,13 +153,14 @@ class _Trainer:
         with run_records(self.run_dir, self.checkpoint_path, self.epoch, context.is_main) as runlog:
             if runlog:
                 runlog.write_config(config)
+                record_val_split(config, self.run_dir)
                 progress.log_start(config, context, self.run.model, (len(self.run.train_split),
                                    len(self.run.eval_split)), len(self.run.class_names), self.run.steps_per_epoch,
-                                   self.run_dir)
+                                   self.run_dir, self.run.train_loader.augment)
                 if config.resume:
                     progress.log_resume(self.epoch, self.step)
             with self.stop.handling_signals():
-                while self.epoch < config.epochs:
+                while self.epoch < config.epochs and not self.stopped_early:
                     if not self._train_epoch():
                         interrupted = True
                         self._save_checkpoint()
@@ -165,7 +175,12 @@ class _Trainer:
             progress.log_interrupted(self.epoch, self.step, self.run.steps_per_epoch, self.checkpoint_path)
         return TrainResult(self.run_dir, self.run.model, self.history, None if interrupted else final,
                            max(self.best_acc, 0.0), sum(row["train_seconds"] for row in self.history),
-                           interrupted, self.epoch, self.step)
+                           interrupted, self.epoch, self.step, self.stopped_early)
+
+    @property
+    def stopped_early(self) -> bool:
+        """``early_stop`` epochs passed without a better evaluation top-1 (from the history: resume-safe)."""
+        return self.epoch < self.config.epochs and should_stop(self.history, self.config.early_stop)
 
     def _train_epoch(self) -> bool:
         """The unfinished epoch from ``self.step`` on; ``False`` when stopped by a signal (state saved by the
@@ -206,6 +221,8 @@ class _Trainer:
         if runlog:
             runlog.write_epoch(self.history)
             progress.log_epoch(row, self.config.epochs)
+            if self.stopped_early:
+                progress.log_early_stop(self.history, self.config.early_stop)
 
     def _save_checkpoint(self) -> None:
         states = distributed.gather(rng_state(), self.context)

@@ -49,8 +49,8 @@ def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate
         totals.loss_sum += taken.loss_sum
         totals.correct += taken.correct
         totals.seen += taken.seen
-        totals.lr = taken.lr
         step += 1
+        totals.lr += (taken.lr - totals.lr) / step  # the mean lr of the epoch's steps so far (resume-safe)
         totals.seconds = time.perf_counter() - started
         report(step, totals)
         if stop.agreed:
@@ -77,7 +77,7 @@ def evaluate(run: Run) -> EvalResult:
 
 def epoch_row(run: Run, epoch: int, totals: EpochTotals, result: EvalResult) -> dict[str, float]:
     """The row of ``metrics.csv`` for finished epoch ``epoch`` (0-based): training totals summed over processes,
-    the evaluation, and the lr of the epoch's last step."""
+    the evaluation, and the mean lr of the epoch's steps."""
     summed = distributed.all_reduce(torch.tensor([totals.loss_sum, totals.correct, totals.seen, totals.skipped],
                                                  dtype=torch.float64), run.context)
     loss_sum, correct, seen, skipped = summed.tolist()

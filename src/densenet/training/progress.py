@@ -21,13 +21,15 @@ StepReporter = Callable[[int, EpochTotals], None]
 
 
 def log_start(config: TrainConfig, context: Context, model: DenseNet, images: tuple[int, int], classes: int,
-              steps_per_epoch: int, run_dir: Path) -> None:
-    """The run's first line: model, parameters, data (``images`` = train, eval), processes, steps per epoch."""
+              steps_per_epoch: int, run_dir: Path, augment: str = "none") -> None:
+    """The run's first line: model, parameters, data (``images`` = train, eval), input size and augmentation,
+    processes, steps per epoch."""
     params = sum(p.numel() for p in model.parameters())
-    logger.info("training %s (%s parameters) on %s: %d train / %d eval images, %d classes, %s × %d process(es), "
-                "%d steps/epoch; run directory %s", model.meta.name or "a custom DenseNet", f"{params:,}",
-                config.dataset, images[0], images[1], classes, context.device, context.world_size, steps_per_epoch,
-                run_dir)
+    side = model.meta.input_preprocessing(model.config).crop
+    logger.info("training %s (%s parameters) on %s: %d train / %d eval images, %d classes, %d×%d input, "
+                "augmentation %s, %s × %d process(es), %d steps/epoch; run directory %s",
+                model.meta.name or "a custom DenseNet", f"{params:,}", config.dataset, images[0], images[1], classes,
+                side, side, augment, context.device, context.world_size, steps_per_epoch, run_dir)
 
 
 def log_resume(epoch: int, step: int) -> None:
@@ -73,10 +75,18 @@ def step_reporter(config: TrainConfig, context: Context, epoch: int, step: int, 
 def log_epoch(row: dict[str, float], epochs: int) -> None:
     """The line after an epoch: its training and evaluation metrics (a row of ``metrics.csv``)."""
     skipped = row["skipped_images"]
-    logger.info("epoch %d/%d  train loss %.4f acc %.2f%%  eval loss %.4f acc %.2f%%  lr %.4g  %.0f img/s  %.1fs%s",
+    logger.info("epoch %d/%d  train loss %.4f acc %.2f%%  eval loss %.4f acc %.2f%%  mean lr %.4g  %.0f img/s  "
+                "%.1fs%s",
                 row["epoch"], epochs, row["train_loss"], 100 * row["train_acc"], row["eval_loss"],
                 100 * row["eval_acc"], row["lr"], row["images_per_second"], row["train_seconds"],
                 f"  skipped {int(skipped)} unreadable image(s)" if skipped else "")
+
+
+def log_early_stop(history: list[dict[str, float]], patience: int | None) -> None:
+    """The line after the epoch that ends a run early: how long it went without improving, and the best epoch."""
+    best = max(history, key=lambda row: row["eval_acc"])
+    logger.info("early stop after epoch %d: eval acc has not improved for %s epoch(s) (best %.2f%% at epoch %d)",
+                history[-1]["epoch"], patience, 100 * best["eval_acc"], best["epoch"])
 
 
 def log_interrupted(epoch: int, step: int, steps_per_epoch: int, checkpoint: Path) -> None:

@@ -23,6 +23,9 @@ from densenet.data.transforms import AUGMENTATIONS
 from densenet.fileio import write_text
 
 SCHEDULES = ("step", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
+# The defaults of lr and weight_decay for each optimiser: the paper's SGD, and AdamW's usual fine-tuning values
+OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 1e-4}, "adamw": {"lr": 1e-3, "weight_decay": 0.05}}
 AMP_MODES = ("off", "bf16", "fp16")
 
 
@@ -40,9 +43,13 @@ class TrainConfig:
     dataset: str = _field("digits", "data set", choices=DATASETS)
     data_dir: str | None = _field(None, "root of cifar10/cifar100 batches or of a folder with train/ and val/ or test/")
     download: bool = _field(False, "let torchvision download cifar10/cifar100 into --data-dir")
-    image_size: int | None = _field(None, "network input side (default: 8 digits, 32 CIFAR, 224 ImageNet-style folder)")
+    image_size: int | None = _field(None, "network input side (default: 8 digits, 32 CIFAR and synthetic; folder: the "
+                                          "median shorter side of 64 of its images, at most 224, at least the "
+                                          "model's smallest input)")
     augment: str = _field("auto", "training augmentation (auto: by data set)", choices=AUGMENTATIONS)
     cache: bool = _field(False, "folder: decode every image once into memory (small images)")
+    val_fraction: float | None = _field(None, "folder with train/ only: hold out this fraction of it (stratified "
+                                              "by class, by --seed) as the validation split")
     train_limit: int | None = _field(None, "use at most N training images (fixed random subset; synthetic: N images)")
     eval_limit: int | None = _field(None, "use at most N evaluation images")
     workers: int | None = _field(None, "loader worker processes for image files (default: half the CPUs, at most 8)")
@@ -60,10 +67,13 @@ class TrainConfig:
     # optimisation
     epochs: int = _field(10, "epochs to train")
     batch_size: int = _field(64, "images per optimiser step, over all processes and accumulation steps")
-    lr: float = _field(0.1, "peak learning rate")
+    optimizer: str = _field("sgd", "sgd (with --momentum, --nesterov) or adamw (decoupled weight decay)",
+                            choices=OPTIMIZERS)
+    lr: float | None = _field(None, "peak learning rate (default: 0.1 sgd, 0.001 adamw)")
     momentum: float = _field(0.9, "SGD momentum")
     nesterov: bool = _field(True, "Nesterov momentum")
-    weight_decay: float = _field(1e-4, "L2 weight decay")
+    weight_decay: float | None = _field(None, "weight decay of every parameter (default: 1e-4 sgd, L2; 0.05 adamw, "
+                                              "decoupled)")
     schedule: str = _field("step", "step: ×gamma at each milestone; cosine: cosine decay to 0", choices=SCHEDULES)
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75], metadata={
         "help": "step schedule: fractions of training where lr is multiplied by gamma"})
@@ -71,6 +81,8 @@ class TrainConfig:
     warmup_epochs: float = _field(0.0, "linear warm-up from 0 to lr over this many epochs")
     label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy")
     accumulate: int = _field(1, "micro-batches per optimiser step (gradient accumulation)")
+    early_stop: int | None = _field(None, "stop after this many epochs without a better evaluation top-1 (default: "
+                                          "none, train every epoch)")
     # execution
     amp: str = _field("off", "autocast: bf16 (CPU or CUDA) or fp16 (CUDA, with gradient scaling)", choices=AMP_MODES)
     channels_last: bool = _field(False, "channels-last memory format")
@@ -94,6 +106,11 @@ class TrainConfig:
             if choices and value not in choices:
                 raise ValueError(f"config key {item.name!r} must be one of {', '.join(choices)}, got {value!r}")
             setattr(self, item.name, value)
+        for name, default in OPTIMIZER_DEFAULTS[self.optimizer].items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ValueError(f"early_stop counts epochs without improvement: at least 1, got {self.early_stop}")
         for name in ("epochs", "batch_size", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -132,6 +149,7 @@ class TrainConfig:
             name=self.dataset, data_dir=self.data_dir, download=self.download, image_size=self.image_size,
             augment=self.augment, cache=self.cache, in_chans=int(self.model_args.get("in_chans", 3)),
             train_limit=self.train_limit, eval_limit=self.eval_limit, seed=self.seed,
+            val_fraction=self.val_fraction,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,36 @@
+"""A validation split held out of a training folder (``--val-fraction``): stratified by class, a pure function of
+the sorted file list, the fraction and the seed, so a resumed run holds out the same images."""
+
+from __future__ import annotations
+
+from densenet.data.images import ImageFiles
+
+
+def held_out(files: ImageFiles, fraction: float, seed: int, train: bool) -> ImageFiles:
+    """The training part (``train``) or the held-out part of ``files``: ``round(fraction · N)`` images (at least
+    one per class) chosen by scikit-learn's stratified ``train_test_split`` with ``random_state = seed mod 2³²``.
+
+    Raises:
+        ValueError: ``fraction`` is not in (0, 1), or the split cannot keep every class on both sides (a class
+            with a single image, or fewer held-out images than classes); the message says which.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    targets = [target for _, target in files.samples]
+    counts = [targets.count(index) for index in range(len(files.class_names))]
+    single = [name for name, count in zip(files.class_names, counts, strict=True) if count < 2]
+    if single:
+        raise ValueError(f"cannot hold out a stratified validation split of {files.root}: class(es) with fewer than "
+                         f"2 images: {', '.join(single[:5])}")
+    classes = len(files.class_names)
+    size = len(targets)
+    held = round(fraction * size)
+    if held < classes or size - held < classes:
+        raise ValueError(f"--val-fraction {fraction} of {size} images holds out {held}; a stratified split needs at "
+                         f"least {classes} (one per class) on each side")
+    train_indices, val_indices = train_test_split(list(range(size)), test_size=held, stratify=targets,
+                                                  random_state=seed % 2**32)
+    chosen = sorted(train_indices if train else val_indices)
+    return ImageFiles(files.root, [files.samples[i] for i in chosen], files.class_names)
