@@ -107,6 +107,7 @@ def _is_main_process() -> bool:
 def cmd_train(args: argparse.Namespace) -> int:
     """``densenet train``: train, writing the run directory; Ctrl-C saves a checkpoint and exits with 130."""
     from densenet.training.engine import train
+    from densenet.training.multilabel import MultiLabelResult
 
     result = train(train_config(args))
     if not _is_main_process():
@@ -115,6 +116,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"interrupted; continue with: densenet train --resume {result.run_dir}", file=sys.stderr)
         return 130
     assert result.final is not None
+    if isinstance(result.final, MultiLabelResult):
+        print(f"final eval {result.final.headline()} (best mean AUROC {result.best_acc:.3f}) after "
+              f"{len(result.history)} epochs, {result.train_seconds:.1f} s of training; run directory {result.run_dir}")
+        return 0
     print(f"final eval top-1 {result.final.top1:.2%} (best {result.best_acc:.2%}) after {len(result.history)} "
           f"epochs, {result.train_seconds:.1f} s of training; run directory {result.run_dir}")
     return 0

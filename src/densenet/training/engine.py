@@ -33,13 +33,13 @@ from densenet.training.build import build_run, check_recipe
 from densenet.training.checkpoint import CheckpointError, EpochTotals, TrainingCheckpoint, kept_checkpoint, rng_state
 from densenet.training.distributed import Context
 from densenet.training.loop import epoch_row, evaluate, start_epoch, train_epoch
-from densenet.training.metrics import EvalResult
 from densenet.training.recipe import TrainConfig
 from densenet.training.rundir import checkpoint_to_use, run_directory, run_records
 from densenet.training.runlog import RunLog
 from densenet.training.schedule import lr_factor
 from densenet.training.signals import StopRequest
 from densenet.training.step import TrainingDiverged
+from densenet.training.task import Result
 from densenet.weights import WeightsError, load_weights
 
 __all__ = ["BEST_DIR", "LAST_DIR", "TrainResult", "TrainingDiverged", "lr_factor", "train"]
@@ -57,7 +57,7 @@ class TrainResult:
         model: the trained network (the final weights, not the best).
         history: one dict of metrics per finished epoch (the columns of ``metrics.csv``).
         final: evaluation of the final weights (``None`` when interrupted).
-        best_acc: best evaluation top-1 accuracy over the epochs.
+        best_acc: best evaluation top-1 accuracy over the epochs (multi-label: best mean AUROC).
         train_seconds: time spent in training steps, evaluation excluded.
         interrupted: stopped by Ctrl-C / SIGTERM; the checkpoint lets ``resume`` continue.
         epoch: finished epochs; step: optimiser steps done in the unfinished epoch.
@@ -66,7 +66,7 @@ class TrainResult:
     run_dir: Path
     model: DenseNet
     history: list[dict[str, float]]
-    final: EvalResult | None
+    final: Result | None
     best_acc: float
     train_seconds: float
     interrupted: bool
@@ -139,7 +139,7 @@ class _Trainer:
     def fit(self) -> TrainResult:
         """Train the remaining epochs (or until a signal), writing the run directory; the run's result."""
         config, context = self.config, self.context
-        final: EvalResult | None = None
+        final: Result | None = None
         interrupted = False
         with run_records(self.run_dir, self.checkpoint_path, self.epoch, context.is_main) as runlog:
             if runlog:
@@ -185,7 +185,7 @@ class _Trainer:
         return (f"at epoch {self.epoch + 1}, step {step + 1}: training stopped; "
                 f"{kept_checkpoint(self.checkpoint_path)}")
 
-    def _end_epoch(self, result: EvalResult, runlog: RunLog | None) -> None:
+    def _end_epoch(self, result: Result, runlog: RunLog | None) -> None:
         """Record the finished epoch, save last/ (and best/ when it improved) and the checkpoint, log it."""
         if not math.isfinite(result.loss):  # the epoch's last step diverged after its loss was checked
             raise TrainingDiverged(f"evaluation loss is {result.loss} after epoch {self.epoch + 1}: the weights "
@@ -196,8 +196,10 @@ class _Trainer:
         self.history.append(row)
         self.epoch += 1
         self.step = 0
-        improved = result.top1 > self.best_acc
-        self.best_acc = max(self.best_acc, result.top1)
+        score = self.run.task.score(result)  # top-1, or mean AUROC for multi-label
+        improved = score > self.best_acc
+        self.best_acc = max(self.best_acc, score)
+        self.run.model.meta = self.run.task.saved_meta(self.run.model.meta, result)
         if self.context.is_main:
             self.run.model.save_pretrained(self.run_dir / LAST_DIR)
             if improved:

@@ -77,6 +77,11 @@ def log_epoch(row: dict[str, float], epochs: int) -> None:
                 row["epoch"], epochs, row["train_loss"], 100 * row["train_acc"], row["eval_loss"],
                 100 * row["eval_acc"], row["lr"], row["images_per_second"], row["train_seconds"],
                 f"  skipped {int(skipped)} unreadable image(s)" if skipped else "")
+    if "eval_mean_auroc" in row:  # multi-label: the means, then each label's AUROC / AP
+        labels = [key.split("/", 1)[1] for key in row if key.startswith("eval_auroc/")]
+        logger.info("epoch %d/%d  eval mean AUROC %.4f  mean AP %.4f  per label AUROC/AP: %s", row["epoch"], epochs,
+                    row["eval_mean_auroc"], row["eval_mean_ap"], ", ".join(
+                        f"{name} {row['eval_auroc/' + name]:.3f}/{row['eval_ap/' + name]:.3f}" for name in labels))
 
 
 def log_interrupted(epoch: int, step: int, steps_per_epoch: int, checkpoint: Path) -> None:

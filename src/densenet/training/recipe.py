@@ -24,6 +24,7 @@ from densenet.fileio import write_text
 
 SCHEDULES = ("step", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
+POS_WEIGHTS = ("none", "auto")
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -38,7 +39,8 @@ class TrainConfig:
 
     # data
     dataset: str = _field("digits", "data set", choices=DATASETS)
-    data_dir: str | None = _field(None, "root of cifar10/cifar100 batches or of a folder with train/ and val/ or test/")
+    data_dir: str | None = _field(None, "root of cifar10/cifar100 batches, of a folder with train/ and val/ or test/, "
+                                        "or of a csv data set (train.csv and val.csv or test.csv)")
     download: bool = _field(False, "let torchvision download cifar10/cifar100 into --data-dir")
     image_size: int | None = _field(None, "network input side (default: 8 digits, 32 CIFAR, 224 ImageNet-style folder)")
     augment: str = _field("auto", "training augmentation (auto: by data set)", choices=AUGMENTATIONS)
@@ -70,6 +72,8 @@ class TrainConfig:
     gamma: float = _field(0.1, "step schedule: factor at each milestone")
     warmup_epochs: float = _field(0.0, "linear warm-up from 0 to lr over this many epochs")
     label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy")
+    pos_weight: str = _field("none", "multi-label (CSV label columns): positive weight of each label's BCE; auto: "
+                                     "negatives/positives of the training labels", choices=POS_WEIGHTS)
     accumulate: int = _field(1, "micro-batches per optimiser step (gradient accumulation)")
     # execution
     amp: str = _field("off", "autocast: bf16 (CPU or CUDA) or fp16 (CUDA, with gradient scaling)", choices=AMP_MODES)
