@@ -1,10 +1,11 @@
 """A generated multi-label image set with a known answer, written as a CSV data set (:mod:`densenet.data.csv_table`).
 
 Each image is ``size × size`` RGB noise. Five labels, each present with probability ``present`` independently of
-the others: four shapes — ``circle`` (a ring), ``square``, ``triangle`` (both filled), ``cross`` — drawn in a random colour and size,
-each in its own quadrant (which quadrant is random), and one texture, ``stripes``: bright horizontal stripes over
-the whole background. A label's answer is exactly whether it was drawn; a fraction ``unknown`` of the cells is left
-empty in the CSV (the image still has or lacks the shape, the label is just not told), so training must mask them.
+the others: four shapes — ``circle`` (a ring), ``square``, ``triangle`` (both filled), ``cross`` — drawn in a
+random colour and size, each in its own quadrant (which quadrant is random), and one texture, ``stripes``: bright
+horizontal stripes over the whole background. A label's answer is exactly whether it was drawn; a fraction
+``unknown`` of the cells is left empty in the CSV (the image still has or lacks the shape, the label is just not
+told), so training must mask them.
 
 ``ROOT/images/{train,val}/NNNNN.png``, ``ROOT/train.csv`` and ``ROOT/val.csv`` (``path`` + one column per label).
 """
