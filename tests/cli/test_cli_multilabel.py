@@ -127,3 +127,12 @@ def test_task_mismatches_are_one_line_errors(shapes, shapes_run, tmp_path, capsy
                              "--out", str(tmp_path / "run"), *TINY_FLAGS], "train", "--pos-weight applies to multi")
     _one_line_error(capsys, ["eval", "--weights", str(shapes_run / "best"), "--dataset", "folder", "--data-dir",
                              str(folder)], "eval", "the weights are multi-label; folder's evaluation split is single")
+
+
+def test_multilabel_demo(shapes, tmp_path, capsys):
+    assert main(["demo", "--multilabel", "--data-dir", str(shapes), "--epochs", "1", "--train-limit", "64",
+                 "--eval-limit", "32", "--samples", "2", "--out", str(tmp_path / "run"), "--log-every", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "multi-label shapes (circle, square, triangle, cross, stripes): final mean AUROC" in out
+    assert out.count("images/val/") == 2 and "predicted " in out and " true " in out
+    assert json.loads((tmp_path / "run" / "best" / "config.json").read_text())["task"] == "multi_label"

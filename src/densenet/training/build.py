@@ -123,7 +123,7 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
         raise ValueError(f"the evaluation split's classes {eval_split.class_names} differ from the "
                          f"training split's {class_names}")
     check_frozen_training(config, context.distributed)
-    task = task_for(train_split, class_names, config.pos_weight, config.label_smoothing)
+    task = task_for(train_split, class_names, config.pos_weight, config.label_smoothing, context.is_main)
     preprocessing = preprocessing_for(spec, train_split)
     model = _model(config, model, class_names, preprocessing.channels)
     preprocessing = with_normalisation(preprocessing, load_start_weights(config, model))

@@ -151,9 +151,10 @@ def task_of(meta: ModelMeta) -> Task:
     return MultiLabel() if meta.task == MULTI_LABEL else SingleLabel()
 
 
-def task_for(train_split: Split, class_names: Sequence[str], pos_weight: str, label_smoothing: float) -> Task:
+def task_for(train_split: Split, class_names: Sequence[str], pos_weight: str, label_smoothing: float,
+             announce: bool = True) -> Task:
     """The task of a training split: multi-label when its targets are label vectors (a CSV with label columns),
-    else single-label.
+    else single-label; ``announce`` logs a multi-label task's labels, unknown share and positive weights.
 
     Raises:
         ValueError: ``pos_weight`` on single-label data, label smoothing on multi-label data, or ``auto`` positive
@@ -169,7 +170,8 @@ def task_for(train_split: Split, class_names: Sequence[str], pos_weight: str, la
         raise ValueError("--label-smoothing applies to single-label classes, not to multi-label data")
     weights = positive_weights(labels, class_names) if pos_weight == "auto" else None
     unknown = float(torch.isnan(labels).float().mean()) if labels.numel() else 0.0
-    logger.info("multi-label: %d labels, one sigmoid each, masked BCE (%.1f%% of the training labels unknown)%s",
-                len(class_names), 100 * unknown, "" if weights is None else ", positive weights " + ", ".join(
-                    f"{name} {w:.2f}" for name, w in zip(class_names, weights.tolist(), strict=True)))
+    if announce:
+        logger.info("multi-label: %d labels, one sigmoid each, masked BCE (%.1f%% of the training labels unknown)%s",
+                    len(class_names), 100 * unknown, "" if weights is None else ", positive weights " + ", ".join(
+                        f"{name} {w:.2f}" for name, w in zip(class_names, weights.tolist(), strict=True)))
     return MultiLabel(weights)
