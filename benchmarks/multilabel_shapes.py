@@ -1,6 +1,6 @@
 """The generated multi-label shapes set (``densenet.data.shapes``) learnt through the CLI: mean AUROC per epoch.
 
-    python benchmarks/multilabel_shapes.py [--train 2000] [--val 500] [--epochs 15] [--name multilabel_shapes]
+    python benchmarks/multilabel_shapes.py [--train 1000] [--val 300] [--epochs 12] [--name multilabel_shapes]
 
 Writes the CSV data set, runs ``densenet train --dataset csv`` (a tiny DenseNet-BC, blocks 2-2, growth 8, 32×32,
 ``--pos-weight auto``) and ``densenet eval --json`` on its ``best/`` as subprocesses, exactly as a user would, and
@@ -38,9 +38,9 @@ def densenet(*args: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=2000)
-    parser.add_argument("--val", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--train", type=int, default=1000)
+    parser.add_argument("--val", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--name", default="multilabel_shapes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:

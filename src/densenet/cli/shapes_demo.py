@@ -14,11 +14,11 @@ from densenet.training.recipe import TrainConfig
 
 # the recipe under --config files and flags; reaches mean AUROC ≥ 0.95 in minutes on two cores (benchmarks/NOTES.md)
 SHAPES_RECIPE: dict[str, object] = {
-    "dataset": "csv", "data_dir": "runs/shapes-data", "image_size": 32, "epochs": 15, "batch_size": 32, "lr": 0.1,
+    "dataset": "csv", "data_dir": "runs/shapes-data", "image_size": 32, "epochs": 12, "batch_size": 32, "lr": 0.1,
     "schedule": "cosine", "augment": "none", "pos_weight": "auto", "workers": 0,
     "model_args": {"block_config": [2, 2], "growth_rate": 8},
 }
-TRAIN_IMAGES, VAL_IMAGES = 2000, 500
+TRAIN_IMAGES, VAL_IMAGES = 1000, 300
 
 
 def report_shapes_demo(config: TrainConfig, samples: int) -> int:
