@@ -75,6 +75,7 @@ def test_cached_multi_label_split_keeps_label_vectors(tmp_path):
     ("path,cat\nimg/a.png,1\n", ValueError, "one label column 'cat'"),
     ("path,label,dog\nimg/a.png,1,0\n", ValueError, "a 'label' column and other columns"),
     ("path,cat,cat\nimg/a.png,1,0\n", ValueError, "repeats the column"),
+    ("path,,dog\nimg/a.png,1,0\n", ValueError, "column 2 of the header has no name"),
     ("path,cat,dog\nimg/a.png,1,0\nimg/zzz.png,0,1\n", FileNotFoundError, r"line 3: file .*zzz\.png does not exist"),
     ("path,cat,dog\nimg/a.png,1,2\n", ValueError, r"line 2: column 'dog' holds '2'; multi-label cells are 1, 0 or"),
     ("path,cat,dog\nimg/a.png,-1,0\n", ValueError, "CheXpert's -1"),

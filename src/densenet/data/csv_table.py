@@ -100,6 +100,8 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     if not numbered:
         raise ValueError(f"{path} is empty: expected a header with a '{PATH_COLUMN}' column and label column(s)")
     header = numbered[0][1]
+    if "" in header:
+        raise ValueError(f"{path}: column {header.index('') + 1} of the header has no name")
     if len(set(header)) != len(header):
         repeated = sorted({name for name in header if header.count(name) > 1})
         raise ValueError(f"{path} repeats the column(s) {', '.join(map(repr, repeated))}")
