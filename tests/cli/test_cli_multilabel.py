@@ -44,6 +44,12 @@ def test_generated_multi_label_set_learns(shapes_run, shapes, capsys, tmp_path):
     assert saved["task"] == "multi_label" and saved["class_names"] == list(LABELS)
     assert len(saved["thresholds"]) == len(LABELS) and all(0 < t < 1 for t in saved["thresholds"])
     assert (shapes_run / "roc_curves.png").read_bytes()[:4] == b"\x89PNG"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(shapes_run / "tensorboard"))
+    events.Reload()
+    assert {"eval/mean_auroc", "eval/mean_ap", "eval/auroc/cross", "eval/ap/cross"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("eval/mean_auroc")[-1].value == pytest.approx(float(rows[-1]["eval_mean_auroc"]))
 
     assert main(["eval", "--weights", str(shapes_run / "best"), "--dataset", "csv", "--data-dir", str(shapes),
                  "--json", "--out", str(tmp_path)]) == 0
