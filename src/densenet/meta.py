@@ -19,6 +19,8 @@ from densenet.config import DenseNetConfig
 MAX_IMAGE_SIDE = 8192  # largest resize/crop a Preprocessing accepts (a 3×8192² float32 input is 805 MB)
 # torchvision's ImageNet mean and standard deviation, the default normalisation
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
+TASKS = (SINGLE_LABEL, MULTI_LABEL)
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,17 @@ class ModelMeta:
         class_names: names of the classifier's outputs, in order; ``None`` when unknown.
         preprocessing: how an image becomes the input the weights expect; ``None`` when unknown (then
             :meth:`Preprocessing.standard` of the architecture applies).
+        task: ``"single_label"`` (one softmax over the classes) or ``"multi_label"`` (one sigmoid per label; the
+            class names are the label names).
+        thresholds: multi-label only: each label's decision threshold on its probability (positive iff
+            ``p >= threshold``), chosen on the validation split; ``None`` when not chosen (then 0.5).
     """
 
     name: str | None = None
     class_names: tuple[str, ...] | None = None
     preprocessing: Preprocessing | None = None
+    task: str = SINGLE_LABEL
+    thresholds: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None and not isinstance(self.name, str):
@@ -133,6 +141,15 @@ class ModelMeta:
             if isinstance(self.class_names, str) or not isinstance(self.class_names, (list, tuple)):
                 raise ValueError(f"class names must be a list of names, got {self.class_names!r}")
             object.__setattr__(self, "class_names", tuple(str(name) for name in self.class_names))
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.thresholds is not None:
+            if self.task != MULTI_LABEL or not isinstance(self.thresholds, (list, tuple)):
+                raise ValueError(f"thresholds are a list of numbers for a multi-label model, got {self.thresholds!r}")
+            if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1
+                       for t in self.thresholds):
+                raise ValueError(f"thresholds are probabilities in [0, 1], got {list(self.thresholds)}")
+            object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
 
     def check(self, config: DenseNetConfig) -> ModelMeta:
         """Return ``self`` after checking that it fits ``config`` (one name per class).
@@ -142,6 +159,8 @@ class ModelMeta:
         """
         if self.class_names is not None and len(self.class_names) != config.num_classes:
             raise ValueError(f"got {len(self.class_names)} class names for {config.num_classes} classes")
+        if self.thresholds is not None and len(self.thresholds) != config.num_classes:
+            raise ValueError(f"got {len(self.thresholds)} thresholds for {config.num_classes} labels")
         return self
 
     def replace(self, **changes: Any) -> ModelMeta:
@@ -153,9 +172,10 @@ class ModelMeta:
         return self.preprocessing or Preprocessing.standard(config)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``config.json`` entries: ``model_name``, ``class_names``, ``preprocessing``."""
+        """The ``config.json`` entries: ``model_name``, ``class_names``, ``preprocessing``, ``task``, ``thresholds``."""
         return {"model_name": self.name, "class_names": list(self.class_names) if self.class_names else None,
-                "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None}
+                "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
+                "task": self.task, "thresholds": list(self.thresholds) if self.thresholds is not None else None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
@@ -166,4 +186,5 @@ class ModelMeta:
         """
         preprocessing = data.get("preprocessing")
         return cls(data.get("model_name"), data.get("class_names"),
-                   None if preprocessing is None else Preprocessing.from_dict(preprocessing))
+                   None if preprocessing is None else Preprocessing.from_dict(preprocessing),
+                   data.get("task") or SINGLE_LABEL, data.get("thresholds"))

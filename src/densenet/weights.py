@@ -150,6 +150,8 @@ def save_pretrained(model: DenseNet, directory: str | Path) -> Path:
         "num_classes": model.config.num_classes,
         "class_names": meta["class_names"],
         "preprocessing": meta["preprocessing"],
+        "task": meta["task"],
+        "thresholds": meta["thresholds"],
     }
     write_text(directory / CONFIG_FILE, json.dumps(saved, indent=2) + "\n")
     return directory

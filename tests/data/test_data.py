@@ -322,7 +322,7 @@ def test_bad_specs():
         DataSpec("mnist")
     with pytest.raises(ValueError, match="needs a data directory"):
         DataSpec("folder")
-    with pytest.raises(ValueError, match="folder dataset only"):
+    with pytest.raises(ValueError, match="folder and csv datasets only"):
         DataSpec("digits", cache=True)
 
 

@@ -14,7 +14,8 @@ from densenet.data.datasets import DATASETS
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``eval`` and ``predict`` to the ``densenet`` subcommands."""
-    evaluate = commands.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of weights")
+    evaluate = commands.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of weights "
+                                   "(multi-label: per-label AUROC, AP and ROC curves)")
     evaluate.add_argument("--weights", required=True, help="save_pretrained directory (a run's best/ or last/)")
     evaluate.add_argument("--dataset", required=True, choices=DATASETS, help="data set whose evaluation split to use")
     evaluate.add_argument("--data-dir", default=None, help="root of cifar10/cifar100 or of an image folder")
@@ -24,11 +25,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evaluate.add_argument("--workers", type=count, default=None,
                           help="loader processes for image files (default: half the CPUs, at most 8)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    evaluate.add_argument("--out", default=None, help="where the confusion-matrix PNG goes (default: --weights)")
+    evaluate.add_argument("--out", default=None, help="where the confusion-matrix (multi-label: ROC-curves) PNG goes "
+                          "(default: --weights)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of the table")
     evaluate.set_defaults(handler=cmd_eval)
 
-    predict = commands.add_parser("predict", help="top-k classes of image files")
+    predict = commands.add_parser("predict", help="top-k classes of image files (multi-label: every label and the "
+                                  "positives)")
     predict.add_argument("--weights", required=True, help="directory written by save_pretrained")
     predict.add_argument("inputs", nargs="+", help="image files or directories (searched recursively)")
     predict.add_argument("--top-k", type=positive_int, default=5, help="classes to show per image")
@@ -40,9 +43,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``densenet eval``: metrics of saved weights on a data set's evaluation split."""
+    from densenet.cli.multilabel import report_multilabel
     from densenet.data.datasets import DataSpec
     from densenet.deploy.inference import evaluate_dataset, load_model, preprocessing_of
     from densenet.training.distributed import resolve_device
+    from densenet.training.multilabel import MultiLabelResult
     from densenet.training.plots import plot_confusion
 
     model = load_model(args.weights, resolve_device(args.device))
@@ -52,6 +57,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_dataset(model, spec, batch_size=args.batch_size, workers=args.workers)
     out = Path(args.out or args.weights)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(result, MultiLabelResult):
+        return report_multilabel(args, result, model.meta, out)
     figure = plot_confusion(result.confusion, result.class_names, out / f"eval_{args.dataset}_confusion.png",
                             title=f"{args.dataset}: top-1 {result.top1:.2%}")
     if args.json:
@@ -87,7 +94,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             predictions.append(item.to_dict())
         else:
             cells = [f"{name} {p:6.2%}" for name, p in zip(item.names, item.probabilities, strict=True)]
-            print(f"{str(item.path).ljust(width)}  " + "  ".join(cells))
+            found = item.positives
+            positives = "" if found is None else "  positives: " + (", ".join(found) or "none")
+            print(f"{str(item.path).ljust(width)}  " + "  ".join(cells) + positives)
     if args.json:
         print(json.dumps(predictions, indent=2))
     if failed:

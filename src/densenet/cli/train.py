@@ -25,6 +25,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     demo = commands.add_parser("demo", help="train a DenseNet-BC on the bundled digits and predict held-out digits")
     add_train_arguments(demo)
     demo.add_argument("--samples", type=positive_int, default=8, help="held-out digits to predict")
+    demo.add_argument("--multilabel", action="store_true",
+                      help="instead of digits: generate the multi-label shapes set (CSV, 5 labels, 15%% unknown) "
+                      "into --data-dir (default runs/shapes-data), train a tiny DenseNet-BC on it, and predict "
+                      "held-out images")
     demo.set_defaults(handler=cmd_demo)
 
 
@@ -70,8 +74,9 @@ def _shown(default: object) -> str:
     return str(default)
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    """Layer the run's own config.yaml (``--resume``), the ``--config`` files and the flags."""
+def train_config(args: argparse.Namespace, base: dict[str, object] | None = None) -> TrainConfig:
+    """Layer ``base`` (a demo's recipe), the run's own config.yaml (``--resume``), the ``--config`` files and the
+    flags."""
     names = {item.name for item in dataclasses.fields(TrainConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in names and name != "resume"}
     if "model_arg" in args:
@@ -83,7 +88,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             raise FileNotFoundError(f"nothing to resume: {run_config} does not exist")
         files.insert(0, run_config)
         overrides.update(out=args.resume, resume=True)
-    return load_config(*files, **overrides)
+    return load_config(*files, base=base, **overrides)
 
 
 def _model_args(items: list[str]) -> dict[str, object]:
@@ -108,6 +113,7 @@ def _is_main_process() -> bool:
 def cmd_train(args: argparse.Namespace) -> int:
     """``densenet train``: train, writing the run directory; Ctrl-C saves a checkpoint and exits with 130."""
     from densenet.training.engine import train
+    from densenet.training.multilabel import MultiLabelResult
 
     result = train(train_config(args))
     if not _is_main_process():
@@ -116,6 +122,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"interrupted; continue with: densenet train --resume {result.run_dir}", file=sys.stderr)
         return 130
     assert result.final is not None
+    if isinstance(result.final, MultiLabelResult):
+        print(f"final eval {result.final.headline()} (best mean AUROC {result.best_acc:.3f}) after "
+              f"{len(result.history)} epochs, {result.train_seconds:.1f} s of training; run directory {result.run_dir}")
+        return 0
     print(f"final eval top-1 {result.final.top1:.2%} (best {result.best_acc:.2%}) after {len(result.history)} "
           f"epochs, {result.train_seconds:.1f} s of training; run directory {result.run_dir}")
     if getattr(args, "report", False):
@@ -129,6 +139,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``densenet demo``: the digits run, then predictions for held-out digits read back from PNG files."""
     from densenet.cli.demo import run_demo
 
+    if args.multilabel:
+        from densenet.cli.shapes_demo import SHAPES_RECIPE, report_shapes_demo
+
+        return report_shapes_demo(train_config(args, base=SHAPES_RECIPE), samples=args.samples)
     demo = run_demo(train_config(args), samples=args.samples)
     run = demo.run
     if run.interrupted:

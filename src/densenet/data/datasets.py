@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
+from densenet.data.csv_table import csv_split
 from densenet.data.holdout import held_out
 from densenet.data.images import (
     IMAGE_EXTENSIONS,
@@ -27,7 +28,8 @@ from densenet.meta import IMAGENET_STATS, MAX_IMAGE_SIDE, Preprocessing
 logger = logging.getLogger("densenet")
 
 
-DATASETS = ("digits", "cifar10", "cifar100", "folder", "synthetic")
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "synthetic", "csv")
+FILE_DATASETS = ("folder", "csv")  # read from files: resized to image_size, may be cached
 # Per-channel mean and standard deviation of the CIFAR training images
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
@@ -92,12 +94,13 @@ class DataSpec:
             raise ValueError(f"val_fraction holds out part of a folder's train/; {self.name} has its own split")
         if self.in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3 for image data, got {self.in_chans}")
-        if self.name in ("cifar10", "cifar100", "folder") and not self.data_dir:
+        if self.name in ("cifar10", "cifar100", *FILE_DATASETS) and not self.data_dir:
             raise ValueError(f"dataset {self.name} needs a data directory (--data-dir)")
-        if self.cache and self.name != "folder":
-            raise ValueError("cache applies to the folder dataset only (the others are held in memory already)")
-        if self.augment_kind == "imagenet" and self.name != "folder":
-            raise ValueError(f"augment 'imagenet' needs the folder dataset, not {self.name}")
+        if self.cache and self.name not in FILE_DATASETS:
+            raise ValueError("cache applies to the folder and csv datasets only (the others are held in memory "
+                             "already)")
+        if self.augment_kind == "imagenet" and self.name not in FILE_DATASETS:
+            raise ValueError(f"augment 'imagenet' needs the folder or csv dataset, not {self.name}")
         if self.augment_kind == "imagenet" and self.cache:
             raise ValueError("augment 'imagenet' crops full-size images; it cannot run on a cached folder")
 
@@ -108,7 +111,7 @@ class DataSpec:
             return self.augment
         if self.name == "digits":
             return "shift"
-        if self.name == "folder":
+        if self.name in FILE_DATASETS:
             small = self.cache or (self.image_size is not None and self.image_size < 128)
             return "cifar" if small else "imagenet"
         return "cifar" if self.name.startswith("cifar") else "none"
@@ -118,7 +121,7 @@ class DataSpec:
         """Side of the network input."""
         if self.name == "digits":
             return self.image_size or 8
-        if self.name == "folder" and self.augment_kind == "imagenet":
+        if self.name in FILE_DATASETS and self.augment_kind == "imagenet":
             return self.image_size or 224
         return self.image_size or 32
 
@@ -145,7 +148,8 @@ def load_split(spec: DataSpec, split: str, preprocessing: Preprocessing | None =
         size = limit or SYNTHETIC_SIZES[0 if train else 1]
         return _synthetic(size, spec.in_chans, spec.crop, spec.seed + (0 if train else 1))
     else:
-        data = _limited(_folder(spec, train), limit, spec.seed)
+        data = _limited(_folder(spec, train) if spec.name == "folder" else csv_split(spec.data_dir or "", train),
+                        limit, spec.seed)
         if not spec.cache:
             return data
         mode = preprocessing.image_mode if preprocessing else ("L" if spec.in_chans == 1 else "RGB")

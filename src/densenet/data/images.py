@@ -27,7 +27,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 @dataclass
 class ImageTensors:
-    """A split held in memory: ``images`` ``uint8 (N, C, H, W)`` and ``targets`` ``int64 (N,)``."""
+    """A split held in memory: ``images`` ``uint8 (N, C, H, W)`` and ``targets`` ``int64 (N,)`` (multi-label:
+    ``float32 (N, L)``, ``nan`` = unknown)."""
 
     images: Tensor
     targets: Tensor
@@ -49,10 +50,11 @@ class ImageTensors:
 
 @dataclass
 class ImageFiles:
-    """A split read from files: ``samples`` are ``(path, class index)`` pairs, decoded when loaded."""
+    """A split read from files: ``samples`` are ``(path, target)`` pairs, decoded when loaded; the target is a
+    class index, or a ``float32 (L,)`` label vector for a multi-label split (:mod:`densenet.data.csv_table`)."""
 
     root: Path
-    samples: list[tuple[str, int]]
+    samples: list[tuple[str, Any]]
     class_names: list[str]
 
     def __len__(self) -> int:
@@ -128,6 +130,8 @@ def collate(items: list[Any]) -> tuple[Tensor, Tensor, list[Unreadable]]:
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.int64), bad
     images = torch.stack([image for image, _ in good])
+    if isinstance(good[0][1], Tensor):  # multi-label vectors: (B, L) float32
+        return images, torch.stack([target for _, target in good]), bad
     return images, torch.as_tensor([target for _, target in good], dtype=torch.int64), bad
 
 

@@ -16,14 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from densenet.data.csv_table import label_matrix
 from densenet.data.datasets import DataSpec, load_split
 from densenet.data.images import IMAGE_EXTENSIONS, read_image
 from densenet.data.loader import EpochBatches, Loader
 from densenet.data.transforms import eval_transform
 from densenet.deploy.optimize import OptimizedDenseNet, optimize_for_inference
-from densenet.meta import Preprocessing
+from densenet.meta import MULTI_LABEL, SINGLE_LABEL, ModelMeta, Preprocessing
 from densenet.model import DenseNet
-from densenet.training.metrics import Accumulator, EvalResult
+from densenet.training.multilabel import DEFAULT_THRESHOLD
+from densenet.training.task import Result, task_of
 from densenet.weights import from_pretrained
 
 Model = DenseNet | OptimizedDenseNet
@@ -31,22 +33,28 @@ Model = DenseNet | OptimizedDenseNet
 
 @dataclass
 class Prediction:
-    """The ``k`` most probable classes of one image, most probable first.
+    """The ``k`` most probable classes of one image, most probable first; for a multi-label model every label in
+    output order, and the positives.
 
     Attributes:
         path: the image file.
         indices: class indices.
         names: class names (the index as text when the weights carry no names).
-        probabilities: softmax probabilities [F7].
+        probabilities: softmax probabilities [F7] (multi-label: each label's sigmoid).
+        positives: multi-label only: the labels whose probability reaches their saved threshold.
     """
 
     path: Path
     indices: list[int]
     names: list[str]
     probabilities: list[float]
+    positives: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
+        if self.positives is not None:
+            return {"file": str(self.path), "probabilities": dict(zip(self.names, self.probabilities, strict=True)),
+                    "positives": self.positives}
         return {"file": str(self.path), "top_k": [
             {"index": i, "class": n, "probability": p}
             for i, n, p in zip(self.indices, self.names, self.probabilities, strict=True)]}
@@ -110,8 +118,24 @@ def top_k(logits: Tensor, k: int, class_names: Sequence[str] | None) -> list[tup
     return rows
 
 
+def scored(logits: Tensor, k: int, meta: ModelMeta) -> list[tuple[list[int], list[str], list[float], list[str] | None]]:
+    """Per row of ``logits``: single-label: :func:`top_k` (positives ``None``); multi-label: every label in output
+    order with its sigmoid probability, and the labels at or above their saved threshold (0.5 without one)."""
+    if meta.task != MULTI_LABEL:
+        return [(*row, None) for row in top_k(logits, k, meta.class_names)]
+    width = logits.shape[1]
+    names = list(meta.class_names) if meta.class_names else [str(i) for i in range(width)]
+    thresholds = meta.thresholds or (DEFAULT_THRESHOLD,) * width
+    rows = []
+    for row in torch.sigmoid(logits.float()).tolist():
+        positives = [name for name, p, t in zip(names, row, thresholds, strict=True) if p >= t]
+        rows.append((list(range(width)), names, row, positives))
+    return rows
+
+
 def predict(model: Model, inputs: Iterable[str | Path], k: int = 5, batch_size: int = 64) -> list[Prediction]:
-    """Top-``k`` classes of every image file in ``inputs`` (files, or directories searched recursively)."""
+    """Top-``k`` classes of every image file in ``inputs`` (files, or directories searched recursively); for a
+    multi-label model every label's probability and the positives (:func:`scored`)."""
     if k < 1 or batch_size < 1:
         raise ValueError(f"k and batch_size must be at least 1, got {k} and {batch_size}")
     preprocessing = preprocessing_of(model)
@@ -122,24 +146,24 @@ def predict(model: Model, inputs: Iterable[str | Path], k: int = 5, batch_size: 
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         logits = run_model(model, load_images(chunk, preprocessing).to(device))
-        for path, (indices, names, probabilities) in zip(chunk, top_k(logits, k, model.meta.class_names), strict=True):
-            predictions.append(Prediction(Path(path), indices, names, probabilities))
+        for path, row in zip(chunk, scored(logits, k, model.meta), strict=True):
+            predictions.append(Prediction(Path(path), *row))
     return predictions
 
 
-def evaluate(model: Model, batches: Iterable[tuple[Tensor, Tensor]], class_names: Sequence[str]) -> EvalResult:
-    """Loss, top-1, top-5, per-class accuracy and confusion matrix of ``model`` over ``(images, targets)`` batches."""
+def evaluate(model: Model, batches: Iterable[tuple[Tensor, Tensor]], class_names: Sequence[str]) -> Result:
+    """Loss, top-1, top-5, per-class accuracy and confusion matrix of ``model`` over ``(images, targets)`` batches
+    (multi-label weights: loss, per-label AUROC and AP, :class:`~densenet.training.multilabel.MultiLabelResult`)."""
     device = next(model.parameters()).device
     model.eval()
-    accumulator = Accumulator(list(class_names))
+    accumulator = task_of(model.meta).accumulator(list(class_names))
     for images, targets in batches:
         logits = run_model(model, images.to(device))
-        targets = targets.to(device)
-        accumulator.update(logits, targets, F.cross_entropy(logits, targets, reduction="sum"))
+        accumulator.update(logits, targets.to(device))
     return accumulator.result()
 
 
-def evaluate_dataset(model: Model, spec: DataSpec, batch_size: int = 256, workers: int | None = None) -> EvalResult:
+def evaluate_dataset(model: Model, spec: DataSpec, batch_size: int = 256, workers: int | None = None) -> Result:
     """Evaluate ``model`` on the evaluation split of ``spec``, preprocessed as the weights say.
 
     Raises:
@@ -147,6 +171,10 @@ def evaluate_dataset(model: Model, spec: DataSpec, batch_size: int = 256, worker
     """
     preprocessing = preprocessing_of(model)
     split = load_split(spec, "eval", preprocessing)
+    data_task = SINGLE_LABEL if label_matrix(split) is None else MULTI_LABEL
+    if data_task != model.meta.task:
+        raise ValueError(f"the weights are {model.meta.task.replace('_', '-')}; {spec.name}'s evaluation split is "
+                         f"{data_task.replace('_', '-')}")
     classes = model.config.num_classes
     if len(split.class_names) != classes:
         raise ValueError(f"the weights classify {classes} classes; {spec.name} has {len(split.class_names)}")

@@ -12,7 +12,7 @@ import torch
 from densenet.data.images import read_image
 from densenet.data.transforms import eval_transform
 from densenet.deploy import inference
-from densenet.deploy.inference import Model, Prediction, preprocessing_of, top_k
+from densenet.deploy.inference import Model, Prediction, preprocessing_of, scored
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class Failed:
 
 def predict_each(model: Model, paths: Sequence[str | Path], k: int = 5,
                  batch_size: int = 64) -> Iterator[Prediction | Failed]:
-    """For each of ``paths``, in order, its top-``k`` classes [F7], or :class:`Failed` when it cannot be read; the
+    """For each of ``paths``, in order, its top-``k`` classes [F7] (multi-label: every label and the positives,
+    :func:`~densenet.deploy.inference.scored`), or :class:`Failed` when it cannot be read; the
     readable images of each ``batch_size`` files run through the network together."""
     if k < 1 or batch_size < 1:
         raise ValueError(f"k and batch_size must be at least 1, got {k} and {batch_size}")
@@ -43,7 +44,7 @@ def predict_each(model: Model, paths: Sequence[str | Path], k: int = 5,
             except (ValueError, OSError) as error:  # corrupt, truncated, or gone since it was listed
                 failed[path] = Failed(path, str(error))
         logits = inference.run_model(model, torch.stack(images).to(device)) if images else None  # the one place it runs
-        rows = top_k(logits, k, model.meta.class_names) if logits is not None else []
+        rows = scored(logits, k, model.meta) if logits is not None else []
         predicted = {path: Prediction(path, *row) for path, row in zip(readable, rows, strict=True)}
         for path in chunk:
             yield failed[path] if path in failed else predicted[path]

@@ -31,6 +31,7 @@ from densenet.training.memory import check_memory
 from densenet.training.optimizers import make_optimizer
 from densenet.training.recipe import TrainConfig
 from densenet.training.schedule import lr_scheduler
+from densenet.training.task import Task, task_for
 
 logger = logging.getLogger("densenet")
 
@@ -50,6 +51,7 @@ class Run:
         train_loader, eval_loader: this process's batches; micro_batch: images per forward pass.
         steps_per_epoch: optimiser steps per epoch (micro-batches / accumulate).
         optimizer, scheduler, scaler, criterion: SGD or AdamW, its LR schedule, the fp16 gradient scaler, the loss.
+        task: single- or multi-label (:mod:`~densenet.training.task`): the loss, accuracy, evaluation, best metric.
     """
 
     context: Context
@@ -69,7 +71,8 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    criterion: nn.CrossEntropyLoss
+    criterion: nn.Module
+    task: Task
 
     @property
     def device(self) -> torch.device:
@@ -122,10 +125,11 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
         raise ValueError(f"the evaluation split's classes {eval_split.class_names} differ from the "
                          f"training split's {class_names}")
     check_frozen_training(config, context.distributed)
+    task = task_for(train_split, class_names, config.pos_weight, config.label_smoothing, context.is_main)
     preprocessing = preprocessing_for(spec, train_split)
     model = _model(config, model, class_names, preprocessing.channels)
     preprocessing = with_normalisation(preprocessing, load_start_weights(config, model))
-    model.meta = model.meta.replace(preprocessing=preprocessing)
+    model.meta = model.meta.replace(preprocessing=preprocessing, task=task.name)
     # fail before the run directory exists on input the network cannot train on
     model.config.check_input_size(preprocessing.crop, config.model, what="image size", hint=" (--image-size)")
     check_batch_statistics(model.config, micro_batch, preprocessing.crop)
@@ -155,7 +159,7 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
                config.freeze_epochs, train_loader, eval_loader, micro_batch, steps_per_epoch, optimizer,
                lr_scheduler(optimizer, config, steps_per_epoch),
                torch.amp.GradScaler(context.device.type, enabled=config.amp == "fp16"),
-               nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
+               task.criterion, task)
 
 
 def _model(config: TrainConfig, model: DenseNet | None, class_names: list[str], channels: int) -> DenseNet:

@@ -1,6 +1,7 @@
-"""Early stopping: a run ends when its evaluation top-1 has not improved for ``patience`` epochs.
+"""Early stopping: a run ends when its evaluation score (the task's: top-1 ``eval_acc``, or mean AUROC
+``eval_mean_auroc`` for multi-label) has not improved for ``patience`` epochs.
 
-Read off the history of epoch rows (``eval_acc``), which the checkpoint keeps, so a resumed run counts the same.
+Read off the history of epoch rows, which the checkpoint keeps, so a resumed run counts the same.
 """
 
 from __future__ import annotations

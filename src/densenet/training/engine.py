@@ -35,7 +35,6 @@ from densenet.training.distributed import Context
 from densenet.training.earlystop import should_stop
 from densenet.training.imagesize import with_image_size
 from densenet.training.loop import epoch_row, evaluate, start_epoch, train_epoch
-from densenet.training.metrics import EvalResult
 from densenet.training.recipe import TrainConfig
 from densenet.training.rundir import checkpoint_to_use, run_directory, run_records
 from densenet.training.runlock import run_lock
@@ -44,6 +43,7 @@ from densenet.training.schedule import lr_factor
 from densenet.training.signals import StopRequest
 from densenet.training.splitrecord import record_val_split
 from densenet.training.step import TrainingDiverged
+from densenet.training.task import Result
 from densenet.weights import WeightsError, load_weights
 
 __all__ = ["BEST_DIR", "LAST_DIR", "TrainResult", "TrainingDiverged", "lr_factor", "train"]
@@ -61,7 +61,7 @@ class TrainResult:
         model: the trained network (the final weights, not the best).
         history: one dict of metrics per finished epoch (the columns of ``metrics.csv``).
         final: evaluation of the final weights (``None`` when interrupted).
-        best_acc: best evaluation top-1 accuracy over the epochs.
+        best_acc: best evaluation top-1 accuracy over the epochs (multi-label: best mean AUROC).
         train_seconds: time spent in training steps, evaluation excluded.
         interrupted: stopped by Ctrl-C / SIGTERM; the checkpoint lets ``resume`` continue.
         epoch: finished epochs; step: optimiser steps done in the unfinished epoch.
@@ -71,7 +71,7 @@ class TrainResult:
     run_dir: Path
     model: DenseNet
     history: list[dict[str, float]]
-    final: EvalResult | None
+    final: Result | None
     best_acc: float
     train_seconds: float
     interrupted: bool
@@ -148,7 +148,7 @@ class _Trainer:
     def fit(self) -> TrainResult:
         """Train the remaining epochs (or until a signal), writing the run directory; the run's result."""
         config, context = self.config, self.context
-        final: EvalResult | None = None
+        final: Result | None = None
         interrupted = False
         with run_records(self.run_dir, self.checkpoint_path, self.epoch, context.is_main) as runlog:
             if runlog:
@@ -179,8 +179,10 @@ class _Trainer:
 
     @property
     def stopped_early(self) -> bool:
-        """``early_stop`` epochs passed without a better evaluation top-1 (from the history: resume-safe)."""
-        return self.epoch < self.config.epochs and should_stop(self.history, self.config.early_stop)
+        """``early_stop`` epochs passed without a better evaluation score — top-1, or mean AUROC for multi-label
+        (from the history: resume-safe)."""
+        return self.epoch < self.config.epochs and should_stop(self.history, self.config.early_stop,
+                                                               self.run.task.score_column)
 
     def _train_epoch(self) -> bool:
         """The unfinished epoch from ``self.step`` on; ``False`` when stopped by a signal (state saved by the
@@ -200,7 +202,7 @@ class _Trainer:
         return (f"at epoch {self.epoch + 1}, step {step + 1}: training stopped; "
                 f"{kept_checkpoint(self.checkpoint_path)}")
 
-    def _end_epoch(self, result: EvalResult, runlog: RunLog | None) -> None:
+    def _end_epoch(self, result: Result, runlog: RunLog | None) -> None:
         """Record the finished epoch, save last/ (and best/ when it improved) and the checkpoint, log it."""
         if not math.isfinite(result.loss):  # the epoch's last step diverged after its loss was checked
             raise TrainingDiverged(f"evaluation loss is {result.loss} after epoch {self.epoch + 1}: the weights "
@@ -211,8 +213,10 @@ class _Trainer:
         self.history.append(row)
         self.epoch += 1
         self.step = 0
-        improved = result.top1 > self.best_acc
-        self.best_acc = max(self.best_acc, result.top1)
+        score = self.run.task.score(result)  # top-1, or mean AUROC for multi-label
+        improved = score > self.best_acc
+        self.best_acc = max(self.best_acc, score)
+        self.run.model.meta = self.run.task.saved_meta(self.run.model.meta, result)
         if self.context.is_main:
             self.run.model.save_pretrained(self.run_dir / LAST_DIR)
             if improved:
@@ -222,7 +226,8 @@ class _Trainer:
             runlog.write_epoch(self.history)
             progress.log_epoch(row, self.config.epochs)
             if self.stopped_early:
-                progress.log_early_stop(self.history, self.config.early_stop)
+                progress.log_early_stop(self.history, self.config.early_stop, self.run.task.score_column,
+                                        self.run.task.metric_name)
 
     def _save_checkpoint(self) -> None:
         states = distributed.gather(rng_state(), self.context)

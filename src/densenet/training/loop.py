@@ -7,17 +7,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from densenet.data.seeds import mix_seed
 from densenet.training import distributed
 from densenet.training.build import Run
 from densenet.training.checkpoint import EpochTotals, set_rng_state
 from densenet.training.finetune import set_backbone_frozen
-from densenet.training.metrics import Accumulator, EvalResult
 from densenet.training.progress import StepReporter
 from densenet.training.signals import StopRequest
 from densenet.training.step import optimisation_step
+from densenet.training.task import Result
 
 
 def start_epoch(run: Run, seed: int, epoch: int, step: int, rng: dict[str, Any] | None) -> None:
@@ -59,10 +58,11 @@ def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate
     return step
 
 
-def evaluate(run: Run) -> EvalResult:
-    """Top-1/top-5 accuracy, loss and confusion of the plain model on the evaluation split, over all processes."""
+def evaluate(run: Run) -> Result:
+    """The task's metrics (top-1/top-5 accuracy, loss and confusion; multi-label: AUROC, AP) of the plain model on
+    the evaluation split, over all processes."""
     run.model.eval()
-    accumulator = Accumulator(run.class_names)
+    accumulator = run.task.accumulator(run.class_names)
     run.eval_loader.set_epoch(0)
     with torch.inference_mode():
         for images, targets in run.eval_loader:
@@ -70,21 +70,21 @@ def evaluate(run: Run) -> EvalResult:
             targets = targets.to(run.device, non_blocking=True)
             with run.autocast():
                 logits = run.model(images).float()
-            accumulator.update(logits, targets, F.cross_entropy(logits, targets, reduction="sum"))
-    accumulator.totals = distributed.all_reduce(accumulator.totals, run.context)
+            accumulator.update(logits, targets)
+    accumulator.reduce(run.context)
     return accumulator.result()
 
 
-def epoch_row(run: Run, epoch: int, totals: EpochTotals, result: EvalResult) -> dict[str, float]:
+def epoch_row(run: Run, epoch: int, totals: EpochTotals, result: Result) -> dict[str, float]:
     """The row of ``metrics.csv`` for finished epoch ``epoch`` (0-based): training totals summed over processes,
-    the evaluation, and the mean lr of the epoch's steps."""
+    the evaluation (the task's columns), and the mean lr of the epoch's steps."""
     summed = distributed.all_reduce(torch.tensor([totals.loss_sum, totals.correct, totals.seen, totals.skipped],
                                                  dtype=torch.float64), run.context)
     loss_sum, correct, seen, skipped = summed.tolist()
     seconds = totals.seconds
     return {
         "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-        "eval_loss": result.loss, "eval_acc": result.top1, "eval_top5": result.top5,
+        **run.task.eval_row(result),
         "lr": totals.lr, "train_seconds": seconds,
         "images_per_second": seen / seconds if seconds else 0.0, "skipped_images": skipped,
     }

@@ -1,7 +1,9 @@
-"""PNG plots of a run: loss and accuracy curves, and a confusion matrix (matplotlib, Agg backend)."""
+"""PNG plots of a run: loss and accuracy curves, a confusion matrix, and per-label ROC curves of a multi-label
+model (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from densenet.fileio import atomic_path
+from densenet.training.multilabel import MultiLabelResult, known_column
 
 
 def plot_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
@@ -60,3 +63,26 @@ def _save(figure: plt.Figure, path: str | Path) -> Path:
     finally:
         plt.close(figure)
     return path
+
+
+def plot_roc_curves(result: MultiLabelResult, path: str | Path, title: str = "ROC curves") -> Path:
+    """One ROC curve per label (scikit-learn's ``roc_curve`` over the label's known entries), its AUROC in the
+    legend, and the chance diagonal; a label whose known entries hold one class is listed without a curve."""
+    from sklearn.metrics import roc_curve
+
+    figure, axis = plt.subplots(figsize=(7, 6))
+    for column, (name, auroc) in enumerate(zip(result.class_names, result.auroc, strict=True)):
+        scores, labels = known_column(result.probabilities, result.targets, column)
+        if math.isnan(auroc):
+            axis.plot([], [], label=f"{name} (no AUROC: one class only)")
+            continue
+        false_positive, true_positive, _ = roc_curve(labels, scores)
+        axis.plot(false_positive, true_positive, label=f"{name} (AUROC {auroc:.3f})")
+    axis.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)
+    axis.set_xlabel("false positive rate (1 − specificity)")
+    axis.set_ylabel("true positive rate (sensitivity)")
+    axis.set_title(title)
+    axis.legend(loc="lower right", fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path)

@@ -80,13 +80,19 @@ def log_epoch(row: dict[str, float], epochs: int) -> None:
                 row["epoch"], epochs, row["train_loss"], 100 * row["train_acc"], row["eval_loss"],
                 100 * row["eval_acc"], row["lr"], row["images_per_second"], row["train_seconds"],
                 f"  skipped {int(skipped)} unreadable image(s)" if skipped else "")
+    if "eval_mean_auroc" in row:  # multi-label: the means, then each label's AUROC / AP
+        labels = [key.split("/", 1)[1] for key in row if key.startswith("eval_auroc/")]
+        logger.info("epoch %d/%d  eval mean AUROC %.4f  mean AP %.4f  per label AUROC/AP: %s", row["epoch"], epochs,
+                    row["eval_mean_auroc"], row["eval_mean_ap"], ", ".join(
+                        f"{name} {row['eval_auroc/' + name]:.3f}/{row['eval_ap/' + name]:.3f}" for name in labels))
 
 
-def log_early_stop(history: list[dict[str, float]], patience: int | None) -> None:
-    """The line after the epoch that ends a run early: how long it went without improving, and the best epoch."""
-    best = max(history, key=lambda row: row["eval_acc"])
-    logger.info("early stop after epoch %d: eval acc has not improved for %s epoch(s) (best %.2f%% at epoch %d)",
-                history[-1]["epoch"], patience, 100 * best["eval_acc"], best["epoch"])
+def log_early_stop(history: list[dict[str, float]], patience: int | None, column: str, metric_name: str) -> None:
+    """The line after the epoch that ends a run early: how long ``column`` (the task's score, ``metric_name``) went
+    without improving, and the best epoch."""
+    best = max(history, key=lambda row: row[column])
+    logger.info("early stop after epoch %d: eval %s has not improved for %s epoch(s) (best %.4f at epoch %d)",
+                history[-1]["epoch"], metric_name, patience, best[column], best["epoch"])
 
 
 def log_interrupted(epoch: int, step: int, steps_per_epoch: int, checkpoint: Path) -> None:

@@ -27,6 +27,7 @@ OPTIMIZERS = ("sgd", "adamw")
 # The defaults of lr and weight_decay for each optimiser: the paper's SGD, and AdamW's usual fine-tuning values
 OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 1e-4}, "adamw": {"lr": 1e-3, "weight_decay": 0.05}}
 AMP_MODES = ("off", "bf16", "fp16")
+POS_WEIGHTS = ("none", "auto")
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -41,7 +42,8 @@ class TrainConfig:
 
     # data
     dataset: str = _field("digits", "data set", choices=DATASETS)
-    data_dir: str | None = _field(None, "root of cifar10/cifar100 batches or of a folder with train/ and val/ or test/")
+    data_dir: str | None = _field(None, "root of cifar10/cifar100 batches, of a folder with train/ and val/ or test/, "
+                                        "or of a csv data set (train.csv and val.csv or test.csv)")
     download: bool = _field(False, "let torchvision download cifar10/cifar100 into --data-dir")
     image_size: int | None = _field(None, "network input side (default: 8 digits, 32 CIFAR and synthetic; folder: the "
                                           "median shorter side of 64 of its images, at most 224, at least the "
@@ -80,6 +82,8 @@ class TrainConfig:
     gamma: float = _field(0.1, "step schedule: factor at each milestone")
     warmup_epochs: float = _field(0.0, "linear warm-up from 0 to lr over this many epochs")
     label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy")
+    pos_weight: str = _field("none", "multi-label (CSV label columns): positive weight of each label's BCE; auto: "
+                                     "negatives/positives of the training labels", choices=POS_WEIGHTS)
     accumulate: int = _field(1, "micro-batches per optimiser step (gradient accumulation)")
     early_stop: int | None = _field(None, "stop after this many epochs without a better evaluation top-1 (default: "
                                           "none, train every epoch)")
@@ -208,14 +212,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(*paths: str | Path, **overrides: Any) -> TrainConfig:
+def load_config(*paths: str | Path, base: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
     """A recipe from YAML files (later ones win; none: the defaults), with ``overrides`` applied on top.
 
-    ``model_args`` mappings are merged key by key rather than replaced.
+    ``model_args`` mappings are merged key by key rather than replaced. ``base`` (a recipe mapping, e.g. a demo's)
+    lies under the files.
     """
     check_keys(overrides, "overrides")
+    check_keys(base or {}, "base")
     merged: dict[str, Any] = {}
-    for layer in [*(read_yaml(path) for path in paths), overrides]:
+    for layer in [base or {}, *(read_yaml(path) for path in paths), overrides]:
         model_args = {**merged.get("model_args", {}), **(layer.get("model_args") or {})}
         merged.update(layer)
         if model_args:

@@ -65,7 +65,7 @@ def optimisation_step(run: Run, batches: Iterator[tuple[Tensor, Tensor]], accumu
             loss = run.criterion(logits.float(), targets)
         run.scaler.scale(loss / accumulate).backward()
         loss_sum += loss.detach() * len(targets)
-        correct += (logits.detach().argmax(1) == targets).sum()
+        correct += run.task.correct(logits.detach().float(), targets)
         seen += len(targets)
     flags = torch.stack([(~torch.isfinite(loss_sum)).float(), torch.tensor(float(stop.requested), device=device)])
     nonfinite, stopping = distributed.all_reduce(flags, run.context, torch.distributed.ReduceOp.MAX).tolist()
