@@ -43,6 +43,13 @@ def test_image_size_comes_from_the_data_within_the_models_limits(tmp_path):
     assert with_image_size(TrainConfig(dataset="synthetic")).image_size == 32
 
 
+def test_a_csv_table_of_images_takes_its_image_size_from_the_data(tmp_path):
+    _folder(tmp_path, [(12, 12)] * 4)
+    rows = "".join(f"train/c{i % 2}/{i}.png,c{i % 2}\n" for i in range(4))
+    (tmp_path / "train.csv").write_text("path,label\n" + rows)
+    assert with_image_size(TrainConfig(dataset="csv", data_dir=str(tmp_path))).image_size == 12
+
+
 def test_memory_readers(tmp_path, monkeypatch):
     assert [parse_bytes(text) for text in ("1000", "6G", "512MiB", "1.5k", "2 GB")] == [
         1000, 6 * 2**30, 512 * 2**20, 1536, 2 * 2**30]
