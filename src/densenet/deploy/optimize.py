@@ -269,7 +269,7 @@ class OptimizedDenseNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             # O_k = (1/HW) Σ_ij x_ijk   [F4] (over every spatial axis), then O = Wx + b   [F5]
             features = self.forward_features(x)
-            return self.classifier(features.mean(dim=tuple(range(2, features.dim()))))
+            return self.classifier(features.mean(dim=tuple(range(2, 2 + self.config.spatial_dims))))
 
 
 def optimize_for_inference(model: DenseNet, channels_last: bool = True) -> OptimizedDenseNet:
