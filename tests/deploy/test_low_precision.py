@@ -1,15 +1,29 @@
 """bfloat16 and int8 inference: float32 in and out, the trained network's accuracy kept, the int8 convolution
 against its definition, the saved directory, and the one-line errors."""
 
+import copy
+import json
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import densenet
+from densenet.cli import main
 from densenet.deploy import int8
 from densenet.deploy.int8 import QConv, QParams, code_bound, quantize_weight
 from densenet.deploy.optimize import optimize_for_inference
-from densenet.deploy.quantize import calibrate, check_int8_model, is_quantized, load_quantized, quantize, save_quantized
+from densenet.deploy.quantize import (
+    Int8UnavailableError,
+    calibrate,
+    check_int8_model,
+    is_quantized,
+    load_quantized,
+    quantize,
+    save_quantized,
+)
+from densenet.meta import ModelMeta, Preprocessing
 from helpers import max_relative_error
 
 needs_int8 = pytest.mark.skipif(not int8.int8_supported(),
@@ -118,7 +132,45 @@ def test_unsupported_architecture_and_cpu_say_so(trained_digits, monkeypatch):
     with pytest.raises(ValueError, match="needs bottleneck layers"):
         check_int8_model(plain)
     monkeypatch.setattr("densenet.deploy.quantize.int8_supported", lambda: False)
-    with pytest.raises(RuntimeError, match="no int8 dot-product instructions.*float32 and bfloat16 work"):
+    with pytest.raises(Int8UnavailableError, match="no int8 dot-product instructions.*float32 and bfloat16 work"):
         quantize(trained_digits[0], [trained_digits[1][:64]])
     with pytest.raises(TypeError, match="expects a densenet.DenseNet"):
         check_int8_model(torch.nn.Linear(2, 2))
+
+
+@pytest.fixture
+def digits_weights(trained_digits, tmp_path):
+    """The trained digits model saved as the tool saves weights: 8×8 grayscale, the digits' class names."""
+    model = copy.deepcopy(trained_digits[0])
+    model.meta = ModelMeta(class_names=tuple(str(i) for i in range(10)),
+                           preprocessing=Preprocessing("L", 8, 8, (0.3 * 16 / 255,), (0.4 * 16 / 255,)))
+    return densenet.save_pretrained(model, tmp_path / "float")
+
+
+def _one_line_error(capsys, argv: list[str], pattern: str) -> None:
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
+
+
+@needs_int8
+def test_cli_quantize_writes_a_directory_eval_and_predict_take(digits_weights, tmp_path, capsys):
+    out = tmp_path / "int8"
+    assert main(["quantize", "--weights", str(digits_weights), "--dataset", "digits", "--out", str(out),
+                 "--calibration-images", "64", "--workers", "0"]) == 0
+    assert "int8 model" in capsys.readouterr().out and is_quantized(out)
+    assert main(["eval", "--weights", str(out), "--dataset", "digits", "--workers", "0", "--json"]) == 0
+    int8_top1 = json.loads(capsys.readouterr().out)["top1"]
+    assert main(["eval", "--weights", str(digits_weights), "--dataset", "digits", "--workers", "0", "--json"]) == 0
+    assert abs(int8_top1 - json.loads(capsys.readouterr().out)["top1"]) <= 3 / 360
+
+
+def test_cli_quantize_bad_input_is_one_line(digits_weights, tmp_path, capsys, monkeypatch):
+    if int8.int8_supported():
+        _one_line_error(capsys, ["quantize", "--weights", str(digits_weights), "--dataset", "digits", "--out",
+                                 str(tmp_path / "q"), "--calibration-images", "8", "--workers", "0"],
+                        r"8 calibration image\(s\): at least 32")
+        assert not (tmp_path / "q").exists()
+    monkeypatch.setattr("densenet.deploy.quantize.int8_supported", lambda: False)
+    _one_line_error(capsys, ["quantize", "--weights", str(digits_weights), "--dataset", "digits", "--out",
+                             str(tmp_path / "q")], "no int8 dot-product instructions")

@@ -1,4 +1,5 @@
-"""``densenet export`` and ``densenet bench``: weights in another format, checked; ours timed against torchvision."""
+"""``densenet export``, ``densenet quantize`` and ``densenet bench``: weights in another format, checked; an int8
+model from calibration images; ours timed against torchvision and other runtimes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 
 from densenet.cli.common import count, positive_int
+from densenet.data.datasets import DATASETS
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,6 +20,20 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="input side (default: the weights' crop size)")
     export.add_argument("--json", action="store_true", help="print the check as JSON")
     export.set_defaults(handler=cmd_export)
+
+    quantize = commands.add_parser("quantize", help="int8 model from trained weights and calibration images")
+    quantize.add_argument("--weights", required=True, help="save_pretrained directory (a run's best/ or last/)")
+    quantize.add_argument("--dataset", required=True, choices=DATASETS, help="data set whose training split calibrates")
+    quantize.add_argument("--data-dir", default=None, help="root of cifar10/cifar100 or of an image folder")
+    quantize.add_argument("--out", required=True, help="directory to write (eval, predict and bench take it)")
+    quantize.add_argument("--calibration-images", type=positive_int, default=512,
+                          help="training images to calibrate the activation ranges with (a fixed random subset)")
+    quantize.add_argument("--observer", choices=("histogram", "minmax"), default="histogram",
+                          help="activation range: least squared error over a histogram, or min/max")
+    quantize.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    quantize.add_argument("--workers", type=count, default=None,
+                          help="loader processes for image files (default: half the CPUs, at most 8)")
+    quantize.set_defaults(handler=cmd_quantize)
 
     bench = commands.add_parser("bench", help="images/s, latency and peak memory, ours against torchvision")
     bench.add_argument("model", help="registered model name")
@@ -57,6 +73,29 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {report.path} ({report.format}, dynamic batch); checked against PyTorch on a batch of "
               f"{report.checked_batch}: max abs difference {report.max_abs_diff:.2e} "
               f"({report.max_rel_diff:.2e} of the largest logit)")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """``densenet quantize``: calibrate on training images, write an int8 model directory."""
+    from densenet.data.datasets import DataSpec, load_split
+    from densenet.data.loader import EpochBatches, Loader
+    from densenet.deploy.quantize import check_int8_model, quantize, save_quantized
+    from densenet.weights import from_pretrained
+
+    model = from_pretrained(args.weights)
+    check_int8_model(model)  # before reading any data
+    preprocessing = model.meta.input_preprocessing(model.config)
+    spec = DataSpec(name=args.dataset, data_dir=args.data_dir, image_size=preprocessing.crop, augment="none",
+                    in_chans=preprocessing.channels, train_limit=args.calibration_images)
+    split = load_split(spec, "train", preprocessing)
+    loader = Loader(split, preprocessing, EpochBatches(len(split), args.batch_size, shuffle=False),
+                    workers=args.workers)
+    quantized = quantize(model, loader, observer=args.observer)
+    save_quantized(model, quantized, args.out)
+    print(f"wrote {args.out}: int8 model ({len(quantized.qparams)} activation ranges by {args.observer} observer "
+          f"on {quantized.calibration['images']} {args.dataset} training images); densenet eval, predict and "
+          "bench take it like any weights directory")
     return 0
 
 

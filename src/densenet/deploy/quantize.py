@@ -39,13 +39,17 @@ FORMAT = "densenet-int8"
 OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
 
 
+class Int8UnavailableError(OSError):
+    """This machine cannot run the int8 path (a system limitation, like a missing library: an ``OSError``)."""
+
+
 def check_int8_model(model: DenseNet) -> None:
     """Raise the one-line reason why ``model`` cannot run in int8 here, if any.
 
     Raises:
         TypeError: not a :class:`DenseNet`.
         ValueError: an architecture the int8 path cannot take (no bottleneck layers).
-        RuntimeError: this CPU lacks the int8 dot-product instructions.
+        Int8UnavailableError: this CPU lacks the int8 dot-product instructions.
     """
     if not isinstance(model, DenseNet):
         raise TypeError(f"quantize expects a densenet.DenseNet, got {type(model).__name__}")
@@ -53,9 +57,9 @@ def check_int8_model(model: DenseNet) -> None:
         raise ValueError("the int8 path needs bottleneck layers (DenseNet-B/BC: each BN-ReLU before a 1×1 conv); "
                          "this architecture has none (bottleneck: false) — use float32 or bfloat16")
     if not int8_supported():
-        raise RuntimeError("this CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX) or this "
-                           "torch has no oneDNN int8 convolution: int8 inference is unavailable; float32 and "
-                           "bfloat16 work")
+        raise Int8UnavailableError("this CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX) "
+                                   "or this torch has no oneDNN int8 convolution: int8 inference is unavailable; "
+                                   "float32 and bfloat16 work")
 
 
 def calibration_batches(calibration: Iterable[Any]) -> Iterator[Tensor]:
@@ -124,7 +128,7 @@ def quantize(model: DenseNet, calibration: Iterable[Any], observer: str = "histo
         min_images: fewer calibration images than this is an error.
 
     Raises:
-        TypeError, ValueError, RuntimeError: see :func:`check_int8_model` and :func:`calibrate`.
+        TypeError, ValueError, Int8UnavailableError: see :func:`check_int8_model` and :func:`calibrate`.
     """
     check_int8_model(model)
     source = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
