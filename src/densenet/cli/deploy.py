@@ -78,19 +78,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``densenet quantize``: calibrate on training images, write an int8 model directory."""
-    from densenet.data.datasets import DataSpec, load_split
-    from densenet.data.loader import EpochBatches, Loader
-    from densenet.deploy.quantize import check_int8_model, quantize, save_quantized
+    from densenet.deploy.quantize import calibration_data, check_int8_model, quantize, save_quantized
     from densenet.weights import from_pretrained
 
     model = from_pretrained(args.weights)
     check_int8_model(model)  # before reading any data
-    preprocessing = model.meta.input_preprocessing(model.config)
-    spec = DataSpec(name=args.dataset, data_dir=args.data_dir, image_size=preprocessing.crop, augment="none",
-                    in_chans=preprocessing.channels, train_limit=args.calibration_images)
-    split = load_split(spec, "train", preprocessing)
-    loader = Loader(split, preprocessing, EpochBatches(len(split), args.batch_size, shuffle=False),
-                    workers=args.workers)
+    loader = calibration_data(model, args.dataset, args.data_dir, args.calibration_images, args.batch_size,
+                              args.workers)
     quantized = quantize(model, loader, observer=args.observer)
     save_quantized(model, quantized, args.out)
     print(f"wrote {args.out}: int8 model ({len(quantized.qparams)} activation ranges by {args.observer} observer "

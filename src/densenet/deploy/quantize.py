@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, ObserverBase
 
+from densenet.data.datasets import DataSpec, load_split
+from densenet.data.loader import EpochBatches, Loader
 from densenet.deploy.int8 import QParams, QuantizedDenseNet, int8_supported, quantization_points
 from densenet.deploy.optimize import OptimizedDenseNet, optimize_for_inference
 from densenet.fileio import write_text
@@ -149,6 +151,17 @@ def save_quantized(model: DenseNet, quantized: QuantizedDenseNet, directory: str
                              for name, q in quantized.qparams.items()}}
     write_text(directory / QUANTIZATION_FILE, json.dumps(saved, indent=2) + "\n")
     return directory
+
+
+def calibration_data(model: DenseNet, dataset: str, data_dir: str | None, images: int = 512, batch_size: int = 64,
+                     workers: int | None = None) -> Loader:
+    """``images`` images of ``dataset``'s training split (a fixed random subset), preprocessed as ``model``'s
+    weights expect for evaluation (no augmentation), as ``(images, labels)`` batches."""
+    preprocessing = model.meta.input_preprocessing(model.config)
+    spec = DataSpec(name=dataset, data_dir=data_dir, image_size=preprocessing.crop, augment="none",
+                    in_chans=preprocessing.channels, train_limit=images)
+    split = load_split(spec, "train", preprocessing)
+    return Loader(split, preprocessing, EpochBatches(len(split), batch_size, shuffle=False), workers=workers)
 
 
 def is_quantized(directory: str | Path) -> bool:
