@@ -37,6 +37,7 @@ def weights(tmp_path_factory):
 def quick_peak(monkeypatch):
     """The matmul peak as a known constant (the function itself: test_bench.py)."""
     monkeypatch.setattr(densenet.deploy.bench.run, "matmul_peak_gflops", lambda threads: PEAK)
+    monkeypatch.setattr(densenet.deploy.bench.run, "conv_ceiling_gops", lambda threads, dtype: PEAK)
 
 
 def _export_cases():
