@@ -16,7 +16,9 @@ A peer or dtype that cannot run here (package missing, CPU without int8 dot prod
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,8 +88,9 @@ def openvino_runners(model: DenseNet, x: torch.Tensor, dtypes: tuple[str, ...], 
                 continue
             import nncf
 
-            network = nncf.quantize(converted, nncf.Dataset([batch.numpy() for batch in calibration]),
-                                    subset_size=len(calibration))
+            with contextlib.redirect_stdout(sys.stderr):  # its progress bars would mix into `bench --json`
+                network = nncf.quantize(converted, nncf.Dataset([batch.numpy() for batch in calibration]),
+                                        subset_size=len(calibration))
         compiled = core.compile_model(network, "CPU", {
             "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[dtype]})
