@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -65,7 +66,9 @@ def main() -> None:
         delta = 100 * (results[dtype]["top1"] - results["float32"]["top1"])
         results[dtype].update(points_vs_float32=delta, limit_points=limits[dtype], within=abs(delta) <= limits[dtype])
         print(f"{dtype} − float32: {delta:+.2f} points (limit ±{limits[dtype]})")
-    entry = {"weights": args.weights, "dataset": args.dataset, "note": args.note, "observer": args.observer,
+    weights = Path(args.weights).resolve()
+    entry = {"weights": f"<run {weights.parent.name}>/{weights.name}", "dataset": args.dataset, "note": args.note,
+             "observer": args.observer,
              "calibration_images": quantized.calibration["images"], "quantize_seconds": quantize_seconds,
              "results": results, "machine": machine()}
     saved = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else {}
