@@ -2,7 +2,8 @@
 
 The public API. The core (``config``, ``meta``, ``model``, ``registry``, ``weights``, ``analysis``, the
 ``nn`` blocks and the ``tutorial`` formulas) loads with ``import densenet``; data, training, deployment and the
-command line live in their own subpackages and load when used (``optimize_for_inference`` on first access).
+command line live in their own subpackages and load when used (``optimize_for_inference`` and ``quantize`` on
+first access).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "list_models",
     "load_weights",
     "optimize_for_inference",
+    "quantize",
     "register_model",
     "save_pretrained",
 ]
@@ -45,4 +47,8 @@ def __getattr__(name: str) -> Any:
         from densenet.deploy.optimize import optimize_for_inference
 
         return optimize_for_inference
+    if name == "quantize":
+        from densenet.deploy.quantize import quantize
+
+        return quantize
     raise AttributeError(f"module 'densenet' has no attribute {name!r}")

@@ -123,7 +123,7 @@ def test_densenet_debug_shows_the_traceback(monkeypatch):
 def test_every_subcommand_is_registered_and_the_entry_point_is_main():
     parser = build_parser()
     (commands,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
-    assert list(commands.choices) == ["summary", "list", "train", "demo", "eval", "predict", "export", "bench",
-                                      "explain", "report"]
+    assert list(commands.choices) == ["summary", "list", "train", "demo", "eval", "predict", "export", "quantize",
+                                      "bench", "explain", "report"]
     (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "densenet"]
     assert script.value == "densenet.cli:main" and script.load() is main

@@ -37,6 +37,7 @@ def weights(tmp_path_factory):
 def quick_peak(monkeypatch):
     """The matmul peak as a known constant (the function itself: test_bench.py)."""
     monkeypatch.setattr(densenet.deploy.bench.run, "matmul_peak_gflops", lambda threads: PEAK)
+    monkeypatch.setattr(densenet.deploy.bench.run, "conv_ceiling_gops", lambda threads, dtype: PEAK)
 
 
 def _export_cases():
@@ -189,7 +190,7 @@ def test_bench_table_against_torchvision(capsys, quick_peak):
     assert main(["bench", "densenet121", "--input-size", "32", "--batch", "2", "--rounds", "1", "--warmup", "0",
                  "--no-memory"]) == 0
     out = capsys.readouterr().out
-    assert f"matmul peak {PEAK:.0f} GFLOP/s" in out
+    assert f"ceiling (oneDNN convolution, GFLOP/s; int8 GOP/s): float32 {PEAK:.0f}" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[3:]}
     assert set(rows) == {"ours", "torchvision", "torchvision-channels-last"}
     assert rows["torchvision"][3] == "1.00"  # the ratio column is relative to torchvision
@@ -198,7 +199,8 @@ def test_bench_table_against_torchvision(capsys, quick_peak):
 def test_bench_ours_alone_says_so(capsys, monkeypatch, quick_peak):
     report = _bench(capsys, "densenet_bc100_k12", "--batch", "2", "--rounds", "1", "--warmup", "0")
     assert [m["label"] for m in report["measurements"]] == ["ours"]
-    assert "measuring ours alone" in report["notes"][0]
+    assert report["notes"][0] == ("torchvision's DenseNet cannot express this architecture (cifar stem): "
+                                  "measuring ours alone")
     assert report["measurements"][0]["peak_memory_mib"] > 0
 
     import importlib.util
@@ -208,7 +210,7 @@ def test_bench_ours_alone_says_so(capsys, monkeypatch, quick_peak):
     assert main(["bench", "densenet121", "--input-size", "32", "--batch", "2", "--rounds", "1", "--warmup", "0",
                  "--no-memory"]) == 0
     out = capsys.readouterr().out
-    assert "torchvision is not installed or cannot express this architecture: measuring ours alone" in out
+    assert "note: torchvision is not installed: measuring ours alone" in out
     assert "\nours " in out and "\ntorchvision " not in out
 
 

@@ -21,6 +21,7 @@ from densenet.data.datasets import DataSpec, load_split
 from densenet.data.images import IMAGE_EXTENSIONS, read_image
 from densenet.data.loader import EpochBatches, Loader
 from densenet.data.transforms import eval_transform
+from densenet.deploy.int8 import QuantizedDenseNet
 from densenet.deploy.optimize import OptimizedDenseNet, optimize_for_inference
 from densenet.meta import MULTI_LABEL, SINGLE_LABEL, ModelMeta, Preprocessing
 from densenet.model import DenseNet
@@ -28,7 +29,7 @@ from densenet.training.multilabel import DEFAULT_THRESHOLD
 from densenet.training.task import Result, task_of
 from densenet.weights import from_pretrained
 
-Model = DenseNet | OptimizedDenseNet
+Model = DenseNet | OptimizedDenseNet | QuantizedDenseNet
 
 
 @dataclass
@@ -60,8 +61,15 @@ class Prediction:
             for i, n, p in zip(self.indices, self.names, self.probabilities, strict=True)]}
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> OptimizedDenseNet:
-    """A ``save_pretrained`` directory's network on ``device``, optimised for inference."""
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> OptimizedDenseNet | QuantizedDenseNet:
+    """A ``save_pretrained`` directory's network on ``device``, optimised for inference; int8 when the directory
+    was written by ``densenet quantize`` (:mod:`~densenet.deploy.quantize`; CPU only)."""
+    from densenet.deploy.quantize import is_quantized, load_quantized
+
+    if is_quantized(directory):
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"{directory} holds an int8 model, which runs on the CPU only (got device {device})")
+        return load_quantized(directory)
     return optimize_for_inference(from_pretrained(directory).to(device))
 
 

@@ -219,11 +219,14 @@ class FrozenTransition(nn.Module):
 class OptimizedDenseNet(nn.Module):
     """The eval-mode function of a :class:`DenseNet`, for inference only (no training, no autograd).
 
-    Carries the source model's ``config`` and ``meta``. Built by :func:`optimize_for_inference`.
+    Carries the source model's ``config`` and ``meta``. Built by :func:`optimize_for_inference`. ``io_dtype``
+    (set by ``optimize_for_inference(..., dtype=)``): the dtype of the inputs it also takes and of the logits it
+    returns, when it computes in another (float32 in and out, bfloat16 inside); ``None``: the model's own dtype.
     """
 
     def __init__(self, model: DenseNet, channels_last: bool = True) -> None:
         super().__init__()
+        self.io_dtype: torch.dtype | None = None
         self.config = model.config
         self.meta = model.meta
         self.channels_last = channels_last
@@ -261,18 +264,22 @@ class OptimizedDenseNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_chans, *spatial)`` → logits ``(N, num_classes)``."""
         check_input(self.config, x)
-        if x.dtype != self.scale5.dtype:
-            raise ValueError(f"input dtype {x.dtype} differs from the model's {self.scale5.dtype}: convert one of them "
+        compute = self.scale5.dtype
+        if x.dtype != compute and x.dtype != self.io_dtype:
+            raise ValueError(f"input dtype {x.dtype} differs from the model's {compute}: convert one of them "
                              f"(e.g. model.to({x.dtype}))")
+        x = x.to(compute)
         # Autocast off: the clamp bounds are folded for the model's dtype and may lie beyond a lower precision's
         # range (a pruned channel); run a lower precision by optimizing the converted model instead.
         with torch.autocast(x.device.type, enabled=False):
             # O_k = (1/HW) Σ_ij x_ijk   [F4] (over every spatial axis), then O = Wx + b   [F5]
             features = self.forward_features(x)
-            return self.classifier(features.mean(dim=tuple(range(2, 2 + self.config.spatial_dims))))
+            logits = self.classifier(features.mean(dim=tuple(range(2, 2 + self.config.spatial_dims))))
+        return logits if self.io_dtype is None else logits.to(self.io_dtype)
 
 
-def optimize_for_inference(model: DenseNet, channels_last: bool = True) -> OptimizedDenseNet:
+def optimize_for_inference(model: DenseNet, channels_last: bool = True,
+                           dtype: torch.dtype | None = None) -> OptimizedDenseNet:
     """A faster model computing ``model.eval()``'s function (logits within float32 rounding, ≤ 1e-4 relative).
 
     Optimize the model in the dtype it will run in (``optimize_for_inference(model.half())``, not
@@ -282,8 +289,21 @@ def optimize_for_inference(model: DenseNet, channels_last: bool = True) -> Optim
     Args:
         model: a trained :class:`DenseNet` (its training-mode behaviour, dropout and batch statistics, is dropped).
         channels_last: run activations channels-last (fastest with oneDNN and cuDNN).
+        dtype: compute in this dtype while taking and returning the model's own (e.g. ``torch.bfloat16`` for a
+            float32 model: float32 images in, float32 logits out, bf16 convolutions on a CPU with avx512_bf16 or
+            AMX; inputs already in ``dtype`` are taken too). The folding is done in the model's dtype and its
+            result rounded once to ``dtype`` where ``dtype`` keeps the model's exponent range (bfloat16 from
+            float32); otherwise (float16) the model is converted before folding, as above. ``None``: the model's.
     """
     if not isinstance(model, DenseNet):
         raise TypeError(f"optimize_for_inference expects a densenet.DenseNet, got {type(model).__name__}")
     reference = model.features.conv0.weight
-    return OptimizedDenseNet(model, channels_last).to(device=reference.device, dtype=reference.dtype)
+    if dtype is None or dtype == reference.dtype:
+        return OptimizedDenseNet(model, channels_last).to(device=reference.device, dtype=reference.dtype)
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype} (int8: densenet.quantize)")
+    same_range = torch.finfo(dtype).max >= torch.finfo(reference.dtype).max
+    source = model if same_range else copy.deepcopy(model).to(dtype)
+    optimized = OptimizedDenseNet(source, channels_last).to(device=reference.device, dtype=dtype)
+    optimized.io_dtype = reference.dtype
+    return optimized

@@ -1,6 +1,7 @@
-"""What ``densenet bench`` reports: per configuration images per second, latency, achieved GFLOP/s next to the
-machine's measured float32 matrix-multiply peak (the physical ceiling for these convolutions), peak memory and page
-faults; and the table it prints.
+"""What ``densenet bench`` reports: per configuration images per second, latency, achieved GFLOP/s (int8: GOP/s)
+as a share of the ceiling of its dtype (oneDNN's convolution, measured: :mod:`~densenet.deploy.bench.ceiling`; the
+float32 matrix-multiply rate is kept in the report for reference), peak memory and page faults; and the table it
+prints.
 
 Achieved GFLOP/s counts 2 FLOPs per multiply-accumulate actually executed (a training step counts 3× the forward).
 """
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from densenet.deploy.bench.peers import DTYPES, dtype_of
 
 
 @dataclass
@@ -60,18 +63,21 @@ def format_report(report: dict[str, Any]) -> str:
     rows = report["measurements"]
     by_label = {row["label"]: row for row in rows}
     base = by_label.get("torchvision", rows[0])["images_per_second"]
+    ceilings = report.get("conv_ceiling_gops") or {"float32": report["matmul_peak_gflops"]}
     header = ["configuration", "img/s", "latency ms", f"÷ {'torchvision' if 'torchvision' in by_label else 'ours'}",
-              "GFLOP/s", "% of peak", "peak MiB", "page faults"]
+              "GFLOP/s", "% of ceiling", "peak MiB", "page faults"]
     lines = [[row["label"], f"{row['images_per_second']:.2f}", f"{row['latency_ms']:.1f}",
               f"{row['images_per_second'] / base:.2f}", f"{row['gflops']:.0f}",
-              f"{100 * row['gflops'] / report['matmul_peak_gflops']:.0f}",
+              f"{100 * row['gflops'] / ceilings[dtype_of(row['label'])]:.0f}",
               "-" if row["peak_memory_mib"] is None else f"{row['peak_memory_mib']:.0f}",
               "-" if row["minor_faults_per_batch"] is None else f"{row['minor_faults_per_batch']:.0f}"]
              for row in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
     text = [f"{report['model']} {report['mode']}, batch {report['batch']}, {report['input_size']}×"
-            f"{report['input_size']}, {report['threads']} threads, torch {report['torch']}; matmul peak "
-            f"{report['matmul_peak_gflops']:.0f} GFLOP/s (float32); timed {report['timing']}, median of "
+            f"{report['input_size']}, {report['threads']} threads, torch {report['torch']}; ceiling (oneDNN "
+            f"convolution, GFLOP/s; int8 GOP/s): "
+            + ", ".join(f"{dtype} {value:.0f}" for dtype, value in ceilings.items())
+            + f"; float32 matmul {report['matmul_peak_gflops']:.0f}; timed {report['timing']}, median of "
             f"{report['rounds']} runs; page faults: minor faults per batch (fresh pages touched)"]
     text += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
              for line in [header, ["-" * w for w in widths], *lines]]
@@ -79,5 +85,25 @@ def format_report(report: dict[str, Any]) -> str:
         ratio = by_label["onnxruntime-ours"]["images_per_second"] / by_label[
             "onnxruntime-torchvision"]["images_per_second"]
         text.append(f"onnxruntime: our export ÷ torchvision's export = {ratio:.2f}")
+    text += _dtype_ratios(by_label)
     text += [f"note: {note}" for note in report["notes"]]
     return "\n".join(text)
+
+
+def _dtype_ratios(by_label: dict[str, dict[str, Any]]) -> list[str]:
+    """Per dtype: ours ÷ each peer in the same dtype, and ours ÷ our float32."""
+    def rate(label: str) -> float | None:
+        return by_label[label]["images_per_second"] if label in by_label else None
+
+    lines = []
+    for dtype in DTYPES:
+        ours = rate("ours" if dtype == "float32" else f"ours-{dtype}")
+        if ours is None:
+            continue
+        cells = [f"÷ {peer} {dtype} {ours / other:.2f}" for peer in ("openvino", "onnxruntime")
+                 if (other := rate(f"{peer}-{dtype}")) is not None]
+        if dtype != "float32" and (float32 := rate("ours")) is not None:
+            cells.append(f"÷ ours float32 {ours / float32:.2f}")
+        if cells:
+            lines.append(f"ours {dtype}: " + ", ".join(cells))
+    return lines

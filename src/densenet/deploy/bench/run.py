@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from densenet.deploy.bench.ceiling import conv_ceiling_gops
+from densenet.deploy.bench.peers import DTYPES, PEERS, dtype_of
 from densenet.deploy.bench.report import Measurement, matmul_peak_gflops
 from densenet.deploy.bench.runners import build_runners
 from densenet.deploy.bench.timing import (
@@ -25,34 +27,48 @@ from densenet.registry import get_config
 
 def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: bool = False, onnx: bool = False,
               threads: int | None = None, rounds: int = 10, warmup: int = 3, memory: bool = True,
-              isolated: bool = False) -> dict[str, Any]:
+              isolated: bool = False, dtypes: tuple[str, ...] = ("float32",),
+              peers: tuple[str, ...] = ()) -> dict[str, Any]:
     """Measure every configuration; returns a JSON-able report (see :func:`~densenet.deploy.bench.format_report`).
 
     ``isolated`` times each configuration in fresh processes of its own
     (:func:`~densenet.deploy.bench.timing.time_isolated`) instead of all in this one
     (:func:`~densenet.deploy.bench.timing.time_interleaved`); ``warmup`` runs are then made in every process (a
-    fresh process's first runs are slower, onnxruntime's most: benchmarks/NOTES.md).
+    fresh process's first runs are slower, onnxruntime's most: benchmarks/NOTES.md). ``dtypes`` and ``peers``:
+    ours in each dtype, and the other runtimes in the same dtypes (:mod:`~densenet.deploy.bench.peers`). Each row's
+    share of the ceiling is against oneDNN's convolution in that row's dtype (:mod:`~densenet.deploy.bench.ceiling`).
 
     Raises:
         ValueError: ``batch``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0, ``input_size`` below the
-            network's smallest; ``train`` with one value per channel at the last batch norm.
+            network's smallest; ``train`` with one value per channel at the last batch norm; an unknown dtype or
+            peer, or ``train`` with other dtypes or peers.
     """
     for label, value in (("batch", batch), ("input_size", input_size), ("threads", threads), ("rounds", rounds)):
         if value is not None and value < 1:
             raise ValueError(f"{label} must be at least 1, got {value}")
     if warmup < 0:
         raise ValueError(f"warmup must be at least 0, got {warmup}")
+    for label, values, known in (("dtype", dtypes, DTYPES), ("peer", peers, PEERS)):
+        unknown = [value for value in values if value not in known]
+        if unknown:
+            raise ValueError(f"unknown {label} {unknown[0]!r}; choose from {', '.join(known)}")
+    if not dtypes:
+        raise ValueError("at least one dtype is needed")
+    if train and (tuple(dtypes) != ("float32",) or peers):
+        raise ValueError("--train times float32 training steps against torchvision only: no --dtypes or --peers")
     previous = torch.get_num_threads()
     threads = threads if threads is not None else previous
     torch.set_num_threads(threads)
     try:
-        return _run(name, batch, input_size, train, onnx, threads, rounds, warmup, memory, isolated)
+        return _run(name, batch, input_size, train, onnx, threads, rounds, warmup, memory, isolated, tuple(dtypes),
+                    tuple(peers))
     finally:
         torch.set_num_threads(previous)  # the caller's process keeps its own setting
 
 
 def _run(name: str, batch: int, input_size: int | None, train: bool, onnx: bool, threads: int, rounds: int,
-         warmup: int, memory: bool, isolated: bool) -> dict[str, Any]:
+         warmup: int, memory: bool, isolated: bool, dtypes: tuple[str, ...], peers: tuple[str, ...]
+         ) -> dict[str, Any]:
     """:func:`run_bench` after its checks, on ``threads`` threads."""
     config = get_config(name)
     input_size = input_size if input_size is not None else config.default_input_size
@@ -60,25 +76,29 @@ def _run(name: str, batch: int, input_size: int | None, train: bool, onnx: bool,
     if train:
         check_batch_statistics(config, batch, input_size)
     with tempfile.TemporaryDirectory() as workdir:
-        runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir))
+        runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir), dtypes=dtypes,
+                                       peers=peers)
         macs = {label: label_macs for label, (_, label_macs) in runners.items()}
         if isolated:
             del runners  # the children build their own; this process only made the ONNX files they reuse
             spec = {"name": name, "batch": batch, "input_size": input_size, "train": train, "onnx": onnx,
-                    "threads": threads, "workdir": workdir}
+                    "threads": threads, "workdir": workdir, "dtypes": dtypes, "peers": peers}
             timings = time_isolated(list(macs), spec, rounds, warmup)
         else:
             timings = time_interleaved(runners, rounds, warmup)
     peak = matmul_peak_gflops(threads)
+    ceilings = {dtype: conv_ceiling_gops(threads, dtype) for dtype in sorted({dtype_of(label) for label in macs})}
     measurements = []
     for label, label_macs in macs.items():
-        peak_mib = peak_memory_mib(label, name, batch, input_size, train, threads) if memory else None
+        peak_mib = (peak_memory_mib(label, name, batch, input_size, train, threads, dtypes, peers)
+                    if memory else None)
         measurements.append(Measurement.from_times(label, batch, label_macs, timings.seconds[label],
                                                    timings.minor_faults[label], peak_mib))
     return {"model": name, "mode": "train" if train else "inference", "batch": batch, "input_size": input_size,
             "threads": threads, "rounds": rounds, "warmup": warmup, "settle_seconds": SETTLE_SECONDS,
             "timing": f"isolated: each configuration in {min(ISOLATED_PASSES, rounds)} fresh processes of its own"
                       if isolated else "interleaved in one process",
-            "matmul_peak_gflops": peak, "torch": torch.__version__, "notes": notes,
+            "matmul_peak_gflops": peak, "conv_ceiling_gops": ceilings, "dtypes": list(dtypes), "peers": list(peers),
+            "torch": torch.__version__, "notes": notes,
             "measurements": [asdict(m) for m in measurements]}
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from densenet.analysis import Summary, summarize
+from densenet.deploy.bench import peers as peers_module
 from densenet.deploy.optimize import optimize_for_inference
 from densenet.deploy.runtime import onnx_feed, onnx_session
 from densenet.model import DenseNet
@@ -26,7 +27,8 @@ from densenet.registry import create_model
 Runner = Callable[[], Any]
 Runners = dict[str, tuple[Runner, int]]  # label → (run one batch, MACs per image)
 M = TypeVar("M", bound=nn.Module)
-NO_TWIN = "torchvision is not installed or cannot express this architecture: measuring ours alone"
+NO_TORCHVISION = "torchvision is not installed: measuring ours alone"
+NO_TWIN = "torchvision's DenseNet cannot express this architecture ({}): measuring ours alone"
 NO_ONNXRUNTIME = "onnxruntime is not installed (pip install 'densenet[export]'): no ONNX comparison"
 
 
@@ -50,14 +52,26 @@ def trained_like(model: M, seed: int = 0) -> M:
     return model
 
 
+def no_twin_reason(model: DenseNet) -> str | None:
+    """Why :func:`torchvision_twin` has no twin for ``model`` (torchvision missing, or which of the architecture's
+    features it cannot express), or None when it has one."""
+    if importlib.util.find_spec("torchvision") is None:
+        return NO_TORCHVISION
+    config = model.config
+    reasons = [text for failed, text in ((config.stem != "imagenet", f"{config.stem} stem"),
+                                         (not config.bottleneck, "no bottleneck"),
+                                         (config.compression != 0.5, f"compression {config.compression}"),
+                                         (config.in_chans != 3, f"{config.in_chans} input channels")) if failed]
+    return NO_TWIN.format(", ".join(reasons)) if reasons else None
+
+
 def torchvision_twin(model: DenseNet) -> nn.Module | None:
     """torchvision's DenseNet with ``model``'s weights, or None when torchvision is missing or cannot express the
-    architecture (CIFAR stem, no bottleneck, compression other than ½, other input channels)."""
-    if importlib.util.find_spec("torchvision") is None:
+    architecture (CIFAR stem, no bottleneck, compression other than ½, other input channels): :func:`no_twin_reason`
+    says which."""
+    if no_twin_reason(model) is not None:
         return None
     config = model.config
-    if config.stem != "imagenet" or not config.bottleneck or config.compression != 0.5 or config.in_chans != 3:
-        return None
     import torchvision
 
     twin = torchvision.models.DenseNet(config.growth_rate, config.block_config, config.num_init_features,
@@ -77,7 +91,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: bool, threads: int,
-                  workdir: Path, only: str | None = None) -> tuple[Runners, list[str]]:
+                  workdir: Path, only: str | None = None, dtypes: tuple[str, ...] = ("float32",),
+                  peers: tuple[str, ...] = ()) -> tuple[Runners, list[str]]:
     """The configurations to time: ``label → (run one batch, MACs per image)``, and notes for the user.
 
     Every configuration runs the registered model ``name`` with :func:`trained_like` weights on the same seeded
@@ -85,7 +100,9 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
     a child process measures); the model, its summary and the torchvision twin it is compared with are built first
     either way, so every child starts from the same heap. The ONNX files are exported into ``workdir`` once: a file
     already there is reused, so children time the parent's exports — ``workdir`` must belong to this one
-    measurement (:func:`~densenet.deploy.bench.run_bench` makes a temporary one).
+    measurement (:func:`~densenet.deploy.bench.run_bench` makes a temporary one). ``dtypes`` and ``peers``:
+    ours in each dtype and the other runtimes in the same dtypes (:mod:`~densenet.deploy.bench.peers`; float32 is
+    ``ours`` and torchvision's twin, as without them); ``onnxruntime`` among the peers implies ``onnx``.
     """
     def wanted(label: str) -> bool:
         return only is None or label == only
@@ -94,17 +111,33 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
     model = trained_like(create_model(name))
     summary = summarize(model.config, input_size)
     twin = torchvision_twin(model)
-    notes = [NO_TWIN] if twin is None else []
+    notes = [reason] if (reason := no_twin_reason(model)) is not None else []
     x = torch.randn(batch, model.config.in_chans, input_size, input_size)
     if train:
         return _train_runners(model, twin, summary, x, wanted), notes
-    runners = _inference_runners(model, twin, summary, x, wanted)
-    if onnx:
+    float32 = "float32" in dtypes
+    runners = _inference_runners(model, twin if float32 else None, summary, x,
+                                 lambda label: wanted(label) and (float32 or label != "ours"))
+    calibration = peers_module.bench_calibration(x)
+    _add(runners, notes, summary, *peers_module.ours_runners(model, x, dtypes, calibration, wanted))
+    if "openvino" in peers:
+        _add(runners, notes, summary, *peers_module.openvino_runners(model, x, dtypes, calibration, threads, wanted))
+    if onnx or "onnxruntime" in peers:
         if importlib.util.find_spec("onnxruntime") is None:
             notes.append(NO_ONNXRUNTIME)
-        else:
+            return runners, notes
+        if float32:
             runners.update(_onnx_runners(model, twin, summary, x, threads, workdir, wanted))
+        if "onnxruntime" in peers:
+            _add(runners, notes, summary, *peers_module.onnxruntime_runners(model, x, dtypes, calibration, threads,
+                                                                            workdir, wanted))
     return runners, notes
+
+
+def _add(runners: Runners, notes: list[str], summary: Summary, built: dict[str, Runner], more: list[str]) -> None:
+    """Add ``built`` with each label's MACs, and ``more`` notes."""
+    runners.update({label: (run, peers_module.macs_of(label, summary)) for label, run in built.items()})
+    notes += more
 
 
 def _train_runners(model: DenseNet, twin: nn.Module | None, summary: Summary, x: torch.Tensor,
