@@ -121,7 +121,7 @@ class ArrayPreprocessing:
 
     Each sample is resampled to ``size`` along every spatial axis (a volume to ``size³``, a signal to ``size``
     steps), then every channel is standardised on its own: ``x ← (x − mean(x)) / std(x)`` over that sample's
-    channel (per-sample z-score, as MONAI's ``NormalizeIntensity(channel_wise=True)``), so no data-set statistics
+    channel, std without Bessel's correction (per-sample z-score, as MONAI's ``NormalizeIntensity(channel_wise=True)``), so no data-set statistics
     are needed.
 
     Attributes:

@@ -145,7 +145,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         try:
             array = READERS[self.data.kind](path)  # (C, *spatial)
         except (ValueError, OSError) as error:  # corrupt, wrong dimensions, or gone since the folder was listed
-            return Unreadable(path, str(error))
+            return Unreadable(path, str(error.__cause__ or error))
         if array.shape[0] != self.channels:
             return Unreadable(path, f"it has {array.shape[0]} channel(s), the network takes {self.channels}")
         return array, target
