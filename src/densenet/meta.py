@@ -62,6 +62,11 @@ class Preprocessing:
         """Channels of the network input."""
         return 1 if self.image_mode == "L" else 3
 
+    @property
+    def spatial_dims(self) -> int:
+        """Spatial axes of the input: 2 (height, width)."""
+        return 2
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
         return {"image_mode": self.image_mode, "resize": self.resize, "crop": self.crop, "mean": list(self.mean),
@@ -121,8 +126,8 @@ class ArrayPreprocessing:
 
     Each sample is resampled to ``size`` along every spatial axis (a volume to ``size³``, a signal to ``size``
     steps), then every channel is standardised on its own: ``x ← (x − mean(x)) / std(x)`` over that sample's
-    channel, std without Bessel's correction (per-sample z-score, as MONAI's ``NormalizeIntensity(channel_wise=True)``), so no data-set statistics
-    are needed.
+    channel, std without Bessel's correction (per-sample z-score, as MONAI's
+    ``NormalizeIntensity(channel_wise=True)``), so no data-set statistics are needed.
 
     Attributes:
         kind: ``"volume"`` (``(C, D, H, W)`` inputs) or ``"signal"`` (``(C, L)`` inputs).

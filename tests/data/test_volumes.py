@@ -107,7 +107,8 @@ def test_eval_transform_resamples_and_standardises_each_channel():
     volume = torch.randn(2, 8, 8, 8) * torch.tensor([3.0, 0.5]).view(2, 1, 1, 1) + torch.tensor([10.0, -2.0]).view(
         2, 1, 1, 1)
     same_size = array_transform(ArrayPreprocessing("volume", 2, 8), augment=False)(volume)
-    expected = (volume - volume.mean(dim=(1, 2, 3), keepdim=True)) / volume.std(dim=(1, 2, 3), keepdim=True, correction=0)
+    mean = volume.mean(dim=(1, 2, 3), keepdim=True)
+    expected = (volume - mean) / volume.std(dim=(1, 2, 3), keepdim=True, correction=0)  # population std, as MONAI
     torch.testing.assert_close(same_size, expected, rtol=1e-4, atol=1e-4)
     # a trilinear ramp stays a ramp when resampled (a linear function is reproduced exactly away from the edges)
     ramp = torch.arange(16, dtype=torch.float32).view(1, 16, 1, 1).expand(1, 16, 4, 4).contiguous()

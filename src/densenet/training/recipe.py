@@ -190,14 +190,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(*paths: str | Path, **overrides: Any) -> TrainConfig:
+def load_config(*paths: str | Path, base: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
     """A recipe from YAML files (later ones win; none: the defaults), with ``overrides`` applied on top.
+
+    ``base`` sets fields under the files (a command's own defaults, e.g. ``densenet demo --volumes``).
 
     ``model_args`` mappings are merged key by key rather than replaced.
     """
     check_keys(overrides, "overrides")
+    check_keys(base or {}, "base")
     merged: dict[str, Any] = {}
-    for layer in [*(read_yaml(path) for path in paths), overrides]:
+    for layer in [base or {}, *(read_yaml(path) for path in paths), overrides]:
         model_args = {**merged.get("model_args", {}), **(layer.get("model_args") or {})}
         merged.update(layer)
         if model_args:
