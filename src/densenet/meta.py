@@ -223,7 +223,7 @@ class ModelMeta:
         volumes, a 1D one signals, at its default input size)."""
         if self.preprocessing is not None:
             return self.preprocessing
-        dims = getattr(config, "spatial_dims", 2)
+        dims = config.spatial_dims
         if dims != 2:
             kind = next(kind for kind, kind_dims in ARRAY_SPATIAL_DIMS.items() if kind_dims == dims)
             return ArrayPreprocessing(kind, config.in_chans, config.default_input_size)

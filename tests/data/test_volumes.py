@@ -236,9 +236,8 @@ def test_array_preprocessing_travels_in_the_model_meta():
         ArrayPreprocessing.from_dict({"kind": "movie", "channels": 1, "size": 8})
 
 
-def test_in_memory_split_loads_in_process():
+def test_in_memory_split_loads_in_order():
     shapes = synthetic_shapes(6, 8, seed=0)
     assert isinstance(shapes, ArrayTensors)
-    loader = Loader(shapes, ArrayPreprocessing("volume", 1, 8), EpochBatches(6, 3, shuffle=False))
-    assert loader._file_loader is not None and loader._file_loader.num_workers == 0
+    loader = Loader(shapes, ArrayPreprocessing("volume", 1, 8), EpochBatches(6, 3, shuffle=False), workers=0)
     assert [targets.tolist() for _, targets in loader] == [shapes.targets[:3].tolist(), shapes.targets[3:].tolist()]

@@ -106,9 +106,9 @@ class Loader:
             if isinstance(data, ImageFiles):
                 dataset: torch.utils.data.Dataset = FileDataset(data, preprocessing.image_mode,
                                                                 file_transform(preprocessing, augment), batches.seed)
-            else:  # volumes and signals: read, resampled and augmented one by one (in memory: in this process)
+            else:  # volumes and signals (files, or the synthetic shapes in memory), one by one
                 dataset = ArrayDataset(data, preprocessing, augment != "none", batches.seed)
-            count = 0 if isinstance(data, ArrayTensors) else default_workers(workers)
+            count = default_workers(workers)
             self._file_loader = DataLoader(
                 dataset, batch_sampler=self._batch_list,
                 collate_fn=collate, num_workers=count, worker_init_fn=ignore_sigint if count else None,
