@@ -9,7 +9,7 @@ from torch import Tensor
 from densenet.data.arrays import ArrayTensors
 
 SHAPES = ("sphere", "cube", "rod")
-NOISE_STD = 0.5  # noise standard deviation; a shape's brightness is drawn from U(0.75, 1.25)
+NOISE_STD = 0.4  # noise standard deviation; a shape's brightness is drawn from U(0.75, 1.25)
 MAX_SHAPE_VOXELS = 512**3  # the set is generated in memory, one volume at a time
 
 
@@ -34,8 +34,8 @@ def shape_mask(shape: str, side: int, centre: Tensor, radius: float, axis: int) 
 def synthetic_shapes(count: int, side: int, seed: int) -> ArrayTensors:
     """``count`` volumes ``float32 (1, side, side, side)``, classes drawn uniformly from :data:`SHAPES`.
 
-    Each shape's size ``r`` is drawn from ``[side/8, side/5]`` (at least 1.5 voxels) and its centre so that the
-    whole shape lies inside the volume; the same ``seed`` gives the same volumes.
+    Each shape's size ``r`` is drawn from ``[side/6, side/4.5]`` (at least 1.5 to 2 voxels) and its centre so that the
+    whole shape lies inside the volume (for ``side`` ≥ 9); the same ``seed`` gives the same volumes.
 
     Raises:
         ValueError: ``side`` below 8 (no room for the shapes) or the set would not fit in memory.
@@ -48,7 +48,7 @@ def synthetic_shapes(count: int, side: int, seed: int) -> ArrayTensors:
     generator = torch.Generator().manual_seed(seed)
     targets = torch.randint(0, len(SHAPES), (count,), generator=generator)
     volumes = torch.randn(count, 1, side, side, side, generator=generator) * NOISE_STD  # (N, 1, s, s, s)
-    low, high = max(1.5, side / 8), max(1.5, side / 5)
+    low, high = max(1.5, side / 6), max(2.0, side / 4.5)
     for index, target in enumerate(targets.tolist()):
         radius = low + (high - low) * float(torch.rand((), generator=generator))
         axis = int(torch.randint(0, 3, (), generator=generator))
