@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from densenet.cli import main
 from densenet.cli.demo_volumes import VOLUMES_DEMO, write_volumes
 from densenet.data.synthetic_volumes import synthetic_shapes
+from densenet.data.volumes import read_volume
 
 pytest.importorskip("monai")
 pytest.importorskip("nibabel")
@@ -45,6 +47,7 @@ def test_eval_and_predict_read_the_input_kind_from_the_weights(volume_run, tmp_p
     assert result["samples"] == 8 and result["class_names"] == ["sphere", "cube", "rod"]
     shapes = synthetic_shapes(2, 12, seed=9)
     paths, _ = write_volumes(shapes, tmp_path / "held", 2)  # 12³ NIfTI files, resampled to the weights' 8³
+    torch.testing.assert_close(read_volume(paths[1])[0], shapes.arrays[1, 0])  # identity affine: read as written
     np.save(tmp_path / "held" / "raw.npy", shapes.arrays[0, 0].numpy())
     assert main(["predict", "--weights", str(volume_run / "last"), str(tmp_path / "held"), "--top-k", "2",
                  "--json"]) == 0
