@@ -31,8 +31,10 @@ def shape_mask(shape: str, side: int, centre: Tensor, radius: float, axis: int) 
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
-def synthetic_shapes(count: int, side: int, seed: int) -> ArrayTensors:
+def synthetic_shapes(count: int, side: int, seed: int, noise_std: float = NOISE_STD) -> ArrayTensors:
     """``count`` volumes ``float32 (1, side, side, side)``, classes drawn uniformly from :data:`SHAPES`.
+
+    The noise is drawn first, so ``noise_std`` changes its scale and nothing else (``0``: the bare shapes).
 
     Each shape's size ``r`` is drawn from ``[side/6, side/4.5]`` (at least 1.5 to 2 voxels) and its centre so that the
     whole shape lies inside the volume (for ``side`` ≥ 9); the same ``seed`` gives the same volumes.
@@ -47,7 +49,7 @@ def synthetic_shapes(count: int, side: int, seed: int) -> ArrayTensors:
                          f"(at most {MAX_SHAPE_VOXELS:,} voxels in all)")
     generator = torch.Generator().manual_seed(seed)
     targets = torch.randint(0, len(SHAPES), (count,), generator=generator)
-    volumes = torch.randn(count, 1, side, side, side, generator=generator) * NOISE_STD  # (N, 1, s, s, s)
+    volumes = torch.randn(count, 1, side, side, side, generator=generator) * noise_std  # (N, 1, s, s, s)
     low, high = max(1.5, side / 6), max(2.0, side / 4.5)
     for index, target in enumerate(targets.tolist()):
         radius = low + (high - low) * float(torch.rand((), generator=generator))
