@@ -19,17 +19,20 @@ from densenet.training.engine import LAST_DIR, train
 from densenet.training.recipe import TrainConfig
 
 # The demo's recipe, under --config files and flags (configs/volumes_demo.yaml holds the same, with its measurement):
-# a DenseNet-BC with k = 12 and three blocks of 3 bottleneck layers, CIFAR stem, in 3D on 16³ volumes.
+# a DenseNet-BC with k = 8, 16 stem channels and three blocks of 2 bottleneck layers, CIFAR stem, in 3D on 16³
+# volumes, channels-last (channels_last_3d).
 VOLUMES_DEMO: dict[str, Any] = {
     "dataset": "shapes3d",
     "image_size": 16,
     "model": "densenet_bc100_k12",
-    "model_args": {"block_config": [3, 3, 3]},
-    "epochs": 10,
+    "model_args": {"block_config": [2, 2, 2], "growth_rate": 8, "num_init_features": 16},
+    "epochs": 8,
     "batch_size": 32,
     "lr": 0.1,
     "schedule": "cosine",
     "warmup_epochs": 1.0,
+    "label_smoothing": 0.1,
+    "channels_last": True,
     "seed": 0,
 }
 
