@@ -4,6 +4,7 @@ standardisation with known answers, the 3D augmentation, the synthetic shapes, a
 from __future__ import annotations
 
 import gzip
+import importlib
 import logging
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from densenet.data.arrayio import MissingExtraError
 from densenet.data.arrays import ArrayFiles, ArrayTensors, array_transform, first_channels, load_arrays
 from densenet.data.datasets import DataSpec, load_split, preprocessing_for
 from densenet.data.loader import EpochBatches, Loader
@@ -252,3 +254,17 @@ def test_in_memory_split_loads_in_order():
     assert isinstance(shapes, ArrayTensors)
     loader = Loader(shapes, ArrayPreprocessing("volume", 1, 8), EpochBatches(6, 3, shuffle=False), workers=0)
     assert [targets.tolist() for _, targets in loader] == [shapes.targets[:3].tolist(), shapes.targets[3:].tolist()]
+
+
+def test_a_missing_extra_says_how_to_install_it(monkeypatch):
+    real_import = importlib.import_module
+
+    def without_monai(name: str, package: str | None = None):
+        if name.split(".")[0] == "monai":
+            raise ModuleNotFoundError("No module named 'monai'")
+        return real_import(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", without_monai)
+    with pytest.raises(MissingExtraError, match=r"needs monai, which is not installed: pip install 'densenet\[volumes"):
+        array_transform(ArrayPreprocessing("volume", 1, 8), augment=False)
+    assert issubclass(MissingExtraError, ValueError)  # the CLI prints it as one line

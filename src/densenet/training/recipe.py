@@ -40,7 +40,8 @@ class TrainConfig:
     dataset: str = _field("digits", "data set", choices=DATASETS)
     data_dir: str | None = _field(None, "root of cifar10/cifar100 batches or of a folder with train/ and val/ or test/")
     download: bool = _field(False, "let torchvision download cifar10/cifar100 into --data-dir")
-    image_size: int | None = _field(None, "network input side (default: 8 digits, 32 CIFAR, 224 ImageNet-style folder)")
+    image_size: int | None = _field(None, "network input side (default: 8 digits, 32 CIFAR, 224 ImageNet-style folder, "
+                                            "32 per axis volumes, 256 signals)")
     augment: str = _field("auto", "training augmentation (auto: by data set)", choices=AUGMENTATIONS)
     cache: bool = _field(False, "folder: decode every image once into memory (small images)")
     train_limit: int | None = _field(None, "use at most N training images (fixed random subset; synthetic: N images)")
