@@ -108,7 +108,9 @@ def _bad_volume(directory: Path, case: str) -> Path:
 def test_eval_transform_resamples_and_standardises_each_channel():
     volume = torch.randn(2, 8, 8, 8) * torch.tensor([3.0, 0.5]).view(2, 1, 1, 1) + torch.tensor([10.0, -2.0]).view(
         2, 1, 1, 1)
+    original = volume.clone()
     same_size = array_transform(ArrayPreprocessing("volume", 2, 8), augment=False)(volume)
+    assert torch.equal(volume, original)  # the input is left as it was (MONAI standardises in place)
     mean = volume.mean(dim=(1, 2, 3), keepdim=True)
     expected = (volume - mean) / volume.std(dim=(1, 2, 3), keepdim=True, correction=0)  # population std, as MONAI
     torch.testing.assert_close(same_size, expected, rtol=1e-4, atol=1e-4)

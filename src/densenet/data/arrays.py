@@ -92,7 +92,8 @@ def array_transform(preprocessing: ArrayPreprocessing, augment: bool) -> Any:
     along each axis with probability ½ (``RandFlip``); then, volumes and signals alike, zero-padded by
     ``max(1, size // 8)`` on each side and cropped back to ``size`` at a random place (``SpatialPad`` +
     ``RandSpatialCrop``), their intensity scaled by ``1 + u`` and shifted by ``v`` (``RandScaleIntensity``,
-    ``RandShiftIntensity``; ``u, v ~ U(−0.1, 0.1)``). Seed it with ``set_random_state`` before each call.
+    ``RandShiftIntensity``; ``u, v ~ U(−0.1, 0.1)``). Seed it with ``set_random_state`` before each call. The input
+    is left unchanged.
 
     Raises:
         MissingExtraError: MONAI is not installed.
@@ -100,7 +101,8 @@ def array_transform(preprocessing: ArrayPreprocessing, augment: bool) -> Any:
     transforms = require_extra("monai.transforms", "resampling and augmenting volumes and signals")
     dims = preprocessing.spatial_dims
     size = (preprocessing.size,) * dims
-    steps: list[Any] = [transforms.Resize(size, mode="trilinear" if dims == 3 else "linear", anti_aliasing=True),
+    steps: list[Any] = [transforms.Lambda(torch.clone),  # MONAI standardises in place: leave the caller's tensor be
+                        transforms.Resize(size, mode="trilinear" if dims == 3 else "linear", anti_aliasing=True),
                         transforms.NormalizeIntensity(channel_wise=True)]
     if augment:
         if preprocessing.kind == "volume":
