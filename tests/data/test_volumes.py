@@ -270,3 +270,13 @@ def test_a_missing_extra_says_how_to_install_it(monkeypatch):
     with pytest.raises(MissingExtraError, match=r"needs monai, which is not installed: pip install 'densenet\[volumes"):
         array_transform(ArrayPreprocessing("volume", 1, 8), augment=False)
     assert issubclass(MissingExtraError, ValueError)  # the CLI prints it as one line
+
+
+def test_weights_without_preprocessing_read_what_their_dimensions_say():
+    from densenet.config import DenseNetConfig
+
+    assert ModelMeta().input_preprocessing(DenseNetConfig(spatial_dims=3, in_chans=2, stem="cifar")) == \
+        ArrayPreprocessing("volume", 2, 32)
+    assert ModelMeta().input_preprocessing(DenseNetConfig(spatial_dims=1, in_chans=12)) == \
+        ArrayPreprocessing("signal", 12, 224)
+    assert isinstance(ModelMeta().input_preprocessing(DenseNetConfig(in_chans=1)), Preprocessing)

@@ -10,6 +10,8 @@ from pathlib import Path
 from densenet.cli.common import count, positive_int
 from densenet.data.datasets import DATASETS
 
+VOLUME_BATCH = 4  # volumes per forward pass by default: DenseNet-121 at 96³ peaks at ~0.5 GB per volume in inference
+
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``eval`` and ``predict`` to the ``densenet`` subcommands."""
@@ -20,7 +22,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                           help="root of cifar10/cifar100 or of an image, volume or signal folder")
     evaluate.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100")
     evaluate.add_argument("--eval-limit", type=positive_int, default=None, help="use at most N images")
-    evaluate.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    evaluate.add_argument("--batch-size", type=positive_int, default=None,
+                          help="images per forward pass (default: 256; volumes: 4)")
     evaluate.add_argument("--workers", type=count, default=None,
                           help="loader processes for image files (default: half the CPUs, at most 8)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -33,7 +36,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     predict.add_argument("--weights", required=True, help="directory written by save_pretrained")
     predict.add_argument("inputs", nargs="+", help="image (volume, signal) files or directories (searched recursively)")
     predict.add_argument("--top-k", type=positive_int, default=5, help="classes to show per image")
-    predict.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    predict.add_argument("--batch-size", type=positive_int, default=None,
+                         help="images per forward pass (default: 64; volumes: 4)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--json", action="store_true", help="print JSON instead of the table")
     predict.set_defaults(handler=cmd_predict)
@@ -50,7 +54,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     preprocessing = preprocessing_of(model)
     spec = DataSpec(name=args.dataset, data_dir=args.data_dir, download=args.download, image_size=preprocessing.crop,
                     augment="none", in_chans=preprocessing.channels, eval_limit=args.eval_limit)
-    result = evaluate_dataset(model, spec, batch_size=args.batch_size, workers=args.workers)
+    batch_size = args.batch_size or (VOLUME_BATCH if preprocessing.spatial_dims == 3 else 256)
+    result = evaluate_dataset(model, spec, batch_size=batch_size, workers=args.workers)
     out = Path(args.out or args.weights)
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_confusion(result.confusion, result.class_names, out / f"eval_{args.dataset}_confusion.png",
@@ -71,11 +76,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``densenet predict``: top-k classes with probabilities for each image."""
-    from densenet.deploy.inference import load_model, predict
+    from densenet.deploy.inference import load_model, predict, preprocessing_of
     from densenet.training.distributed import resolve_device
 
     model = load_model(args.weights, resolve_device(args.device))
-    predictions = predict(model, args.inputs, k=args.top_k, batch_size=args.batch_size)
+    batch_size = args.batch_size or (VOLUME_BATCH if preprocessing_of(model).spatial_dims == 3 else 64)
+    predictions = predict(model, args.inputs, k=args.top_k, batch_size=batch_size)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return 0
