@@ -132,6 +132,11 @@ def channels_last(x: Tensor) -> Tensor:
     return x.movedim(1, -1).contiguous().movedim(-1, 1)
 
 
+def memory_format(dims: int) -> torch.memory_format:
+    """The channels-last memory format of ``d``-dimensional maps (plain contiguous for 1D, which has none)."""
+    return _FORMATS.get(dims, torch.contiguous_format)
+
+
 def same_layout(x: Tensor, like: Tensor) -> Tensor:
     """``x`` in ``like``'s layout: channels-last if ``like`` is channels-last and not also plain contiguous (one
     pixel, or one channel), plain contiguous otherwise."""
