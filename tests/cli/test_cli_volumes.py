@@ -15,6 +15,8 @@ from densenet.cli import main
 from densenet.cli.demo_volumes import VOLUMES_DEMO, write_volumes
 from densenet.data.synthetic_volumes import synthetic_shapes
 from densenet.data.volumes import read_volume
+from densenet.deploy.export import onnx_metadata
+from densenet.weights import from_pretrained
 
 pytest.importorskip("monai")
 pytest.importorskip("nibabel")
@@ -37,6 +39,8 @@ def test_volume_training_saves_a_3d_model_that_reads_volumes(volume_run):
     assert saved["architecture"]["spatial_dims"] == 3 and saved["architecture"]["in_chans"] == 1
     assert saved["preprocessing"] == {"kind": "volume", "channels": 1, "size": 8}
     assert saved["class_names"] == ["sphere", "cube", "rod"]
+    entries = onnx_metadata(from_pretrained(volume_run / "last"), 8)  # what an exported ONNX file carries
+    assert entries["input_kind"] == "volume" and entries["crop"] == "8" and entries["spatial_dims"] == "3"
 
 
 def test_eval_and_predict_read_the_input_kind_from_the_weights(volume_run, tmp_path, capsys):

@@ -54,13 +54,9 @@ class Prediction:
             for i, n, p in zip(self.indices, self.names, self.probabilities, strict=True)]}
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Model:
-    """A ``save_pretrained`` directory's network on ``device``, optimised for inference (a 1-D or 3-D network:
-    the plain network in evaluation mode, since :func:`optimize_for_inference` folds 2-D convolutions only)."""
-    model = from_pretrained(directory).to(device)
-    if model.config.spatial_dims != 2:
-        return model.eval()
-    return optimize_for_inference(model)
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> OptimizedDenseNet:
+    """A ``save_pretrained`` directory's network on ``device``, optimised for inference."""
+    return optimize_for_inference(from_pretrained(directory).to(device))
 
 
 def preprocessing_of(model: Model) -> Preprocessing | ArrayPreprocessing:
