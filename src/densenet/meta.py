@@ -64,6 +64,11 @@ class Preprocessing:
         """Channels of the network input."""
         return 1 if self.image_mode == "L" else 3
 
+    @property
+    def spatial_dims(self) -> int:
+        """Spatial axes of the input: 2 (height, width)."""
+        return 2
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
         return {"image_mode": self.image_mode, "resize": self.resize, "crop": self.crop, "mean": list(self.mean),
@@ -113,6 +118,71 @@ class Preprocessing:
         return cls("RGB", resize, crop, *IMAGENET_STATS).for_channels(config.in_chans)
 
 
+INPUT_KINDS = ("volume", "signal")
+ARRAY_SPATIAL_DIMS = {"volume": 3, "signal": 1}
+
+
+@dataclass(frozen=True)
+class ArrayPreprocessing:
+    """How a volume or a signal becomes the network's input; saved with the weights like :class:`Preprocessing`.
+
+    Each sample is resampled to ``size`` along every spatial axis (a volume to ``size³``, a signal to ``size``
+    steps), then every channel is standardised on its own: ``x ← (x − mean(x)) / std(x)`` over that sample's
+    channel, std without Bessel's correction (per-sample z-score, as MONAI's
+    ``NormalizeIntensity(channel_wise=True)``), so no data-set statistics are needed.
+
+    Attributes:
+        kind: ``"volume"`` (``(C, D, H, W)`` inputs) or ``"signal"`` (``(C, L)`` inputs).
+        channels: channels of the network input.
+        size: samples per spatial axis after resampling.
+    """
+
+    kind: str
+    channels: int
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(f"input kind must be one of {', '.join(INPUT_KINDS)}, got {self.kind!r}")
+        for name, top in (("channels", 4096), ("size", MAX_IMAGE_SIDE)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise ValueError(f"{name} must be an integer in [1, {top}], got {value!r}")
+
+    @property
+    def crop(self) -> int:
+        """The side of the network input along each spatial axis (:class:`Preprocessing`'s name for it)."""
+        return self.size
+
+    @property
+    def spatial_dims(self) -> int:
+        """Spatial axes of the input: 3 for volumes, 1 for signals."""
+        return ARRAY_SPATIAL_DIMS[self.kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (``kind`` tells it from an image :class:`Preprocessing`)."""
+        return {"kind": self.kind, "channels": self.channels, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ArrayPreprocessing:
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: ``data`` is not such a mapping.
+        """
+        try:
+            return cls(data["kind"], data["channels"], data["size"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"volume/signal preprocessing must map kind, channels and size, got {data!r}") from error
+
+
+def preprocessing_from_dict(data: Any) -> Preprocessing | ArrayPreprocessing:
+    """An image :class:`Preprocessing` or, when ``data`` names a ``kind``, an :class:`ArrayPreprocessing`."""
+    if isinstance(data, dict) and "kind" in data:
+        return ArrayPreprocessing.from_dict(data)
+    return Preprocessing.from_dict(data)
+
+
 @dataclass(frozen=True)
 class ModelMeta:
     """Everything saved beside the weights that is not architecture.
@@ -130,7 +200,7 @@ class ModelMeta:
 
     name: str | None = None
     class_names: tuple[str, ...] | None = None
-    preprocessing: Preprocessing | None = None
+    preprocessing: Preprocessing | ArrayPreprocessing | None = None
     task: str = SINGLE_LABEL
     thresholds: tuple[float, ...] | None = None
 
@@ -167,9 +237,16 @@ class ModelMeta:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
-    def input_preprocessing(self, config: DenseNetConfig) -> Preprocessing:
-        """The saved preprocessing, else the standard one of ``config``'s architecture."""
-        return self.preprocessing or Preprocessing.standard(config)
+    def input_preprocessing(self, config: DenseNetConfig) -> Preprocessing | ArrayPreprocessing:
+        """The saved preprocessing, else the standard one of ``config``'s architecture (a 3D network reads
+        volumes, a 1D one signals, at its default input size)."""
+        if self.preprocessing is not None:
+            return self.preprocessing
+        dims = config.spatial_dims
+        if dims != 2:
+            kind = next(kind for kind, kind_dims in ARRAY_SPATIAL_DIMS.items() if kind_dims == dims)
+            return ArrayPreprocessing(kind, config.in_chans, config.default_input_size)
+        return Preprocessing.standard(config)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` entries: ``model_name``, ``class_names``, ``preprocessing``, ``task``, ``thresholds``."""
@@ -186,5 +263,5 @@ class ModelMeta:
         """
         preprocessing = data.get("preprocessing")
         return cls(data.get("model_name"), data.get("class_names"),
-                   None if preprocessing is None else Preprocessing.from_dict(preprocessing),
+                   None if preprocessing is None else preprocessing_from_dict(preprocessing),
                    data.get("task") or SINGLE_LABEL, data.get("thresholds"))

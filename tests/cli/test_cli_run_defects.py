@@ -141,7 +141,7 @@ def test_predict_goes_on_past_unreadable_files_and_names_each(weights, tmp_path,
     errors = captured.err.strip().splitlines()
     assert [line for line in errors if "cannot read image" in line] == [
         line for line in errors if str(images / "blue/000.png") in line or str(images / "red/001.png") in line]
-    assert len(errors) == 3 and errors[-1] == "densenet predict: error: 2 of 6 image(s) could not be read"
+    assert len(errors) == 3 and errors[-1] == "densenet predict: error: 2 of 6 file(s) could not be read"
 
 
 def test_predict_into_a_closed_pipe_ends_quietly(weights, tmp_path, capsys, monkeypatch):

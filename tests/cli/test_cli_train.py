@@ -177,7 +177,7 @@ def test_bad_predict_inputs(trained, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.splitlines() == [  # the file named, then the count at the end
         f"densenet predict: skipped: cannot read image {broken}: Truncated File Read",
-        "densenet predict: error: 1 of 1 image(s) could not be read"]
+        "densenet predict: error: 1 of 1 file(s) could not be read"]
     _one_line_error(capsys, ["predict", "--weights", str(trained / "best"), str(tmp_path / "no.png")], "predict",
                     "no.png does not exist")
     (tmp_path / "nothing").mkdir()

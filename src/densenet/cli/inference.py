@@ -11,6 +11,8 @@ from pathlib import Path
 from densenet.cli.common import count, positive_int
 from densenet.data.datasets import DATASETS
 
+VOLUME_BATCH = 4  # volumes per forward pass by default: DenseNet-121 at 96³ peaks at ~0.5 GB per volume in inference
+
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``eval`` and ``predict`` to the ``densenet`` subcommands."""
@@ -18,10 +20,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                                    "(multi-label: per-label AUROC, AP and ROC curves)")
     evaluate.add_argument("--weights", required=True, help="save_pretrained directory (a run's best/ or last/)")
     evaluate.add_argument("--dataset", required=True, choices=DATASETS, help="data set whose evaluation split to use")
-    evaluate.add_argument("--data-dir", default=None, help="root of cifar10/cifar100 or of an image folder")
+    evaluate.add_argument("--data-dir", default=None,
+                          help="root of cifar10/cifar100 or of an image, volume or signal folder")
     evaluate.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100")
     evaluate.add_argument("--eval-limit", type=positive_int, default=None, help="use at most N images")
-    evaluate.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    evaluate.add_argument("--batch-size", type=positive_int, default=None,
+                          help="images per forward pass (default: 256; volumes: 4)")
     evaluate.add_argument("--workers", type=count, default=None,
                           help="loader processes for image files (default: half the CPUs, at most 8)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -30,12 +34,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of the table")
     evaluate.set_defaults(handler=cmd_eval)
 
-    predict = commands.add_parser("predict", help="top-k classes of image files (multi-label: every label and the "
-                                  "positives)")
+    predict = commands.add_parser("predict", help="top-k classes of image files, or volume or signal files as the "
+                                  "weights say (multi-label: every label and the positives)")
     predict.add_argument("--weights", required=True, help="directory written by save_pretrained")
-    predict.add_argument("inputs", nargs="+", help="image files or directories (searched recursively)")
+    predict.add_argument("inputs", nargs="+", help="image (volume, signal) files or directories (searched recursively)")
     predict.add_argument("--top-k", type=positive_int, default=5, help="classes to show per image")
-    predict.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    predict.add_argument("--batch-size", type=positive_int, default=None,
+                         help="images per forward pass (default: 64; volumes: 4)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--json", action="store_true", help="print JSON instead of the table")
     predict.set_defaults(handler=cmd_predict)
@@ -54,7 +59,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     preprocessing = preprocessing_of(model)
     spec = DataSpec(name=args.dataset, data_dir=args.data_dir, download=args.download, image_size=preprocessing.crop,
                     augment="none", in_chans=preprocessing.channels, eval_limit=args.eval_limit)
-    result = evaluate_dataset(model, spec, batch_size=args.batch_size, workers=args.workers)
+    batch_size = args.batch_size or (VOLUME_BATCH if preprocessing.spatial_dims == 3 else 256)
+    result = evaluate_dataset(model, spec, batch_size=batch_size, workers=args.workers)
     out = Path(args.out or args.weights)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(result, MultiLabelResult):
@@ -76,17 +82,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``densenet predict``: top-k classes with probabilities for each image, printed as they come; an unreadable
-    file is named on stderr and skipped, and the exit status is 1 when any was."""
-    from densenet.deploy.inference import image_paths, load_model
+    """``densenet predict``: top-k classes with probabilities for each image (volume, signal), printed as they come;
+    an unreadable file is named on stderr and skipped, and the exit status is 1 when any was."""
+    from densenet.deploy.inference import input_paths, load_model, preprocessing_of
     from densenet.deploy.prediction import Failed, predict_each
     from densenet.training.distributed import resolve_device
 
     model = load_model(args.weights, resolve_device(args.device))
-    paths = image_paths(args.inputs)
+    preprocessing = preprocessing_of(model)
+    paths = input_paths(args.inputs, preprocessing)
     width = max(len(str(path)) for path in paths)
     predictions, failed = [], 0
-    for item in predict_each(model, paths, k=args.top_k, batch_size=args.batch_size):
+    batch_size = args.batch_size or (VOLUME_BATCH if preprocessing.spatial_dims == 3 else 64)
+    for item in predict_each(model, paths, k=args.top_k, batch_size=batch_size):
         if isinstance(item, Failed):
             failed += 1
             print(f"densenet predict: skipped: {item.reason}", file=sys.stderr)
@@ -100,6 +108,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(predictions, indent=2))
     if failed:
-        print(f"densenet predict: error: {failed} of {len(paths)} image(s) could not be read", file=sys.stderr)
+        print(f"densenet predict: error: {failed} of {len(paths)} file(s) could not be read", file=sys.stderr)
         return 1
     return 0

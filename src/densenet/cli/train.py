@@ -29,6 +29,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                       help="instead of digits: generate the multi-label shapes set (CSV, 5 labels, 15%% unknown) "
                       "into --data-dir (default runs/shapes-data), train a tiny DenseNet-BC on it, and predict "
                       "held-out images")
+    demo.add_argument("--volumes", action="store_true",
+                      help="train a 3D DenseNet on synthetic volumes (spheres, cubes, rods in noise) instead, and "
+                           "predict held-out volumes read back from NIfTI files (needs densenet[volumes])")
     demo.set_defaults(handler=cmd_demo)
 
 
@@ -75,8 +78,8 @@ def _shown(default: object) -> str:
 
 
 def train_config(args: argparse.Namespace, base: dict[str, object] | None = None) -> TrainConfig:
-    """Layer ``base`` (a demo's recipe), the run's own config.yaml (``--resume``), the ``--config`` files and the
-    flags."""
+    """Layer ``base`` (a command's own defaults, e.g. a demo's recipe), the run's own config.yaml (``--resume``), the
+    ``--config`` files and the flags."""
     names = {item.name for item in dataclasses.fields(TrainConfig)}
     overrides = {name: value for name, value in vars(args).items() if name in names and name != "resume"}
     if "model_arg" in args:
@@ -139,21 +142,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``densenet demo``: the digits run, then predictions for held-out digits read back from PNG files."""
     from densenet.cli.demo import run_demo
 
+    if args.multilabel and args.volumes:
+        raise ValueError("densenet demo takes --multilabel or --volumes, not both")
     if args.multilabel:
         from densenet.cli.shapes_demo import SHAPES_RECIPE, report_shapes_demo
 
         return report_shapes_demo(train_config(args, base=SHAPES_RECIPE), samples=args.samples)
-    demo = run_demo(train_config(args), samples=args.samples)
+    if args.volumes:
+        from densenet.cli.demo_volumes import VOLUMES_DEMO, run_volume_demo
+
+        demo = run_volume_demo(train_config(args, base=VOLUMES_DEMO), samples=args.samples)
+    else:
+        demo = run_demo(train_config(args), samples=args.samples)
     run = demo.run
+    what = "volumes" if args.volumes else "digits"
     if run.interrupted:
-        print(f"interrupted; continue with: densenet demo --resume {run.run_dir}", file=sys.stderr)
+        flag = " --volumes" if args.volumes else ""
+        print(f"interrupted; continue with: densenet demo{flag} --resume {run.run_dir}", file=sys.stderr)
         return 130
     assert run.final is not None
     final = run.final
-    print(f"test accuracy {final.top1:.2%} ({round(final.top1 * final.samples)}/{final.samples} held-out digits) "
+    print(f"test accuracy {final.top1:.2%} ({round(final.top1 * final.samples)}/{final.samples} held-out {what}) "
           f"after {len(run.history)} epochs, {run.train_seconds:.1f} s of training")
     print(f"run directory {run.run_dir} (weights in last/ and best/, metrics.csv, curves.png, confusion_matrix.png)")
-    print(f"predictions of the final weights for {len(demo.predictions)} held-out digits:")
+    print(f"predictions of the final weights for {len(demo.predictions)} held-out {what}:")
     for prediction, truth in zip(demo.predictions, demo.truths, strict=True):
         guesses = ", ".join(f"{name} {p:.1%}" for name, p in zip(prediction.names, prediction.probabilities,
                                                                  strict=True))

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from densenet.data.arrays import ArraySplit, ArrayTensors
 from densenet.data.images import ImageFiles, ImageTensors, Split, is_image
 
 PATH_COLUMN = "path"
@@ -231,10 +232,10 @@ def _kind(table: Path, path: str) -> str:
     return kind
 
 
-def label_matrix(split: Split) -> Tensor | None:
+def label_matrix(split: Split | ArraySplit) -> Tensor | None:
     """A multi-label split's targets as one ``float32 (N, L)`` matrix (``nan`` = unknown); ``None`` for a
     single-label split (its targets are class indices)."""
-    if isinstance(split, ImageTensors):
+    if isinstance(split, ImageTensors | ArrayTensors):  # targets held as one tensor
         return split.targets.float() if split.targets.ndim == 2 else None
     targets = [target for _, target in split.samples]
     if not targets or not isinstance(targets[0], Tensor):

@@ -1,10 +1,12 @@
-"""The data sets: ``digits``, ``cifar10`` / ``cifar100``, ``folder`` and ``synthetic``, as a :class:`DataSpec`
+"""The data sets: ``digits``, ``cifar10`` / ``cifar100``, ``folder`` and ``synthetic``; ``volumes``, ``signals`` and
+``shapes3d`` (:mod:`densenet.data.arrays`), as a :class:`DataSpec`
 names them, read into a split (:mod:`densenet.data.images`), and the evaluation preprocessing a
 training run on them saves with its weights."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,15 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
+from densenet.data.arrays import (
+    ARRAY_DATASETS,
+    DEFAULT_SIZES,
+    EXTENSIONS,
+    FILE_TESTS,
+    ArrayFiles,
+    ArraySplit,
+    first_channels,
+)
 from densenet.data.csv_table import csv_split
 from densenet.data.holdout import held_out
 from densenet.data.images import (
@@ -22,20 +33,22 @@ from densenet.data.images import (
     decode_all,
     is_image,
 )
+from densenet.data.synthetic_volumes import synthetic_shapes
 from densenet.data.transforms import AUGMENTATIONS
-from densenet.meta import IMAGENET_STATS, MAX_IMAGE_SIDE, Preprocessing
+from densenet.meta import IMAGENET_STATS, MAX_IMAGE_SIDE, ArrayPreprocessing, Preprocessing
 
 logger = logging.getLogger("densenet")
 
 
-DATASETS = ("digits", "cifar10", "cifar100", "folder", "synthetic", "csv")
-FILE_DATASETS = ("folder", "csv")  # read from files: resized to image_size, may be cached
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "synthetic", "csv", *ARRAY_DATASETS)
+FILE_DATASETS = ("folder", "csv")  # images read from files: resized to image_size, may be cached
 # Per-channel mean and standard deviation of the CIFAR training images
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 DIGITS_TEST_FRACTION = 0.2
 SYNTHETIC_SIZES = (1024, 256)
+SHAPES3D_SIZES = (512, 128)
 
 MAX_SYNTHETIC_IMAGES = 10_000_000  # the synthetic set is generated in memory
 
@@ -90,8 +103,11 @@ class DataSpec:
                                  f"{MAX_SYNTHETIC_IMAGES:,}, got {value:,}")
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.val_fraction is not None and self.name != "folder":
+        if self.val_fraction is not None and self.name not in ("folder", "volumes", "signals"):
             raise ValueError(f"val_fraction holds out part of a folder's train/; {self.name} has its own split")
+        if self.name in ARRAY_DATASETS:
+            self._check_arrays()
+            return
         if self.in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3 for image data, got {self.in_chans}")
         if self.name in ("cifar10", "cifar100", *FILE_DATASETS) and not self.data_dir:
@@ -104,9 +120,26 @@ class DataSpec:
         if self.augment_kind == "imagenet" and self.cache:
             raise ValueError("augment 'imagenet' crops full-size images; it cannot run on a cached folder")
 
+    def _check_arrays(self) -> None:
+        """Volumes and signals: a data directory (but for the synthetic shapes), their own augmentation or none."""
+        if self.name != "shapes3d" and not self.data_dir:
+            raise ValueError(f"dataset {self.name} needs a data directory (--data-dir) with train/ and val/ or test/")
+        if self.augment not in ("auto", "none"):
+            raise ValueError(f"dataset {self.name} takes augment auto (flips, crop/pad, intensity) or none, not "
+                             f"{self.augment}")
+        if self.cache:
+            raise ValueError("cache applies to the folder dataset only")
+
+    @property
+    def input_kind(self) -> str:
+        """What the data set holds: ``image``, ``volume`` or ``signal``."""
+        return ARRAY_DATASETS.get(self.name, "image")
+
     @property
     def augment_kind(self) -> str:
         """The augmentation ``auto`` resolves to."""
+        if self.name in ARRAY_DATASETS:
+            return "none" if self.augment == "none" else self.input_kind
         if self.augment != "auto":
             return self.augment
         if self.name == "digits":
@@ -119,6 +152,8 @@ class DataSpec:
     @property
     def crop(self) -> int:
         """Side of the network input."""
+        if self.name in ARRAY_DATASETS:
+            return self.image_size or DEFAULT_SIZES[self.input_kind]
         if self.name == "digits":
             return self.image_size or 8
         if self.name in FILE_DATASETS and self.augment_kind == "imagenet":
@@ -126,7 +161,8 @@ class DataSpec:
         return self.image_size or 32
 
 
-def load_split(spec: DataSpec, split: str, preprocessing: Preprocessing | None = None) -> Split:
+def load_split(spec: DataSpec, split: str,
+               preprocessing: Preprocessing | ArrayPreprocessing | None = None) -> Split | ArraySplit:
     """Read the ``"train"`` or ``"eval"`` split of ``spec``.
 
     ``preprocessing`` (of the weights being evaluated) sets the image mode and size of a cached folder; without
@@ -140,6 +176,15 @@ def load_split(spec: DataSpec, split: str, preprocessing: Preprocessing | None =
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     train = split == "train"
     limit = spec.train_limit if train else spec.eval_limit
+    if preprocessing is not None and getattr(preprocessing, "kind", "image") != spec.input_kind:
+        raise ValueError(f"the weights read {getattr(preprocessing, 'kind', 'image')}s; dataset {spec.name} holds "
+                         f"{spec.input_kind}s")
+    if spec.name == "shapes3d":
+        return synthetic_shapes(limit or SHAPES3D_SIZES[0 if train else 1], spec.crop, spec.seed + (0 if train else 1))
+    if spec.name in ARRAY_DATASETS:
+        kind = spec.input_kind
+        files = _limited(_folder(spec, train, FILE_TESTS[kind], EXTENSIONS[kind], kind), limit, spec.seed)
+        return ArrayFiles(files.root, files.samples, files.class_names, kind)
     if spec.name == "digits":
         data: Split = _digits(train)
     elif spec.name in ("cifar10", "cifar100"):
@@ -213,7 +258,8 @@ def _require_not_file(root: Path) -> None:
         raise NotADirectoryError(f"data directory {root} is a file; --data-dir names the directory that holds the data")
 
 
-def _folder(spec: DataSpec, train: bool) -> ImageFiles:
+def _folder(spec: DataSpec, train: bool, is_valid: Callable[[str], bool] = is_image,
+            extensions: tuple[str, ...] = IMAGE_EXTENSIONS, what: str = "image") -> ImageFiles:
     root = Path(spec.data_dir or "").expanduser()
     _require_not_file(root)
     if not root.is_dir():
@@ -224,7 +270,8 @@ def _folder(spec: DataSpec, train: bool) -> ImageFiles:
                              "only when there is none")
         if not (root / "train").is_dir():
             raise FileNotFoundError(f"data directory {root} has no train/ folder (expected {root}/train/<class>/…)")
-        return held_out(_class_folders(root / "train"), spec.val_fraction, spec.seed, train)
+        return held_out(_class_folders(root / "train", is_valid, extensions, what), spec.val_fraction, spec.seed,
+                        train)
     if train:
         split_dir = root / "train"
     else:
@@ -234,7 +281,7 @@ def _folder(spec: DataSpec, train: bool) -> ImageFiles:
         hint = "" if train or not (root / "train").is_dir() else " or hold out part of train/ with --val-fraction F"
         raise FileNotFoundError(f"data directory {root} has no {wanted} folder (expected {root}/{wanted}<class>/…"
                                 f"{hint})")
-    return _class_folders(split_dir)
+    return _class_folders(split_dir, is_valid, extensions, what)
 
 
 def folder_files(spec: DataSpec, train: bool = True) -> ImageFiles:
@@ -242,24 +289,27 @@ def folder_files(spec: DataSpec, train: bool = True) -> ImageFiles:
     return _folder(spec, train)
 
 
-def _class_folders(split_dir: Path) -> ImageFiles:
-    """The images of ``split_dir/<class>/…`` (every class folder must hold one)."""
+def _class_folders(split_dir: Path, is_valid: Callable[[str], bool], extensions: tuple[str, ...],
+                   what: str) -> ImageFiles:
+    """The ``what`` files (images, volumes, signals) of ``split_dir/<class>/…`` (every class folder must hold one)."""
     if not any(entry.is_dir() for entry in split_dir.iterdir()):
-        raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/<class>/<image>)")
-    folder = datasets.ImageFolder(str(split_dir), allow_empty=True, is_valid_file=is_image)
+        raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/<class>/<{what}>)")
+    folder = datasets.ImageFolder(str(split_dir), allow_empty=True, is_valid_file=is_valid)
     counts = [0] * len(folder.classes)
     for _, target in folder.samples:
         counts[target] += 1
     empty = [name for name, count in zip(folder.classes, counts, strict=True) if count == 0]
     if empty:
-        raise ValueError(f"class folder(s) with no images in {split_dir}: {', '.join(empty)} "
-                         f"(image extensions: {' '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(f"class folder(s) with no {what}s in {split_dir}: {', '.join(empty)} "
+                         f"({what} extensions: {' '.join(extensions)})")
     return ImageFiles(split_dir, list(folder.samples), list(folder.classes))
 
 
-def preprocessing_for(spec: DataSpec, train: Split) -> Preprocessing:
+def preprocessing_for(spec: DataSpec, train: Split | ArraySplit) -> Preprocessing | ArrayPreprocessing:
     """The evaluation preprocessing of a training run on ``spec`` (its normalisation from ``train`` when the
-    data set has no published statistics)."""
+    data set has no published statistics; volumes and signals: the channels of the first readable sample)."""
+    if not isinstance(train, ImageTensors | ImageFiles):
+        return ArrayPreprocessing(spec.input_kind, first_channels(train), spec.crop)
     mode = "L" if spec.name == "digits" else ("L" if spec.in_chans == 1 else "RGB")
     crop = spec.crop
     resize = round(crop * 256 / 224) if spec.augment_kind == "imagenet" else crop

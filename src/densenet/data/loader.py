@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
+from densenet.data.arrays import ArrayDataset, ArrayFiles, ArrayTensors
 from densenet.data.images import (
     FileDataset,
     ImageFiles,
@@ -23,7 +24,7 @@ from densenet.data.images import (
 )
 from densenet.data.seeds import mix_seed
 from densenet.data.transforms import file_transform, normalize_batch, random_crop, random_flip
-from densenet.meta import Preprocessing
+from densenet.meta import ArrayPreprocessing, Preprocessing
 
 logger = logging.getLogger("densenet")
 
@@ -86,7 +87,8 @@ class Loader:
     epoch on rank 0 (so that a sum over processes counts each once).
     """
 
-    def __init__(self, data: Split, preprocessing: Preprocessing, batches: EpochBatches, *, augment: str = "none",
+    def __init__(self, data: Split | ArrayFiles | ArrayTensors, preprocessing: Preprocessing | ArrayPreprocessing,
+                 batches: EpochBatches, *, augment: str = "none",
                  workers: int | None = None, pin_memory: bool = False) -> None:
         if isinstance(data, ImageTensors) and data.channels != preprocessing.channels:
             raise ValueError(f"the data has {data.channels}-channel images, the network takes {preprocessing.channels}")
@@ -99,12 +101,16 @@ class Loader:
         self._epoch = 0
         self._start = 0
         self._file_loader: DataLoader | None = None
-        if isinstance(data, ImageFiles):
-            transform = file_transform(preprocessing, augment)
-            self._batch_list: list[list[tuple[int, int]]] = []
+        self._batch_list: list[list[tuple[int, int]]] = []
+        if isinstance(data, ImageFiles | ArrayFiles | ArrayTensors):
+            if isinstance(data, ImageFiles):
+                dataset: torch.utils.data.Dataset = FileDataset(data, preprocessing.image_mode,
+                                                                file_transform(preprocessing, augment), batches.seed)
+            else:  # volumes and signals (files, or the synthetic shapes in memory), one by one
+                dataset = ArrayDataset(data, preprocessing, augment != "none", batches.seed)
             count = default_workers(workers)
             self._file_loader = DataLoader(
-                FileDataset(data, preprocessing.image_mode, transform, batches.seed), batch_sampler=self._batch_list,
+                dataset, batch_sampler=self._batch_list,
                 collate_fn=collate, num_workers=count, worker_init_fn=ignore_sigint if count else None,
                 persistent_workers=count > 0, pin_memory=pin_memory)
         elif augment == "imagenet":

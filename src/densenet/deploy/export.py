@@ -27,7 +27,7 @@ from densenet import __version__
 from densenet.deploy.onnx_graph import onnx_graph
 from densenet.deploy.runtime import onnx_session, run_onnx
 from densenet.fileio import atomic_path
-from densenet.meta import Preprocessing
+from densenet.meta import ArrayPreprocessing, Preprocessing
 from densenet.model import DenseNet
 
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -93,7 +93,9 @@ def onnx_metadata(model: DenseNet, input_size: int) -> dict[str, str]:
         "in_chans": str(config.in_chans),
         "class_names": json.dumps(list(meta.class_names or [str(i) for i in range(config.num_classes)])),
     }
-    if preprocessing is not None:
+    if isinstance(preprocessing, ArrayPreprocessing):  # volumes and signals: resampled, z-scored per sample
+        entries.update({"input_kind": preprocessing.kind, "crop": str(preprocessing.size)})
+    elif preprocessing is not None:
         entries.update({"image_mode": preprocessing.image_mode, "resize": str(preprocessing.resize),
                         "crop": str(preprocessing.crop), "mean": json.dumps(list(preprocessing.mean)),
                         "std": json.dumps(list(preprocessing.std))})

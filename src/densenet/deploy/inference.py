@@ -1,4 +1,5 @@
-"""Prediction and evaluation with trained weights: image files → tensors → the network → top-k classes.
+"""Prediction and evaluation with trained weights: image files (or the volume or signal files the saved
+preprocessing names) → tensors → the network → top-k classes.
 
 :func:`load_model` returns the weights as an :class:`~densenet.deploy.optimize.OptimizedDenseNet` (the same function,
 faster); the network runs in one place, :func:`run_model`. The functions here take either that or a plain
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from densenet.data.arrays import EXTENSIONS, load_arrays
 from densenet.data.csv_table import label_matrix
 from densenet.data.datasets import DataSpec, load_split
 from densenet.data.images import IMAGE_EXTENSIONS, read_image
@@ -23,7 +25,7 @@ from densenet.data.loader import EpochBatches, Loader
 from densenet.data.transforms import eval_transform
 from densenet.deploy.int8 import QuantizedDenseNet
 from densenet.deploy.optimize import OptimizedDenseNet, optimize_for_inference
-from densenet.meta import MULTI_LABEL, SINGLE_LABEL, ModelMeta, Preprocessing
+from densenet.meta import MULTI_LABEL, SINGLE_LABEL, ArrayPreprocessing, ModelMeta, Preprocessing
 from densenet.model import DenseNet
 from densenet.training.multilabel import DEFAULT_THRESHOLD
 from densenet.training.task import Result, task_of
@@ -73,14 +75,15 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Opt
     return optimize_for_inference(from_pretrained(directory).to(device))
 
 
-def preprocessing_of(model: Model) -> Preprocessing:
+def preprocessing_of(model: Model) -> Preprocessing | ArrayPreprocessing:
     """The preprocessing saved with the weights; without one, the standard for the architecture
     (:meth:`~densenet.meta.Preprocessing.standard`)."""
     return model.meta.input_preprocessing(model.config)
 
 
-def image_paths(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given and, for each directory, the image files below it (sorted).
+def image_paths(inputs: Iterable[str | Path], extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+                what: str = "image") -> list[Path]:
+    """Files as given and, for each directory, the files below it with one of ``extensions`` (sorted).
 
     Raises:
         FileNotFoundError: an input does not exist, or no image file was found.
@@ -88,29 +91,51 @@ def image_paths(inputs: Iterable[str | Path]) -> list[Path]:
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.name.lower().endswith(extensions)
                             and not p.name.startswith("."))
         elif item.is_file():
             paths.append(item)
         else:
             raise FileNotFoundError(f"{item} does not exist")
     if not paths:
-        raise FileNotFoundError(f"no image files in {', '.join(map(str, inputs))}")
+        raise FileNotFoundError(f"no {what} files in {', '.join(map(str, inputs))}")
     return paths
 
 
-def load_images(paths: Sequence[str | Path], preprocessing: Preprocessing) -> Tensor:
-    """Read, convert, resize, crop and normalise images: ``(N, C, crop, crop)`` float32.
+def input_paths(inputs: Iterable[str | Path], preprocessing: Preprocessing | ArrayPreprocessing) -> list[Path]:
+    """:func:`image_paths` for the files the weights read: images, or volume or signal files."""
+    if isinstance(preprocessing, ArrayPreprocessing):
+        return image_paths(inputs, EXTENSIONS[preprocessing.kind], preprocessing.kind)
+    return image_paths(inputs)
+
+
+def load_input(path: str | Path, preprocessing: Preprocessing | ArrayPreprocessing) -> Tensor:
+    """One file ready for the network: an image ``(C, crop, crop)``, or a volume or signal
+    ``(C, *(size,) * spatial_dims)``.
+
+    Raises:
+        ValueError, OSError: the file cannot be read (the message names it).
+    """
+    if isinstance(preprocessing, ArrayPreprocessing):
+        return load_arrays([path], preprocessing)[0]
+    return eval_transform(preprocessing)(read_image(path, preprocessing.image_mode))
+
+
+def load_images(paths: Sequence[str | Path], preprocessing: Preprocessing | ArrayPreprocessing) -> Tensor:
+    """Read, convert, resize, crop and normalise images: ``(N, C, crop, crop)`` float32 (volumes and signals:
+    :func:`~densenet.data.arrays.load_arrays`, ``(N, C, *(size,) * spatial_dims)``).
 
     Raises:
         ValueError: a file is not a readable image (the message names it).
     """
+    if isinstance(preprocessing, ArrayPreprocessing):
+        return load_arrays(paths, preprocessing)
     transform = eval_transform(preprocessing)
     return torch.stack([transform(read_image(path, preprocessing.image_mode)) for path in paths])
 
 
 def run_model(model: Model, images: Tensor) -> Tensor:
-    """The network's logits for a batch: ``(N, C, H, W)`` → ``(N, num_classes)``, without autograd."""
+    """The network's logits for a batch: ``(N, C, *spatial)`` → ``(N, num_classes)``, without autograd."""
     with torch.inference_mode():
         return model(images).float()
 
@@ -149,7 +174,7 @@ def predict(model: Model, inputs: Iterable[str | Path], k: int = 5, batch_size: 
     preprocessing = preprocessing_of(model)
     device = next(model.parameters()).device
     model.eval()
-    paths = image_paths(inputs)
+    paths = input_paths(inputs, preprocessing)
     predictions = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]

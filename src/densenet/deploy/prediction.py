@@ -9,10 +9,8 @@ from pathlib import Path
 
 import torch
 
-from densenet.data.images import read_image
-from densenet.data.transforms import eval_transform
 from densenet.deploy import inference
-from densenet.deploy.inference import Model, Prediction, preprocessing_of, scored
+from densenet.deploy.inference import Model, Prediction, load_input, preprocessing_of, scored
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,6 @@ def predict_each(model: Model, paths: Sequence[str | Path], k: int = 5,
     if k < 1 or batch_size < 1:
         raise ValueError(f"k and batch_size must be at least 1, got {k} and {batch_size}")
     preprocessing = preprocessing_of(model)
-    transform = eval_transform(preprocessing)
     device = next(model.parameters()).device
     model.eval()
     for start in range(0, len(paths), batch_size):
@@ -39,7 +36,7 @@ def predict_each(model: Model, paths: Sequence[str | Path], k: int = 5,
         images, readable, failed = [], [], {}
         for path in chunk:
             try:
-                images.append(transform(read_image(path, preprocessing.image_mode)))  # (C, crop, crop)
+                images.append(load_input(path, preprocessing))  # (C, *spatial)
                 readable.append(path)
             except (ValueError, OSError) as error:  # corrupt, truncated, or gone since it was listed
                 failed[path] = Failed(path, str(error))

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from densenet.data.datasets import load_split, preprocessing_for
 from densenet.data.images import Split
 from densenet.data.loader import EpochBatches, Loader
-from densenet.meta import Preprocessing
+from densenet.meta import ArrayPreprocessing, Preprocessing
 from densenet.model import DenseNet, check_batch_statistics
 from densenet.registry import create_model
 from densenet.training.allocator import keep_freed_memory
@@ -58,7 +58,7 @@ class Run:
     train_split: Split
     eval_split: Split
     class_names: list[str]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | ArrayPreprocessing
     model: DenseNet
     net: nn.Module
     memory_format: torch.memory_format
@@ -127,14 +127,14 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
     check_frozen_training(config, context.distributed)
     task = task_for(train_split, class_names, config.pos_weight, config.label_smoothing, context.is_main)
     preprocessing = preprocessing_for(spec, train_split)
-    model = _model(config, model, class_names, preprocessing.channels)
+    model = _model(config, model, class_names, preprocessing.channels, preprocessing.spatial_dims)
     preprocessing = with_normalisation(preprocessing, load_start_weights(config, model))
     model.meta = model.meta.replace(preprocessing=preprocessing, task=task.name)
     # fail before the run directory exists on input the network cannot train on
     model.config.check_input_size(preprocessing.crop, config.model, what="image size", hint=" (--image-size)")
     check_batch_statistics(model.config, micro_batch, preprocessing.crop)
     check_memory(config, context, model.config, preprocessing.crop, micro_batch)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    memory_format = _memory_format(config.channels_last, preprocessing.spatial_dims)
     model, net = _placed(config, context, model, memory_format)
 
     pin = context.device.type == "cuda"
@@ -145,7 +145,8 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
         augment=spec.augment_kind, workers=config.workers, pin_memory=pin)
     eval_loader = Loader(
         eval_split, preprocessing,
-        EpochBatches(len(eval_split), max(2 * micro_batch, 64), shuffle=False, rank=context.rank,
+        EpochBatches(len(eval_split), max(2 * micro_batch, 64 if preprocessing.spatial_dims < 3 else 1), shuffle=False,
+                     rank=context.rank,
                      world_size=context.world_size),
         workers=config.workers, pin_memory=pin)
     steps_per_epoch = len(train_loader) // config.accumulate
@@ -162,12 +163,14 @@ def build_run(config: TrainConfig, context: Context, model: DenseNet | None, mic
                task.criterion, task)
 
 
-def _model(config: TrainConfig, model: DenseNet | None, class_names: list[str], channels: int) -> DenseNet:
-    """``config.model`` built for the data, or the given ``model`` checked against it."""
+def _model(config: TrainConfig, model: DenseNet | None, class_names: list[str], channels: int,
+           spatial_dims: int) -> DenseNet:
+    """``config.model`` built for the data (volumes: 3 spatial dimensions, signals: 1), or the given ``model``
+    checked against it."""
     classes = len(class_names)
     if model is None:
         args = dict(config.model_args)
-        for key, value in (("num_classes", classes), ("in_chans", channels)):
+        for key, value in (("num_classes", classes), ("in_chans", channels), ("spatial_dims", spatial_dims)):
             if args.get(key, value) != value:
                 raise ValueError(f"model_args {key}={args[key]} does not fit the data ({key} = {value})")
             args[key] = value
@@ -183,6 +186,8 @@ def _model(config: TrainConfig, model: DenseNet | None, class_names: list[str], 
     if model.config.num_classes != classes or model.config.in_chans != channels:
         raise ValueError(f"the model takes {model.config.in_chans}-channel input into {model.config.num_classes} "
                          f"classes; the data has {channels} channel(s) and {classes} classes")
+    if model.config.spatial_dims != spatial_dims:
+        raise ValueError(f"the model takes {model.config.spatial_dims}-D input; the data is {spatial_dims}-D")
     if model.meta.class_names is None:
         model.meta = model.meta.replace(class_names=class_names)
     return model
@@ -202,6 +207,19 @@ def _placed(config: TrainConfig, context: Context, model: DenseNet,
     if config.compile:
         net = torch.compile(net)
     return model, net
+
+
+def _memory_format(channels_last: bool, spatial_dims: int) -> torch.memory_format:
+    """The layout of weights and inputs: channels-last (``channels_last_3d`` for volumes) if asked, else contiguous.
+
+    Raises:
+        ValueError: channels-last asked for signals (torch has no channels-last layout for 3-D tensors).
+    """
+    if not channels_last:
+        return torch.contiguous_format
+    if spatial_dims == 1:
+        raise ValueError("channels_last applies to images and volumes; torch has no channels-last layout for signals")
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
 
 
 def _seed_everything(seed: int) -> None:

@@ -51,7 +51,7 @@ def load_start_weights(config: TrainConfig, model: DenseNet) -> Preprocessing | 
 def with_normalisation(data: Preprocessing, start: Preprocessing | None) -> Preprocessing:
     """The data's image mode and sizes with the starting weights' mean and std (averaged over RGB for a gray
     network), so that the network sees inputs distributed as it was trained on."""
-    if start is None:
+    if start is None or not isinstance(data, Preprocessing):  # volumes and signals: per-sample z-scores
         return data
     normalised = start.for_channels(data.channels)
     return Preprocessing(data.image_mode, data.resize, data.crop, normalised.mean, normalised.std)

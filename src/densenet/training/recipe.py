@@ -45,9 +45,9 @@ class TrainConfig:
     data_dir: str | None = _field(None, "root of cifar10/cifar100 batches, of a folder with train/ and val/ or test/, "
                                         "or of a csv data set (train.csv and val.csv or test.csv)")
     download: bool = _field(False, "let torchvision download cifar10/cifar100 into --data-dir")
-    image_size: int | None = _field(None, "network input side (default: 8 digits, 32 CIFAR and synthetic; folder: the "
-                                          "median shorter side of 64 of its images, at most 224, at least the "
-                                          "model's smallest input)")
+    image_size: int | None = _field(None, "network input side (default: 8 digits, 32 CIFAR and synthetic; folder and "
+                                          "csv: the median shorter side of 64 of its images, at most 224, at least "
+                                          "the model's smallest input; 32 per axis volumes, 256 signals)")
     augment: str = _field("auto", "training augmentation (auto: by data set)", choices=AUGMENTATIONS)
     cache: bool = _field(False, "folder: decode every image once into memory (small images)")
     val_fraction: float | None = _field(None, "folder with train/ only: hold out this fraction of it (stratified "
@@ -215,8 +215,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(*paths: str | Path, base: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
     """A recipe from YAML files (later ones win; none: the defaults), with ``overrides`` applied on top.
 
-    ``model_args`` mappings are merged key by key rather than replaced. ``base`` (a recipe mapping, e.g. a demo's)
-    lies under the files.
+    ``model_args`` mappings are merged key by key rather than replaced. ``base`` (a recipe mapping: a command's own
+    defaults, e.g. a demo's) lies under the files.
     """
     check_keys(overrides, "overrides")
     check_keys(base or {}, "base")
