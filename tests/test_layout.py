@@ -20,7 +20,7 @@ SOURCE = Path(densenet.__file__).parent
 ROOMS = {"core": 0, "nn": 0, "tutorial": 0, "data": 1, "training": 2, "deploy": 3, "cli": 4}
 UPPER_ROOMS = ("data", "training", "deploy", "cli")
 ENTRY_POINTS = {"densenet", "densenet.__main__"}  # the public API (lazy attributes) and `python -m densenet`
-HEAVY = ("onnx", "onnxruntime", "matplotlib", "torchvision")
+HEAVY = ("onnx", "onnxruntime", "matplotlib", "torchvision", "monai")
 MAX_LINES = 400
 
 
