@@ -105,3 +105,49 @@ def test_summary_dict_is_complete():
     assert len(data["rows"][3]["children"]) == 6
     assert data["rows"][1]["param_formula"] == "7·7·3·64 + BN 2·64 = 9,536"
     assert data["totals"]["params"] == 7_978_856
+
+
+ND_CONFIGS = [dict(stem="imagenet", bn_size=4, drop_rate=0.0, num_classes=5),
+              dict(stem="cifar", bn_size=0, drop_rate=0.2, num_classes=0)]
+ND_SIDES = {1: 45, 3: 11}
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("dims", [1, 3])
+@pytest.mark.parametrize("overrides", ND_CONFIGS, ids=["imagenet", "cifar"])
+def test_summary_equals_counted_in_1d_and_3d(overrides, dims, memory_efficient):
+    """In 1D and 3D: parameters (F8 with K^d) equal the model's, every row's output shape the map the model
+    produces there, executed MACs the FLOP counter's, activation memory the bytes autograd saves."""
+    config = densenet.DenseNetConfig(growth_rate=4, block_config=(2, 3), num_init_features=8, spatial_dims=dims,
+                                     memory_efficient=memory_efficient, **overrides)
+    side = ND_SIDES[dims]
+    summary = summarize(config, side, batch_size=2)
+    model = densenet.DenseNet(config)
+    assert summary.params == sum(p.numel() for p in model.parameters())
+    assert summary.bn_buffers == sum(b.numel() for b in model.buffers())
+    x = torch.randn(2, 3, *[side] * dims)
+    assert summary.macs_executed == _executed_macs(model, x[:1])
+    shapes = {}
+    hooks = [module.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+             for name, module in model.features.named_children()]
+    model.eval()(x)
+    for hook in hooks:
+        hook.remove()
+    rows = {row.name: row.output_shape for row in summary.rows}
+    stem = "pool0" if config.stem == "imagenet" else "conv0"
+    assert rows["Pool1" if config.stem == "imagenet" else "Conv1"] == shapes[stem]
+    assert rows["Dense Block 1"] == shapes["denseblock1"] and rows["Transition 1"] == shapes["transition1"]
+    assert rows["Dense Block 2"] == shapes["denseblock2"] and rows["Final BN-ReLU"] == shapes["norm5"]
+    measured = saved_activation_bytes(model.train(), x)
+    memory = summary.activation_memory
+    assert (memory.memory_efficient if memory_efficient else memory.reference) == measured
+
+
+def test_summary_formulas_use_k_to_the_d():
+    rows = {d: {row.name: row for row in summarize(densenet.get_config("densenet121", spatial_dims=d), 64).rows}
+            for d in (1, 2, 3)}
+    assert rows[3]["Conv1"].param_formula == "7·7·7·3·64 + BN 2·64 = 65,984"
+    assert rows[1]["Conv1"].param_formula == "7·3·64 + BN 2·64 = 1,472"
+    assert rows[3]["Conv1"].output_shape == (64, 32, 32, 32) and rows[1]["Pool1"].output_shape == (64, 16)
+    assert rows[3]["Dense Block 1"].kernel == "[1×1×1, 3×3×3] × 6"
+    assert rows[3]["Transition 1"].kernel == "1×1×1 conv, 2×2×2 avg"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 STEMS = ("imagenet", "cifar")
+SPATIAL_DIMS = (1, 2, 3)
+_AXES = {1: "length", 2: "height and width", 3: "depth, height and width"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class DenseNetConfig:
         stem: ``"imagenet"`` (7×7/2 conv, BN, ReLU, 3×3/2 max-pool) or ``"cifar"`` (one 3×3 conv).
         memory_efficient: train through the explicit, memory-linear dense block (``True``) or through the
             plain autograd reference with ``torch.cat`` (``False``). Does not change the function computed.
+        spatial_dims: ``d``, the spatial dimensions of the input: 1 (signals ``(N, C, L)``), 2 (images
+            ``(N, C, H, W)``) or 3 (volumes ``(N, C, D, H, W)``). Every kernel, stride and pool is the same along
+            each axis (a 3×3 conv becomes 3 in 1D and 3×3×3 in 3D).
     """
 
     growth_rate: int = 32
@@ -45,6 +50,7 @@ class DenseNetConfig:
     in_chans: int = 3
     stem: str = "imagenet"
     memory_efficient: bool = True
+    spatial_dims: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_config, (list, tuple)):
@@ -67,6 +73,8 @@ class DenseNetConfig:
             raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
         if not isinstance(self.memory_efficient, bool):
             raise ValueError(f"memory_efficient must be a bool, got {self.memory_efficient!r}")
+        if isinstance(self.spatial_dims, bool) or self.spatial_dims not in SPATIAL_DIMS:
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {self.spatial_dims!r}")
         object.__setattr__(self, "compression", float(self.compression))
         object.__setattr__(self, "drop_rate", float(self.drop_rate))
         channels = self.num_init_features
@@ -109,17 +117,20 @@ class DenseNetConfig:
 
     @property
     def default_input_size(self) -> int:
-        """The input side the architecture is designed for: 224 with the ImageNet stem, 32 with the CIFAR stem."""
-        return 224 if self.stem == "imagenet" else 32
+        """The input side the architecture is designed for: 224 with the ImageNet stem (96 per axis for volumes,
+        the side of MONAI's 3D DenseNet tutorials), 32 with the CIFAR stem."""
+        if self.stem != "imagenet":
+            return 32
+        return 96 if self.spatial_dims == 3 else 224
 
-    def check_input_size(self, size: int | tuple[int, int], name: str = "this network", what: str = "input",
+    def check_input_size(self, size: int | tuple[int, ...], name: str = "this network", what: str = "input",
                          hint: str = "") -> None:
-        """Raise ``ValueError`` when an input of ``size`` (a side, or height and width) leaves some feature map
-        without a pixel; the message names ``what`` and ``name`` and ends with ``hint``."""
-        height, width = (size, size) if isinstance(size, int) else size
-        if min(height, width) < self.min_input_size:
-            shown = f"{size}" if isinstance(size, int) else f"{height}×{width}"
-            raise ValueError(f"{what} {shown} is too small for {name}: height and width must be at least "
+        """Raise ``ValueError`` when an input of ``size`` (a side, or one side per spatial axis) leaves some feature
+        map without a pixel; the message names ``what`` and ``name`` and ends with ``hint``."""
+        sides = (size,) if isinstance(size, int) else tuple(size)
+        if min(sides) < self.min_input_size:
+            shown = "×".join(str(side) for side in sides)
+            raise ValueError(f"{what} {shown} is too small for {name}: {_AXES[self.spatial_dims]} must be at least "
                              f"{self.min_input_size}{hint}")
 
     def replace(self, **changes: Any) -> DenseNetConfig:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densenet.config import DenseNetConfig
 from densenet.meta import ModelMeta
+from densenet.nn.dims import channels_last
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ def run_features(features: nn.Sequential, config: DenseNetConfig, x: Tensor,
     The stem runs module by module here (the recomputing stem Function returns only the pooled map), the blocks
     and transitions as they always do. Returns the final BN-ReLU output ``(N, C, h, w)`` and the chosen maps.
     """
-    if config.memory_efficient:
-        x = x.contiguous(memory_format=torch.channels_last)
+    if config.memory_efficient and config.spatial_dims > 1:  # the model's layout (densenet.model.input_layout)
+        x = channels_last(x)
     wanted = set(indices)
     maps: list[Tensor] = []
     tap = 0
@@ -111,5 +111,5 @@ class DenseNetFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``(N, in_chans, H, W)`` → one ``(N, num_chs, H/reduction, W/reduction)`` map per chosen tap."""
-        self.config.check_input_size((x.shape[-2], x.shape[-1]))
+        self.config.check_input_size(tuple(x.shape[2:]))
         return run_features(self.features, self.config, x, self.out_indices)[1]

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densenet.config import DenseNetConfig
 from densenet.features import check_indices, run_features
 from densenet.meta import ModelMeta
+from densenet.nn import dims as nd
 from densenet.nn.layers import DenseBlock, Features, Transition, cifar_stem, imagenet_stem, symbolic_tracing
 
 
@@ -26,8 +26,9 @@ class DenseNet(nn.Module):
     Args:
         config: the architecture; keyword arguments (torchvision's names: ``growth_rate``, ``block_config``,
             ``num_init_features``, ``bn_size``, ``drop_rate``, ``num_classes``, ``memory_efficient``, plus
-            ``compression``, ``in_chans``, ``stem``) override its fields or, without a config, the defaults
-            (DenseNet-121).
+            ``compression``, ``in_chans``, ``stem``, ``spatial_dims``) override its fields or, without a config,
+            the defaults (DenseNet-121). ``spatial_dims`` 1, 2 or 3 builds the same network for signals, images or
+            volumes (``nn.Conv1d``/``2d``/``3d`` and the matching batch norms and pools).
         meta: what travels beside the weights (registered name, class names, preprocessing) as ``model.meta``;
             the network never reads it, :meth:`save_pretrained` writes it. Default: nothing known.
     """
@@ -40,19 +41,20 @@ class DenseNet(nn.Module):
         self.config = config
         self.meta = (meta or ModelMeta()).check(config)
 
+        dims = config.spatial_dims
         stem = imagenet_stem if config.stem == "imagenet" else cifar_stem
-        modules: OrderedDict[str, nn.Module] = stem(config.in_chans, config.num_init_features)
+        modules: OrderedDict[str, nn.Module] = stem(config.in_chans, config.num_init_features, dims)
         channels = config.num_init_features
         for index, num_layers in enumerate(config.block_config, start=1):
             block = DenseBlock(num_layers, channels, config.growth_rate, config.bn_size, config.drop_rate,
-                               config.memory_efficient)
+                               config.memory_efficient, dims)
             modules[f"denseblock{index}"] = block
             channels = block.out_channels
             if index < len(config.block_config):
                 out_channels = config.transition_channels(channels)
-                modules[f"transition{index}"] = Transition(channels, out_channels, config.memory_efficient)
+                modules[f"transition{index}"] = Transition(channels, out_channels, config.memory_efficient, dims)
                 channels = out_channels
-        modules["norm5"] = nn.BatchNorm2d(channels)
+        modules["norm5"] = nd.batch_norm_module(dims, channels)
         self.features = Features(modules, config.stem, config.memory_efficient)
         self.num_features = channels
         self.classifier = self._new_classifier(config.num_classes)
@@ -68,9 +70,9 @@ class DenseNet(nn.Module):
     def _init_weights(self) -> None:
         """torchvision's initialisation: Kaiming-normal convs, BN weight 1 / bias 0, linear bias 0."""
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nd.ConvModule):
                 nn.init.kaiming_normal_(module.weight)
-            elif isinstance(module, nn.BatchNorm2d):
+            elif isinstance(module, nd.BatchNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
@@ -81,27 +83,27 @@ class DenseNet(nn.Module):
         check_input(self.config, x)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W)`` → ``(N, num_features, h, w)``: everything up to the final BN-ReLU.
+        """``(N, in_chans, *spatial)`` → ``(N, num_features, *spatial')``: everything up to the final BN-ReLU.
 
         The memory-efficient path runs channels-last from the input on (the dense blocks store their features
-        channels-last anyway; the stem's conv and max-pool are several times faster so on CPU).
+        channels-last anyway; the stem's conv and max-pool are several times faster so on CPU) — for images and
+        volumes; signals stay as they come (see :func:`input_layout`).
         """
-        if self.config.memory_efficient:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = input_layout(self.config, x)
         return F.relu(self.features(x), inplace=True)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global average pool [F4] and classifier [F5]: ``(N, C, h, w)`` → ``(N, num_classes)``.
+        """Global average pool [F4] and classifier [F5]: ``(N, C, *spatial)`` → ``(N, num_classes)``.
 
         With ``pre_logits`` the pooled ``(N, C)`` features are returned instead of logits.
         """
-        # O_k = (1/HW) Σ_ij x_ijk   [F4]
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (N, C)
+        # O_k = (1/HW) Σ_ij x_ijk, over every spatial axis   [F4]
+        x = nd.global_avg_pool(x)  # (N, C)
         # O = Wx + b   [F5]
         return x if pre_logits else self.classifier(x)  # (N, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W)`` → logits ``(N, num_classes)``."""
+        """``(N, in_chans, *spatial)`` → logits ``(N, num_classes)``."""
         if not symbolic_tracing():  # FX traces shapes as symbols: nothing to check
             self.check_input(x)
         return self.forward_head(self.forward_features(x))
@@ -111,13 +113,13 @@ class DenseNet(nn.Module):
         """timm's ``forward_intermediates``: the final features and the multi-scale maps at ``indices``.
 
         Args:
-            x: ``(N, in_chans, H, W)``.
+            x: ``(N, in_chans, *spatial)``.
             indices: which maps of :func:`densenet.features.feature_taps` (default all; an int ``n``: the last
                 ``n``; negative indices count from the end).
             intermediates_only: return the maps alone.
 
         Returns:
-            ``(final, maps)``: ``final`` is :meth:`forward_features`'s ``(N, C, h, w)``; or ``maps`` alone.
+            ``(final, maps)``: ``final`` is :meth:`forward_features`'s ``(N, C, *spatial')``; or ``maps`` alone.
         """
         self.check_input(x)
         final, maps = run_features(self.features, self.config, x, check_indices(self.config, indices))
@@ -163,22 +165,38 @@ class DenseNet(nn.Module):
         return save_pretrained(self, directory)
 
 
+_LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
 def check_input(config: DenseNetConfig, x: Tensor) -> None:
     """Raise ``ValueError`` for input this network cannot take, before torch fails deep inside."""
-    if x.dim() != 4:
-        raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    dims = config.spatial_dims
+    if x.dim() != dims + 2:
+        raise ValueError(f"expected a {dims + 2}-D input {_LAYOUTS[dims]} (spatial_dims={dims}), got shape "
+                         f"{tuple(x.shape)}")
     if x.shape[1] != config.in_chans:
         raise ValueError(
             f"expected {config.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
         )
-    config.check_input_size((x.shape[2], x.shape[3]))
+    config.check_input_size(tuple(x.shape[2:]))
+
+
+def input_layout(config: DenseNetConfig, x: Tensor) -> Tensor:
+    """The layout the network runs in: channels-last for images and volumes on the memory-efficient path, the
+    input's own otherwise (signals gain nothing from it: 1D convs run on plain ``(N, C, L)``)."""
+    if config.memory_efficient and config.spatial_dims > 1:
+        return nd.channels_last(x)
+    return x
 
 
 def check_batch_statistics(config: DenseNetConfig, batch: int, side: int) -> None:
-    """Raise ``ValueError`` when training on batches of ``batch`` images of ``side × side`` would leave a batch norm
-    one value per channel (the last one sees the smallest maps): torch cannot compute batch statistics from it."""
+    """Raise ``ValueError`` when training on batches of ``batch`` inputs of side ``side`` along every axis would
+    leave a batch norm one value per channel (the last one sees the smallest maps): torch cannot compute batch
+    statistics from it."""
+    dims = config.spatial_dims
     final = config.feature_map_size(side)
-    if batch * final * final < 2:
-        raise ValueError(f"a batch of {batch} image(s) at {side}×{side} leaves the last batch norm "
-                         f"{final}×{final}×{batch} = one value per channel, too few for batch statistics: use a larger "
+    if batch * final**dims < 2:
+        sides, finals = "×".join([str(side)] * dims), "×".join([str(final)] * dims)
+        raise ValueError(f"a batch of {batch} input(s) at {sides} leaves the last batch norm "
+                         f"{finals}×{batch} = one value per channel, too few for batch statistics: use a larger "
                          "batch or image size")

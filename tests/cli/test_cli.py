@@ -32,6 +32,20 @@ def test_summary_detail_and_json(capsys):
     assert data["totals"]["params"] == sum(p.numel() for p in densenet.create_model("densenet_bc100_k12").parameters())
 
 
+def test_summary_spatial_dims(capsys):
+    """``--spatial-dims 3``: the volume table (96³ by default for the ImageNet stem), parameters counted with K³ and
+    equal to the 3D model's; no 2D pretrained weights listed beside it."""
+    assert main(["summary", "densenet121", "--spatial-dims", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "densenet121: input 3×96×96×96, 1000 classes" in out
+    assert "7·7·7·3·64 + BN 2·64 = 65,984" in out
+    count = sum(p.numel() for p in densenet.create_model("densenet121", spatial_dims=3).parameters())
+    assert f"trainable parameters   {count:,}" in out
+    assert "pretrained weights" not in out
+    assert main(["summary", "densenet40_k12", "--spatial-dims", "1", "--input-size", "100"]) == 0
+    assert "densenet40_k12: input 3×100, 10 classes" in capsys.readouterr().out
+
+
 def test_summary_of_saved_directory(tmp_path, capsys):
     densenet.create_model("densenet40_k12", num_classes=3).save_pretrained(tmp_path)
     assert main(["summary", str(tmp_path), "--input-size", "40"]) == 0

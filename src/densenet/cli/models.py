@@ -21,6 +21,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     summary.add_argument("--input-size", type=positive_int, default=None,
                          help="input side (default 224, CIFAR models 32)")
     summary.add_argument("--batch-size", type=positive_int, default=1, help="batch size for the activation memory")
+    summary.add_argument("--spatial-dims", type=int, choices=(1, 2, 3), default=None,
+                         help="1 (signals), 2 (images) or 3 (volumes); default: the model's own (2 for a name)")
     summary.add_argument("--detail", action="store_true", help="list every dense layer")
     summary.add_argument("--json", action="store_true", help="print JSON instead of the table")
     summary.set_defaults(handler=cmd_summary)
@@ -36,9 +38,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def cmd_summary(args: argparse.Namespace) -> int:
     """``densenet summary``: the closed-form table of a model."""
     title, config = _resolve_config(args.model)
+    if args.spatial_dims is not None:
+        config = config.replace(spatial_dims=args.spatial_dims)
     size = args.input_size if args.input_size is not None else config.default_input_size
     summary = summarize(config, size, args.batch_size)
-    weights = list_pretrained(title)
+    weights = list_pretrained(title) if config.spatial_dims == 2 else []  # image weights: they do not apply as they are
     if args.json:
         print(json.dumps({"model": title, **summary.to_dict(),
                           "pretrained": [_weights_dict(entry) for entry in weights]}, indent=2))
@@ -106,7 +110,7 @@ def format_summary(title: str, summary: Summary, detail: bool) -> str:
 
     memory = summary.activation_memory
     out = [
-        f"{title}: input {summary.config.in_chans}×{summary.input_size}×{summary.input_size}, "
+        f"{title}: input {_format_shape(summary.rows[0].input_shape)}, "
         f"{summary.config.num_classes} classes",
         render(header),
         render(tuple("-" * len(h) for h in header)),

@@ -9,19 +9,21 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from densenet.nn.batchnorm import PER_CHANNEL, running_affine
+from densenet.nn.batchnorm import running_affine
+from densenet.nn.dims import BatchNorm, norm_dims, per_channel
 
 
-def batch_norm_affine(norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+def batch_norm_affine(norm: BatchNorm) -> tuple[Tensor, Tensor]:
     """Eval-mode BN as ``a·x + b``: ``a = γ/√(σ²+ε)``, ``b = β − μ·a`` (running statistics), as per-channel
-    ``(C, 1, 1)`` views that broadcast over ``(N, C, H, W)``."""
+    ``(C, 1, …, 1)`` views that broadcast over ``(N, C, *spatial)`` (``nn.BatchNorm{d}d``: ``d`` ones)."""
     scale, shift, _, _ = running_affine(norm, norm.weight.detach(), norm.bias.detach())
-    return scale.view(PER_CHANNEL), shift.view(PER_CHANNEL)
+    dims = norm_dims(norm)
+    return per_channel(scale, dims), per_channel(shift, dims)
 
 
-def fold_batch_norm(weight: Tensor, norm: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+def fold_batch_norm(weight: Tensor, norm: BatchNorm) -> tuple[Tensor, Tensor]:
     """``BN(W ∗ x) = (a·W) ∗ x + b`` for a bias-free conv followed by an eval-mode BN: the folded weight and bias."""
     scale, shift = batch_norm_affine(norm)
     return weight.detach() * scale.unsqueeze(1), shift.flatten()
@@ -60,13 +62,14 @@ def fold_relu_affine(weight: Tensor, bias: Tensor | None, scale: Tensor, shift: 
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``W ∗ σ(a·x + b) + β = (W·a') ∗ clamp(x, lo, hi) + (β + W·c)`` for a 1×1 conv ``W`` (``(C_out, C, 1, 1)``)
     without padding (see :func:`relu_affine_as_clamp`). Also exact with an average pool between the two: it is
-    linear and keeps constants. Returns ``(lo, hi, W', β')``, the bounds as ``(C, 1, 1)`` views."""
-    if tuple(weight.shape[2:]) != (1, 1):
+    linear and keeps constants. Returns ``(lo, hi, W', β')``, the bounds as ``(C, 1, …, 1)`` views (any ``d``)."""
+    if set(weight.shape[2:]) != {1}:
         raise ValueError(f"only a 1×1 convolution takes a folded BN-ReLU exactly, got kernel {tuple(weight.shape[2:])}")
     dtype = weight.dtype
     lo, hi, live_scale, constant = relu_affine_as_clamp(scale.flatten(), shift.flatten(), dtype)
     matrix = weight.detach().double().flatten(1)  # (C_out, C)
     folded_bias = matrix @ constant + (0 if bias is None else bias.detach().double())
     folded = (matrix * live_scale).view_as(weight)
-    return (lo.to(dtype).view(PER_CHANNEL), hi.to(dtype).view(PER_CHANNEL), folded.to(dtype),
+    dims = weight.dim() - 2
+    return (per_channel(lo.to(dtype), dims), per_channel(hi.to(dtype), dims), folded.to(dtype),
             folded_bias.to(dtype))

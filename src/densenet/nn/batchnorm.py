@@ -9,11 +9,12 @@ float64.
 Training-mode BN of a channel is ``y = γ·x̂ + β`` with ``x̂ = (x − μ)/√(σ² + ε)`` and the batch's ``μ, σ²``; as
 a per-channel affine, ``y = a·x + b`` with ``a = γ/√(σ² + ε)`` and ``b = β − μ·a``. Its backward [BN] is
 ``∂L/∂β = Σδ``, ``∂L/∂γ = Σδx̂`` and ``∂L/∂x = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` (sums over the ``M = N·H·W``
-values of the channel); with running statistics (eval mode) ``μ, σ²`` are constants and ``∂L/∂x = a·δ``.
+values of the channel — ``N·L`` for signals, ``N·D·H·W`` for volumes: every axis but the channel's); with running
+statistics (eval mode) ``μ, σ²`` are constants and ``∂L/∂x = a·δ``.
 
 Two forms of that backward, one formula:
 
-- whole tensors, ``(N, C, H, W)``: :func:`parameter_grads` and :func:`input_grad` — the stem, the transitions
+- whole tensors, ``(N, C, *spatial)``: :func:`parameter_grads` and :func:`input_grad` — the stem, the transitions
   and each dense layer's BN2;
 - the rows of the dense block's shared buffer, ``(M, C_l)``: :func:`bn_relu_backward_into` adds ``a·δ`` in place
   into the block's shared gradient buffer, and :func:`batch_terms` gives the per-channel rest
@@ -24,15 +25,16 @@ Two forms of that backward, one formula:
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from densenet.nn.dims import BatchNorm, per_channel
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-PER_CHANNEL = (-1, 1, 1)  # view of a (C,) vector that broadcasts over (N, C, H, W)
 _CHUNK_ELEMENTS = 1 << 20  # elements per row chunk of fused elementwise work: a few MB, resident in cache
 
 
 def channel_stats(image: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Batch mean ``μ`` and ``1/√(σ² + ε)`` of each channel of ``(N, C, H, W)``, in float32 or better.
+    """Batch mean ``μ`` and ``1/√(σ² + ε)`` of each channel of ``(N, C, *spatial)``, in float32 or better.
 
     ``native_batch_norm`` in training mode computes both in one vectorised pass (far faster on CPU than
     ``var_mean`` over three dimensions); its normalised output is discarded.
@@ -43,13 +45,13 @@ def channel_stats(image: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return mean, invstd
 
 
-def count_batch(norm: nn.BatchNorm2d) -> float:
+def count_batch(norm: BatchNorm) -> float:
     """Count one more batch and return the running-average factor, as ``nn.BatchNorm2d`` does in training."""
     norm.num_batches_tracked.add_(1)
     return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
 
 
-def update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, invstd: Tensor, count: int) -> None:
+def update_running_stats(norm: BatchNorm, mean: Tensor, invstd: Tensor, count: int) -> None:
     """``running ← (1 − m)·running + m·batch``, the variance unbiased: ``σ²·M/(M − 1)``."""
     factor = count_batch(norm)
     var = invstd.pow(-2) - norm.eps  # σ² from 1/√(σ² + ε)
@@ -63,7 +65,7 @@ def affine(weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> tuple[
     return scale, bias - mean * scale
 
 
-def running_affine(norm: nn.BatchNorm2d, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def running_affine(norm: BatchNorm, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Eval-mode BN: the affine from the running statistics, with the mean and ``1/σ`` it used."""
     invstd = torch.rsqrt(norm.running_var + norm.eps)
     scale, shift = affine(weight, bias, norm.running_mean, invstd)
@@ -71,13 +73,13 @@ def running_affine(norm: nn.BatchNorm2d, weight: Tensor, bias: Tensor) -> tuple[
 
 
 def affine_relu(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
-    """``σ(a·x + b)``: ``(M, C)`` rows with ``(C,)`` vectors, or ``(N, C, H, W)`` with ``(C, 1, 1)`` views."""
+    """``σ(a·x + b)``: ``(M, C)`` rows with ``(C,)`` vectors, or ``(N, C, *spatial)`` with ``(C, 1, …)`` views."""
     return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype), out=out).clamp_min_(0)
 
 
 def parameter_grads(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, training: bool,
                     eps: float) -> tuple[Tensor, Tensor]:
-    """``∂L/∂γ = Σδx̂`` and ``∂L/∂β = Σδ`` for ``(N, C, H, W)`` tensors, in one pass of
+    """``∂L/∂γ = Σδx̂`` and ``∂L/∂β = Σδ`` for ``(N, C, *spatial)`` tensors, in one pass of
     ``native_batch_norm_backward`` (fast for contiguous NCHW or channels-last input)."""
     _, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
         grad_u, x, weight, mean, invstd.pow(-2) - eps, mean, invstd, training, eps, [False, True, True])
@@ -86,14 +88,15 @@ def parameter_grads(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, inv
 
 def input_grad(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, grad_weight: Tensor,
                grad_bias: Tensor, training: bool, out: Tensor | None = None) -> Tensor:
-    """``∂L/∂x`` of ``(N, C, H, W)`` (into ``out`` if given): with batch statistics
+    """``∂L/∂x`` of ``(N, C, *spatial)`` (into ``out`` if given): with batch statistics
     ``a·(δ − (1/M)(Σδ + x̂·Σδx̂)) = a·δ + (c + d·x)`` with per-channel ``c, d``; with running ones ``a·δ``."""
-    scale = (weight * invstd).view(PER_CHANNEL)
+    dims = x.dim() - 2
+    scale = per_channel(weight * invstd, dims)
     if not training:
         return torch.mul(grad_u, scale.to(x.dtype), out=out)
     count = x.numel() // x.shape[1]
-    slope = (-weight * invstd.square() * grad_weight / count).view(PER_CHANNEL)
-    offset = (-weight * invstd * grad_bias / count).view(PER_CHANNEL) - slope * mean.view(PER_CHANNEL)
+    slope = per_channel(-weight * invstd.square() * grad_weight / count, dims)
+    offset = per_channel(-weight * invstd * grad_bias / count, dims) - slope * per_channel(mean, dims)
     grad_x = torch.addcmul(offset.to(x.dtype), x, slope.to(x.dtype), out=out)
     return grad_x.addcmul_(grad_u, scale.to(x.dtype))
 

@@ -6,7 +6,9 @@ buffer of ``C_0 + L·k`` channels, and layer ``l`` reads the view of its first `
 
 The buffer is stored channels-last, ``(N, H, W, C)`` — logically ``(N, C, H, W)`` with channels-last strides —
 so the view of the first channels is a ``(M, C_l)`` matrix with ``M = N·H·W`` rows, the 1×1 bottleneck conv is
-one matrix product, and per-channel batch-norm affines broadcast along the contiguous axis.
+one matrix product, and per-channel batch-norm affines broadcast along the contiguous axis. The same holds in
+every spatial dimension ``d`` (:mod:`densenet.nn.dims`): signals ``(N, L, C)`` with ``M = N·L``, volumes
+``(N, D, H, W, C)`` with ``M = N·D·H·W``; only the convolutions (``F.conv{d}d``) and their backward see ``d``.
 
 Batch norm in training mode normalises each channel with the batch mean and variance of that channel. A
 channel of the buffer is read by every later layer, and its batch statistics are the same for all of them, so
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from densenet.nn.batchnorm import (
@@ -54,12 +56,13 @@ from densenet.nn.batchnorm import (
     running_affine,
     update_running_stats,
 )
+from densenet.nn.dims import BatchNorm, channels_last, conv, conv_backward
 from densenet.nn.double_backward import announce, differentiable_grads, plain_block
-from densenet.tutorial import conv2d_backward, conv2d_forward, dropout_backward, dropout_forward, dropout_mask
+from densenet.tutorial import dropout_backward, dropout_forward, dropout_mask
 
-_STRIDE_ONE = (1, 1)
-_PAD_ZERO = (0, 0)
-_PAD_ONE = (1, 1)
+_STRIDE_ONE = 1
+_PAD_ZERO = 0
+_PAD_ONE = 1
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,8 @@ class BlockSpec:
     """What the Function needs besides tensors: the layers' batch norms (for ε, momentum and running
     statistics), the growth rate and the dropout rate. Without ``norms2`` the layers have no bottleneck."""
 
-    norms1: tuple[nn.BatchNorm2d, ...]
-    norms2: tuple[nn.BatchNorm2d, ...]
+    norms1: tuple[BatchNorm, ...]
+    norms2: tuple[BatchNorm, ...]
     growth_rate: int
     drop_rate: float
 
@@ -83,15 +86,24 @@ class BlockSpec:
         return 6 if self.bottleneck else 3
 
 
-def _image(rows: Tensor, n: int, h: int, w: int) -> Tensor:
-    """``(M, C)`` rows → ``(N, C, H, W)`` view with channels-last strides (``M = N·H·W``)."""
-    return rows.view(n, h, w, rows.shape[1]).permute(0, 3, 1, 2)
+def _image(rows: Tensor, n: int, spatial: tuple[int, ...]) -> Tensor:
+    """``(M, C)`` rows → ``(N, C, *spatial)`` view with channels-last strides (``M = N·∏ spatial``)."""
+    return rows.view(n, *spatial, rows.shape[1]).movedim(-1, 1)
 
 
 def _rows(image: Tensor) -> Tensor:
-    """``(N, C, H, W)`` → ``(M, C)`` rows; a view for channels-last tensors."""
-    n, c, h, w = image.shape
-    return image.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    """``(N, C, *spatial)`` → ``(M, C)`` rows; a view for channels-last tensors."""
+    return image.movedim(1, -1).reshape(-1, image.shape[1])
+
+
+def _planar(image: Tensor) -> Tensor:
+    """A signal's ``(N, C, L)`` channels-last view as ``(N, C, 1, L)``, images and volumes unchanged.
+
+    ``native_batch_norm.out`` writes a 3-D ``out`` with channels-last strides as if it were contiguous (torch 2.14,
+    CPU): 1-D has no channels-last memory format for the kernel to recognise. With a unit height the same memory
+    is a 2-D channels-last tensor, which it handles.
+    """
+    return image.unsqueeze(2) if image.dim() == 3 else image
 
 
 def dense_block_forward(
@@ -105,20 +117,20 @@ def dense_block_forward(
 
     Args:
         spec: the block's layers.
-        x: ``(N, C_0, H, W)``.
+        x: ``(N, C_0, *spatial)``.
         params: per layer ``γ1, β1, W1`` (+ ``γ2, β2, W2``).
         training: batch statistics (the running ones updated once) or running statistics.
         keep: record what the backward needs.
 
     Returns:
-        ``(N, C_0 + L·k, H, W)`` with channels-last strides, and the record for the backward.
+        ``(N, C_0 + L·k, *spatial)`` with channels-last strides, and the record for the backward.
     """
-    n, c0, h, w = x.shape
+    n, c0, *spatial = x.shape
     k, num_layers, per_layer = spec.growth_rate, len(spec.norms1), spec.params_per_layer
-    total, m = c0 + num_layers * k, n * h * w
+    total, m = c0 + num_layers * k, x.numel() // c0
     eps = spec.norms1[0].eps
     buffer = x.new_empty((m, total))  # (M, C_0 + L·k): [x_0, …, x_L], one row per pixel
-    features = _image(buffer, n, h, w)  # (N, C_0 + L·k, H, W)
+    features = _image(buffer, n, spatial)  # (N, C_0 + L·k, *spatial)
     features[:, :c0].copy_(x)
     stat_dtype = torch.promote_types(x.dtype, torch.float32)
     mean = torch.zeros(total, dtype=stat_dtype, device=x.device)  # batch μ of every channel, set when written
@@ -130,7 +142,7 @@ def dense_block_forward(
     # One slab for every layer's bottleneck output (kept for backward) and one scratch for σ(BN2(·)): a few
     # large allocations instead of two per layer, which would fragment the heap.
     bottlenecks = x.new_empty((num_layers if keep else 1, m, width))
-    relu2 = _image(x.new_empty((m, width)), n, h, w)
+    relu2 = _image(x.new_empty((m, width)), n, spatial)
     stats2 = torch.empty((num_layers, 2, width), dtype=stat_dtype, device=x.device)
     masks: list[Tensor] = []
 
@@ -145,26 +157,27 @@ def dense_block_forward(
             scale, shift, _, _ = running_affine(norm1, gamma1, beta1)
         # r = σ(BN1([x_0, …, x_{l−1}]))
         relu1 = _image(affine_relu(buffer[:, :channels], scale, shift, out=scratch[:m * channels].view(m, channels)),
-                       n, h, w)
+                       n, spatial)
         if spec.bottleneck:
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
             norm2 = spec.norms2[index]
             # z = W1 ∗ r, the 1×1 bottleneck conv
-            bottleneck = _image(bottlenecks[index if keep else 0], n, h, w)  # (N, 4k, H, W)
-            bottleneck.copy_(conv2d_forward(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
+            bottleneck = _image(bottlenecks[index if keep else 0], n, spatial)  # (N, 4k, *spatial)
+            bottleneck.copy_(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
+            z, out = _planar(bottleneck), _planar(relu2)
             if training:
                 torch.ops.aten.native_batch_norm.out(
-                    bottleneck, gamma2, beta2, norm2.running_mean, norm2.running_var, True, count_batch(norm2),
-                    norm2.eps, out=relu2, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
+                    z, gamma2, beta2, norm2.running_mean, norm2.running_var, True, count_batch(norm2),
+                    norm2.eps, out=out, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
             else:
                 torch.ops.aten.native_batch_norm.out(
-                    bottleneck, gamma2, beta2, norm2.running_mean, norm2.running_var, False, 0.0, norm2.eps,
-                    out=relu2, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
+                    z, gamma2, beta2, norm2.running_mean, norm2.running_var, False, 0.0, norm2.eps,
+                    out=out, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
                 stats2[index, 0], stats2[index, 1] = norm2.running_mean, torch.rsqrt(norm2.running_var + norm2.eps)
             # x_l = W2 ∗ σ(BN2(z)), 3×3 conv pad 1
-            new = conv2d_forward(relu2.clamp_min_(0), weight2, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, H, W)
+            new = conv(relu2.clamp_min_(0), weight2, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, *spatial)
         else:
-            new = conv2d_forward(relu1, weight1, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, H, W)
+            new = conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, *spatial)
         if spec.drop_rate > 0 and training:
             mask = dropout_mask(new, spec.drop_rate)
             # O = D ⊙ x / (1 − p)   [F6]
@@ -193,12 +206,12 @@ def dense_block_backward(
     into the shared gradient buffer and scratch tensors must be read in order.
     """
     features: Tensor = saved["features"]
-    n, total, h, w = features.shape
+    n, total, *spatial = features.shape
     k, num_layers, per_layer = spec.growth_rate, len(spec.norms1), spec.params_per_layer
-    c0, m = total - num_layers * k, n * h * w
+    c0, m = total - num_layers * k, features.numel() // total
     buffer = _rows(features)  # (M, C_0 + L·k)
     grad = torch.empty_like(buffer)  # (M, C_0 + L·k): ∂L/∂[x_0, …, x_L], the shared gradient buffer
-    _image(grad, n, h, w).copy_(grad_out)
+    _image(grad, n, spatial).copy_(grad_out)
     mean, invstd = saved["mean"], saved["invstd"]
     # ∂L/∂x_c also holds Σ_l (c_l + d_l·x̂_c) over the layers l reading channel c: summed here, added once.
     deferred_offset = torch.zeros_like(mean)
@@ -219,27 +232,27 @@ def dense_block_backward(
         offset = index * per_layer
         gamma1, beta1, weight1 = params[offset:offset + 3]
         settle(channels, channels + k)
-        grad_new = _image(grad[:, channels:channels + k], n, h, w)  # (N, k, H, W): complete ∂L/∂x_l
+        grad_new = _image(grad[:, channels:channels + k], n, spatial)  # (N, k, *spatial): complete ∂L/∂x_l
         if spec.drop_rate > 0 and training:
             # ∂L/∂x = D ⊙ δ / (1 − p)   [F6b]
             grad_new = dropout_backward(grad_new, saved["masks"][index], spec.drop_rate)
-        grad_new = grad_new.contiguous(memory_format=torch.channels_last)
+        grad_new = channels_last(grad_new)
         inputs = buffer[:, :channels]  # (M, C_l) view of [x_0, …, x_{l−1}]
         if training:
             layer_mean, layer_invstd = mean[:channels], invstd[:channels]
             scale, shift = affine(gamma1, beta1, layer_mean, layer_invstd)
         else:
             scale, shift, layer_mean, layer_invstd = running_affine(spec.norms1[index], gamma1, beta1)
-        relu1 = _image(affine_relu(inputs, scale, shift, out=relu_scratch[:m * channels].view(m, channels)), n, h, w)
+        relu1 = _image(affine_relu(inputs, scale, shift, out=relu_scratch[:m * channels].view(m, channels)), n, spatial)
 
         if spec.bottleneck:
             gamma2, _, weight2 = params[offset + 3:offset + 6]
-            bottleneck = _image(saved["bottlenecks"][index], n, h, w)  # (N, 4k, H, W)
+            bottleneck = _image(saved["bottlenecks"][index], n, spatial)  # (N, 4k, *spatial)
             mean2, invstd2 = saved["stats2"][index]
             scale2, shift2 = affine(gamma2, params[offset + 4], mean2, invstd2)
-            relu2 = _image(affine_relu(_rows(bottleneck), scale2, shift2, out=relu2_scratch), n, h, w)
+            relu2 = _image(affine_relu(_rows(bottleneck), scale2, shift2, out=relu2_scratch), n, spatial)
             # ∂L/∂r2 = W2ᵀ ∗ δ, ∂L/∂W2 = r2 ⋆ δ   [F1b]
-            grad_relu2, param_grads[offset + 5], _ = conv2d_backward(
+            grad_relu2, param_grads[offset + 5], _ = conv_backward(
                 grad_new, relu2, weight2, False, _STRIDE_ONE, _PAD_ONE, (True, needs_param_grad[offset + 5], False))
             # through σ: δ ⊙ 1[r2 > 0]
             grad_u2 = torch.ops.aten.threshold_backward.grad_input(grad_relu2, relu2, 0, grad_input=grad_relu2)
@@ -247,14 +260,14 @@ def dense_block_backward(
             grad_gamma2, grad_beta2 = parameter_grads(grad_u2, bottleneck, gamma2, mean2, invstd2, training, eps2)
             param_grads[offset + 3], param_grads[offset + 4] = grad_gamma2, grad_beta2
             grad_z = input_grad(grad_u2, bottleneck, gamma2, mean2, invstd2, grad_gamma2, grad_beta2, training,
-                                out=_image(relu2_scratch, n, h, w))  # into the scratch: σ(BN2(z)) is done with
+                                out=_image(relu2_scratch, n, spatial))  # into the scratch: σ(BN2(z)) is done with
             # ∂L/∂r1 = W1ᵀ ∗ δ_z, ∂L/∂W1 = r1 ⋆ δ_z for the 1×1 conv   [F1b]
-            grad_relu1, param_grads[offset + 2], _ = conv2d_backward(
+            grad_relu1, param_grads[offset + 2], _ = conv_backward(
                 grad_z, relu1, weight1, False, _STRIDE_ONE, _PAD_ZERO, (True, needs_param_grad[offset + 2], False))
         else:
-            grad_relu1, param_grads[offset + 2], _ = conv2d_backward(
+            grad_relu1, param_grads[offset + 2], _ = conv_backward(
                 grad_new, relu1, weight1, False, _STRIDE_ONE, _PAD_ONE, (True, needs_param_grad[offset + 2], False))
-        grad_relu1 = _rows(grad_relu1.contiguous(memory_format=torch.channels_last))  # (M, C_l)
+        grad_relu1 = _rows(channels_last(grad_relu1))  # (M, C_l)
         # ∂L/∂x_j += ∂H_l/∂x_j for every j < l, added into the shared gradient buffer   [F2b]
         # BN1 backward [BN]: ∂L/∂x += a·δ now, into the shared gradient buffer (nn.batchnorm.bn_relu_backward_into)
         grad_gamma1, grad_beta1 = bn_relu_backward_into(grad[:, :channels], grad_relu1, _rows(relu1), inputs, scale,
@@ -267,7 +280,7 @@ def dense_block_backward(
             deferred_slope[:channels] -= slope_term
 
     settle(0, c0)
-    grad_input = _image(grad[:, :c0], n, h, w) if needs_input_grad else None
+    grad_input = _image(grad[:, :c0], n, spatial) if needs_input_grad else None
     return grad_input, [g if needed else None for g, needed in zip(param_grads, needs_param_grad, strict=True)]
 
 
@@ -310,7 +323,7 @@ def _differentiable_backward(ctx: Any, features: Tensor, rest: list[Tensor], gra
     if not grad_out[:, c0:].any():  # only x_0 = out[:, :C_0] is differentiated: ∂out/∂x_0 there is the identity
         return [grad_out[:, :c0], *(None for _ in params)]
     announce("dense block")
-    x = features[:, :c0]  # (N, C_0, H, W)
+    x = features[:, :c0]  # (N, C_0, *spatial)
     with torch.enable_grad():
         output = plain_block(spec.norms1, spec.norms2, x, params, masks, spec.drop_rate, ctx.training)
     return differentiable_grads(output, [x, *params], grad_out)

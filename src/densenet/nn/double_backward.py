@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from densenet.nn.dims import BatchNorm, conv
+
 logger = logging.getLogger("densenet")
 _announced: set[str] = set()
 
@@ -36,7 +38,7 @@ def differentiable_grads(output: Tensor, inputs: Sequence[Tensor | None], grad_o
     return [next(grads) if t is not None and t.requires_grad else None for t in inputs]
 
 
-def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, norm: torch.nn.BatchNorm2d, training: bool) -> Tensor:
+def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, norm: BatchNorm, training: bool) -> Tensor:
     """``y = γ·x̂ + β`` [BN] with the batch's statistics (``training``, running ones left alone) or the running
     ones."""
     if training:
@@ -44,7 +46,7 @@ def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, norm: torch.nn.BatchNorm
     return F.batch_norm(x, norm.running_mean, norm.running_var, weight, bias, False, 0.0, norm.eps)
 
 
-def plain_block(norms1: Sequence[torch.nn.BatchNorm2d], norms2: Sequence[torch.nn.BatchNorm2d], x: Tensor,
+def plain_block(norms1: Sequence[BatchNorm], norms2: Sequence[BatchNorm], x: Tensor,
                 params: Sequence[Tensor], masks: Sequence[Tensor], drop_rate: float, training: bool) -> Tensor:
     """``[x_0, …, x_L]`` with ``x_l = H_l([x_0, …, x_{l−1}])`` [F2] in plain operations, from the explicit
     block's parameters (per layer ``γ1, β1, W1`` + ``γ2, β2, W2``) and the dropout masks its forward drew."""
@@ -55,12 +57,12 @@ def plain_block(norms1: Sequence[torch.nn.BatchNorm2d], norms2: Sequence[torch.n
         out = F.relu(batch_norm(torch.cat(features, dim=1), gamma1, beta1, norm1, training))
         if norms2:
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
-            out = F.relu(batch_norm(F.conv2d(out, weight1.to(out.dtype)), gamma2, beta2, norms2[index], training))
-            out = F.conv2d(out, weight2.to(out.dtype), padding=1)  # (N, k, H, W)
+            out = F.relu(batch_norm(conv(out, weight1.to(out.dtype), None), gamma2, beta2, norms2[index], training))
+            out = conv(out, weight2.to(out.dtype), None, padding=1)  # (N, k, *spatial)
         else:
-            out = F.conv2d(out, weight1.to(out.dtype), padding=1)  # (N, k, H, W)
+            out = conv(out, weight1.to(out.dtype), None, padding=1)  # (N, k, *spatial)
         if masks:
             # O = D ⊙ x / (1 − p)   [F6], the forward's own mask
             out = out * masks[index] / (1.0 - drop_rate)
         features.append(out)
-    return torch.cat(features, dim=1)  # (N, C_0 + L·k, H, W)
+    return torch.cat(features, dim=1)  # (N, C_0 + L·k, *spatial)

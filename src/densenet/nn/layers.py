@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from densenet import tutorial
+from densenet.nn import dims as nd
 from densenet.nn.block import BlockSpec, DenseBlockFunction, dense_block_forward
 from densenet.nn.recompute import batch_norm_relu_pool, imagenet_stem_function
 
@@ -21,23 +22,26 @@ class DenseLayer(nn.Module):
 
     With bottleneck (DenseNet-B): BN-ReLU-Conv1×1 to ``bn_size·k`` maps, then BN-ReLU-Conv3×3 to ``k`` maps.
     Without: BN-ReLU-Conv3×3 straight to ``k`` maps (then ``conv1`` is the 3×3 conv and there is no ``norm2``).
-    Dropout with ``drop_rate`` is applied to the ``k`` new maps.
+    Dropout with ``drop_rate`` is applied to the ``k`` new maps. In ``spatial_dims`` ``d`` the kernels are
+    ``1^d`` and ``3^d`` (:mod:`densenet.nn.dims`).
     """
 
-    def __init__(self, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float) -> None:
+    def __init__(self, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float,
+                 spatial_dims: int = 2) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.growth_rate = growth_rate
         self.drop_rate = float(drop_rate)
-        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.norm1 = nd.batch_norm_module(spatial_dims, in_channels)
         self.relu1 = nn.ReLU(inplace=True)
         if bn_size > 0:
-            self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, kernel_size=1, bias=False)
-            self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+            self.conv1 = nd.conv_module(spatial_dims, in_channels, bn_size * growth_rate, kernel_size=1, bias=False)
+            self.norm2 = nd.batch_norm_module(spatial_dims, bn_size * growth_rate)
             self.relu2 = nn.ReLU(inplace=True)
-            self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, padding=1, bias=False)
+            self.conv2 = nd.conv_module(spatial_dims, bn_size * growth_rate, growth_rate, kernel_size=3, padding=1,
+                                        bias=False)
         else:
-            self.conv1 = nn.Conv2d(in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
+            self.conv1 = nd.conv_module(spatial_dims, in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
 
     @property
     def bottleneck(self) -> bool:
@@ -48,14 +52,14 @@ class DenseLayer(nn.Module):
         """``x_l = H_l([x_0, …, x_{l−1}])`` [F2] for the already concatenated input.
 
         Args:
-            features: ``(N, C_0 + l·k, H, W)``, the concatenation of all earlier maps.
+            features: ``(N, C_0 + l·k, *spatial)``, the concatenation of all earlier maps.
 
         Returns:
-            ``(N, k, H, W)``, the new maps.
+            ``(N, k, *spatial)``, the new maps.
         """
-        out = self.conv1(self.relu1(self.norm1(features)))  # (N, bn_size·k or k, H, W)
+        out = self.conv1(self.relu1(self.norm1(features)))  # (N, bn_size·k or k, *spatial)
         if self.bottleneck:
-            out = self.conv2(self.relu2(self.norm2(out)))  # (N, k, H, W)
+            out = self.conv2(self.relu2(self.norm2(out)))  # (N, k, *spatial)
         # O = D ⊙ x / (1 − p)   [F6], the same masks as the explicit block draws
         return tutorial.dropout(out, self.drop_rate, self.training)
 
@@ -69,7 +73,7 @@ class DenseBlock(nn.ModuleDict):
     """
 
     def __init__(self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float,
-                 memory_efficient: bool = True) -> None:
+                 memory_efficient: bool = True, spatial_dims: int = 2) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.growth_rate = growth_rate
@@ -77,7 +81,7 @@ class DenseBlock(nn.ModuleDict):
         self.out_channels = in_channels + num_layers * growth_rate
         self.memory_efficient = memory_efficient
         for index in range(num_layers):
-            layer = DenseLayer(in_channels + index * growth_rate, growth_rate, bn_size, drop_rate)
+            layer = DenseLayer(in_channels + index * growth_rate, growth_rate, bn_size, drop_rate, spatial_dims)
             self.add_module(f"denselayer{index + 1}", layer)
 
     def spec(self) -> BlockSpec:
@@ -99,7 +103,7 @@ class DenseBlock(nn.ModuleDict):
         return params
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C_0, H, W)`` → ``(N, C_0 + L·k, H, W)``: ``[x_0, x_1, …, x_L]``."""
+        """``(N, C_0, *spatial)`` → ``(N, C_0 + L·k, *spatial)``: ``[x_0, x_1, …, x_L]``."""
         if not self.memory_efficient or capturing_graph():
             return self.reference_forward(x)
         return self.explicit_forward(x)
@@ -132,42 +136,43 @@ class DenseBlock(nn.ModuleDict):
         each layer (``torch.cat``).
 
         Args:
-            x: ``(N, C_0, H, W)``.
+            x: ``(N, C_0, *spatial)``.
 
         Returns:
-            ``(N, C_0 + L·k, H, W)``: ``[x_0, x_1, …, x_L]``.
+            ``(N, C_0 + L·k, *spatial)``: ``[x_0, x_1, …, x_L]``.
         """
         features = [x]
         for layer in self.values():
             # x_l = H_l([x_0, …, x_{l−1}])   [F2]
-            features.append(layer(torch.cat(features, dim=1)))  # (N, k, H, W)
-        return torch.cat(features, dim=1)  # (N, C_0 + L·k, H, W)
+            features.append(layer(torch.cat(features, dim=1)))  # (N, k, *spatial)
+        return torch.cat(features, dim=1)  # (N, C_0 + L·k, *spatial)
 
 
 class Transition(nn.Module):
-    """BN-ReLU-Conv1×1 to ``⌊θ·C⌋`` channels and a 2×2 average pool [F3].
+    """BN-ReLU-Conv1×1 to ``⌊θ·C⌋`` channels and a 2×2 average pool [F3] (2 in 1D, 2×2×2 in 3D).
 
     The pool runs before the 1×1 conv: both are linear and act on different axes, so
-    ``pool(conv(y)) = conv(pool(y))`` exactly, and the conv then runs on a quarter of the pixels. With
+    ``pool(conv(y)) = conv(pool(y))`` exactly, and the conv then runs on ``1/2^d`` of the pixels. With
     ``memory_efficient`` training, BN-ReLU-pool is one Function that recomputes the ReLU output in backward.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, memory_efficient: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, memory_efficient: bool = True,
+                 spatial_dims: int = 2) -> None:
         super().__init__()
         self.memory_efficient = memory_efficient
-        self.norm = nn.BatchNorm2d(in_channels)
+        self.norm = nd.batch_norm_module(spatial_dims, in_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
-        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.conv = nd.conv_module(spatial_dims, in_channels, out_channels, kernel_size=1, bias=False)
+        self.pool = nd.avg_pool_module(spatial_dims, 2, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W)`` → ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
+        """``(N, C, *spatial)`` → ``(N, ⌊θ·C⌋, *⌊spatial/2⌋)``."""
         if _recompute(self.memory_efficient, self.training, x, self.norm):
-            y = batch_norm_relu_pool(self.norm, x, ("avg", 2, 2, 0))  # (N, C, H/2, W/2)
+            y = batch_norm_relu_pool(self.norm, x, ("avg", 2, 2, 0))  # (N, C, *spatial/2)
         else:
             # pool(σ(BN(x))), O_ij = (1/PQ) Σ x over each 2×2 window   [F3]
-            y = self.pool(self.relu(self.norm(x)))  # (N, C, H/2, W/2)
-        return self.conv(y)  # (N, ⌊θ·C⌋, H/2, W/2)
+            y = self.pool(self.relu(self.norm(x)))  # (N, C, *spatial/2)
+        return self.conv(y)  # (N, ⌊θ·C⌋, *spatial/2)
 
 
 class Features(nn.Sequential):
@@ -183,7 +188,7 @@ class Features(nn.Sequential):
         self.memory_efficient = memory_efficient
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W)`` → ``(N, C, h, w)``, the final BN's output."""
+        """``(N, in_chans, *spatial)`` → ``(N, C, *spatial')``, the final BN's output."""
         stem = ("conv0", "norm0", "relu0", "pool0")
         fused = self.stem == "imagenet" and _recompute(self.memory_efficient, self.training, x, self.norm0,
                                                          self.conv0.weight.requires_grad)
@@ -213,7 +218,7 @@ def symbolic_tracing() -> bool:
     return getattr(module, "is_fx_symbolic_tracing", module.is_fx_tracing)()
 
 
-def _recompute(memory_efficient: bool, training: bool, x: Tensor, norm: nn.BatchNorm2d,
+def _recompute(memory_efficient: bool, training: bool, x: Tensor, norm: nd.BatchNorm,
                other_grad: bool = False) -> bool:
     """Whether BN-ReLU-pool should run as the recomputing Function: memory-efficient training with autograd
     recording something (and the batch norm tracking running statistics, as the Function updates them), and no
@@ -224,16 +229,19 @@ def _recompute(memory_efficient: bool, training: bool, x: Tensor, norm: nn.Batch
     return memory_efficient and training and torch.is_grad_enabled() and norm.track_running_stats and wants_grad
 
 
-def imagenet_stem(in_chans: int, num_init_features: int) -> OrderedDict[str, nn.Module]:
-    """7×7/2 conv (pad 3) [F1], BN, ReLU, 3×3/2 max-pool (pad 1): ``(N, C, H, W)`` → ``(N, C_0, H/4, W/4)``."""
+def imagenet_stem(in_chans: int, num_init_features: int, spatial_dims: int = 2) -> OrderedDict[str, nn.Module]:
+    """7×7/2 conv (pad 3) [F1], BN, ReLU, 3×3/2 max-pool (pad 1), each along every axis:
+    ``(N, C, *spatial)`` → ``(N, C_0, *spatial/4)``."""
     return OrderedDict(
-        conv0=nn.Conv2d(in_chans, num_init_features, kernel_size=7, stride=2, padding=3, bias=False),
-        norm0=nn.BatchNorm2d(num_init_features),
+        conv0=nd.conv_module(spatial_dims, in_chans, num_init_features, kernel_size=7, stride=2, padding=3,
+                             bias=False),
+        norm0=nd.batch_norm_module(spatial_dims, num_init_features),
         relu0=nn.ReLU(inplace=True),
-        pool0=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        pool0=nd.max_pool_module(spatial_dims, 3, 2, 1),
     )
 
 
-def cifar_stem(in_chans: int, num_init_features: int) -> OrderedDict[str, nn.Module]:
+def cifar_stem(in_chans: int, num_init_features: int, spatial_dims: int = 2) -> OrderedDict[str, nn.Module]:
     """One 3×3 conv (pad 1) [F1], no BN after it (the paper's CIFAR models): spatial size unchanged."""
-    return OrderedDict(conv0=nn.Conv2d(in_chans, num_init_features, kernel_size=3, padding=1, bias=False))
+    return OrderedDict(conv0=nd.conv_module(spatial_dims, in_chans, num_init_features, kernel_size=3, padding=1,
+                                            bias=False))

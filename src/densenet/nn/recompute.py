@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-from densenet.nn.batchnorm import PER_CHANNEL, affine, affine_relu, count_batch, input_grad, parameter_grads
+from densenet.nn import dims as nd
+from densenet.nn.batchnorm import affine, affine_relu, count_batch, input_grad, parameter_grads
 from densenet.nn.double_backward import announce, differentiable_grads
-from densenet.tutorial import conv2d_backward, conv2d_forward
 
-Pool = tuple[str, int, int, int]  # kind ("avg" | "max"), kernel, stride, padding
-Conv = tuple[tuple[int, int], tuple[int, int]]  # stride, padding
+Pool = tuple[str, int, int, int]  # kind ("avg" | "max"), kernel, stride, padding (the same along every axis)
+Conv = tuple[tuple[int, ...], tuple[int, ...]]  # stride, padding, one per spatial axis
 
 
 class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
@@ -41,12 +41,12 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, norm: nn.BatchNorm2d, pool: Pool, conv: Conv | None, x: Tensor, weight: Tensor,
+    def forward(ctx: FunctionCtx, norm: nd.BatchNorm, pool: Pool, conv: Conv | None, x: Tensor, weight: Tensor,
                 bias: Tensor, conv_weight: Tensor | None) -> Tensor:
         device = x.device.type
         ctx.dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         with torch.autocast(device, enabled=False):
-            z = _conv(x, conv_weight, conv, ctx.dtype)  # (N, C, H, W)
+            z = _conv(x, conv_weight, conv, ctx.dtype)  # (N, C, *spatial)
             normed, mean, invstd = torch.native_batch_norm(z, weight, bias, norm.running_mean, norm.running_var,
                                                            True, count_batch(norm), norm.eps)
             out = _pool(normed.clamp_min_(0), pool)
@@ -60,15 +60,17 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain form (densenet.nn.double_backward)
             announce("stem and transitions")
             with torch.enable_grad():
-                z = x if conv_weight is None else F.conv2d(x, conv_weight.to(x.dtype), None, *ctx.conv)
+                z = x if conv_weight is None else nd.conv(x, conv_weight.to(x.dtype), None, *ctx.conv)
                 out = _pool(F.relu(F.batch_norm(z, None, None, weight, bias, True, 0.0, ctx.eps)), ctx.pool)
             grads = differentiable_grads(out, [x, weight, bias, conv_weight], grad_out)
             return None, None, None, *grads
         with torch.autocast(x.device.type, enabled=False):
             z = _conv(x, conv_weight, ctx.conv, ctx.dtype)  # recomputed
             scale, shift = affine(weight, bias, mean, invstd)
-            relu = affine_relu(z, scale.view(PER_CHANNEL), shift.view(PER_CHANNEL))  # r = σ(BN(z)), recomputed
-            grad_out = grad_out.to(relu.dtype).contiguous(memory_format=_memory_format(relu))
+            dims = nd.spatial_dims(z)
+            # r = σ(BN(z)), recomputed
+            relu = affine_relu(z, nd.per_channel(scale, dims), nd.per_channel(shift, dims))
+            grad_out = nd.same_layout(grad_out.to(relu.dtype), relu)
             grad_relu = _pool_backward(grad_out, relu, ctx.pool)
             # through σ: δ ⊙ 1[r > 0]
             grad_u = torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
@@ -78,7 +80,7 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
             if ctx.conv is None:
                 return None, None, None, grad_z.to(x.dtype), grad_weight, grad_bias, None
             # ∂L/∂X = Wᵀ ∗ δ_z, ∂L/∂W = X ⋆ δ_z   [F1b]
-            grad_x, grad_conv, _ = conv2d_backward(
+            grad_x, grad_conv, _ = nd.conv_backward(
                 grad_z, x.to(ctx.dtype), conv_weight.to(ctx.dtype), False, *ctx.conv,
                 needs=(ctx.needs_input_grad[3], ctx.needs_input_grad[6], False))
         return (None, None, None, None if grad_x is None else grad_x.to(x.dtype), grad_weight, grad_bias,
@@ -90,43 +92,33 @@ def _conv(x: Tensor, weight: Tensor | None, conv: Conv | None, dtype: torch.dtyp
     if conv is None:
         return x
     # W ∗ x   [F1]
-    return conv2d_forward(x.to(dtype), weight.to(dtype), None, *conv)
+    return nd.conv(x.to(dtype), weight.to(dtype), None, *conv)
 
 
 def _pool(x: Tensor, pool: Pool) -> Tensor:
-    """The transition's average pool ``O_ij = (1/PQ) Σ x`` [F3], or the stem's max-pool."""
+    """The transition's average pool ``O_ij = (1/PQ) Σ x`` [F3] (``1/K^d`` in ``d`` dimensions), or the stem's
+    max-pool."""
     kind, kernel, stride, padding = pool
     if kind == "avg":
         # O_ij = (1/PQ) Σ x over the window   [F3]
-        return F.avg_pool2d(x, kernel, stride, padding)
-    return F.max_pool2d(x, kernel, stride, padding)
+        return nd.avg_pool(x, kernel, stride, padding)
+    return nd.max_pool(x, kernel, stride, padding)
 
 
 def _pool_backward(grad_out: Tensor, relu: Tensor, pool: Pool) -> Tensor:
     """The pool's backward: ``1/(PQ)`` of each output's gradient to every input of its window for the average
-    pool [F3b]; to the argmax of its window for the max-pool."""
+    pool [F3b]; to the argmax of its window for the max-pool (:func:`densenet.nn.dims.pool_backward`)."""
     kind, kernel, stride, padding = pool
-    if kind == "avg":
-        # each output's gradient spread 1/(PQ) to every input of its window   [F3b]
-        return torch.ops.aten.avg_pool2d_backward(grad_out, relu, [kernel] * 2, [stride] * 2, [padding] * 2,
-                                                  False, True, None)
-    _, indices = F.max_pool2d(relu, kernel, stride, padding, return_indices=True)  # the argmax, recomputed
-    return torch.ops.aten.max_pool2d_with_indices_backward(grad_out, relu, [kernel] * 2, [stride] * 2,
-                                                           [padding] * 2, [1, 1], False, indices)
+    return nd.pool_backward(grad_out, relu, kind, kernel, stride, padding)
 
 
-def _memory_format(x: Tensor) -> torch.memory_format:
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def batch_norm_relu_pool(norm: nn.BatchNorm2d, x: Tensor, pool: Pool) -> Tensor:
+def batch_norm_relu_pool(norm: nd.BatchNorm, x: Tensor, pool: Pool) -> Tensor:
     """``pool(σ(norm(x)))`` (a transition's first half), training mode."""
     return ConvBatchNormReLUPoolFunction.apply(norm, pool, None, x, norm.weight, norm.bias, None)
 
 
-def imagenet_stem_function(conv: nn.Conv2d, norm: nn.BatchNorm2d, pool: nn.MaxPool2d, x: Tensor) -> Tensor:
+def imagenet_stem_function(conv: nd.ConvModule, norm: nd.BatchNorm, pool: nn.Module, x: Tensor) -> Tensor:
     """``maxpool(σ(norm(conv(x))))``, the ImageNet stem, training mode."""
-    geometry = ((conv.stride[0], conv.stride[1]), (conv.padding[0], conv.padding[1]))  # type: ignore[index]
+    geometry = (tuple(conv.stride), tuple(conv.padding))  # type: ignore[arg-type]
     spec = ("max", int(pool.kernel_size), int(pool.stride), int(pool.padding))  # type: ignore[arg-type]
     return ConvBatchNormReLUPoolFunction.apply(norm, spec, geometry, x, norm.weight, norm.bias, conv.weight)
