@@ -59,3 +59,23 @@ def test_a_monai_checkpoint_for_other_layers_is_refused_by_name(tmp_path):
 def test_config_from_something_else_is_refused():
     with pytest.raises(ValueError, match="not a DenseNet state dict"):
         config_from_state_dict({"weight": torch.zeros(3, 3)})
+
+
+@pytest.mark.parametrize(("spatial_dims", "shape"), [(3, (1, 1, 32, 32, 32)), (1, (2, 1, 64))])
+def test_densenet121_in_1d_and_3d_gives_monais_logits(spatial_dims, shape, tmp_path):
+    torch.manual_seed(0)
+    reference = nets.DenseNet121(spatial_dims=spatial_dims, in_channels=1, out_channels=2)
+    config = config_from_state_dict(reference.state_dict())
+    assert config == densenet.get_config("densenet121", spatial_dims=spatial_dims, in_chans=1, num_classes=2)
+    ours = densenet.create_model("densenet121", spatial_dims=spatial_dims, in_chans=1, num_classes=2)
+    expected, actual = _monai_logits_and_ours(reference, ours, torch.randn(*shape), tmp_path)
+    assert max_relative_error(actual, expected) <= 1e-5
+
+
+def test_a_3d_checkpoint_does_not_load_into_a_2d_model():
+    reference = nets.DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=4,
+                              block_config=(2,), bn_size=2)
+    ours = densenet.DenseNet(growth_rate=4, block_config=(2,), num_init_features=8, bn_size=2, num_classes=2,
+                             in_chans=1)
+    with pytest.raises(WeightsError, match=r"shape mismatch: features\.conv0\.weight \(file \(8, 1, 7, 7, 7\)"):
+        densenet.load_weights(ours, reference.state_dict())

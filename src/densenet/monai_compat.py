@@ -56,8 +56,8 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> DenseNetConfig:
 
     ``in_chans`` and ``num_init_features`` come from ``features.conv0.weight`` ``(C_0, C_in, 7, …)``, the growth rate
     ``k`` and ``bn_size`` from the first layer's ``conv2`` ``(k, bn_size·k, 3, …)``, the blocks from the dense-layer
-    indices, ``num_classes`` from the classifier (0 when there is none). Where the config has ``spatial_dims`` it
-    is ``conv0``'s number of kernel axes.
+    indices, ``num_classes`` from the classifier (0 when there is none), ``spatial_dims`` from the number of
+    ``conv0``'s kernel axes.
 
     Raises:
         ValueError: the state dict is not a DenseNet's with an ImageNet stem and bottleneck layers.
@@ -80,7 +80,6 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> DenseNetConfig:
         "growth_rate": growth_rate, "block_config": tuple(layers[block] for block in sorted(layers)),
         "num_init_features": stem.shape[0], "bn_size": bottleneck_width // growth_rate, "compression": 0.5,
         "num_classes": 0 if head is None else head.shape[0], "in_chans": stem.shape[1], "stem": "imagenet",
+        "spatial_dims": stem.dim() - 2,
     }
-    if stem.dim() != 4 or "spatial_dims" in DenseNetConfig.__dataclass_fields__:
-        fields["spatial_dims"] = stem.dim() - 2
     return DenseNetConfig(**fields)

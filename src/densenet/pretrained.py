@@ -151,7 +151,7 @@ def adapt_input_channels(weight: Tensor, in_chans: int) -> Tensor:
 def load_pretrained(model: DenseNet, weights: PretrainedWeights, progress: bool = True) -> DenseNet:
     """Load ``weights`` (downloaded into torch.hub's cache if need be) into ``model``, adapting what differs
     (:func:`load_start`); ``model.meta`` gets the weights' class names (when the head is theirs) and their
-    preprocessing, for ``model``'s input channels.
+    preprocessing, for ``model``'s input channels (images only: a 1-D or 3-D model keeps its standard one).
 
     Raises:
         DownloadError: the file cannot be fetched (the message says where to place it by hand).
@@ -168,7 +168,9 @@ def load_pretrained(model: DenseNet, weights: PretrainedWeights, progress: bool 
     in_chans = model.config.in_chans
     model.meta = model.meta.replace(
         class_names=weights.class_names() if own_head else model.meta.class_names,
-        preprocessing=weights.preprocessing.for_channels(in_chans) if in_chans in (1, 3) else None)
+        # an image transform (resize, crop) describes no signal or volume: those keep their standard one
+        preprocessing=weights.preprocessing.for_channels(in_chans)
+        if in_chans in (1, 3) and model.config.spatial_dims == 2 else None)
     return model
 
 
