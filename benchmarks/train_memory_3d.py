@@ -1,6 +1,7 @@
 """3-D training memory and speed: our DenseNet-121 against MONAI's, and the largest cube each trains within 8 GiB.
 
-    python benchmarks/train_memory_3d.py [--sizes 96 128] [--batch 2] [--rounds 5] [--budget-gib 8]
+    python benchmarks/train_memory_3d.py [--phases memory speed largest] [--sizes 96 128] [--batch 2] [--rounds 5]
+        [--budget-gib 8] [--allocator glibc-default] [--output train_memory_3d]
 
 DenseNet-121 with ``spatial_dims=3``, 1 input channel, 2 classes, batch 2, in three configurations: ours with the
 explicit memory-linear block (``ours``), ours through the plain autograd path (``ours-reference``) and MONAI's
@@ -8,7 +9,8 @@ explicit memory-linear block (``ours``), ours through the plain autograd path (`
 
 1. **Peak memory**: for each cube side and configuration, one fresh process runs one training step (forward,
    cross-entropy, backward, SGD step); the result is peak RSS above the process baseline
-   (``harness.measure_peak_memory``, glibc's default allocator), one process at a time.
+   (``harness.measure_peak_memory``, under ``--allocator``: glibc's default, or a fixed 128 KiB mmap threshold that
+   makes peak RSS track live tensors), one process at a time.
 2. **Step time**: the configurations in one process, holding the same weights (MONAI's state dict loaded into ours
    with ``load_weights``), one step each per round in a seeded random order after an idle pause
    (``time_interleaved``); the median over the rounds after a warm-up round.
@@ -18,12 +20,14 @@ explicit memory-linear block (``ours``), ours through the plain autograd path (`
    the next does not (at most ``--probes`` processes per configuration; the watchdog stops a process past
    ``--limit-gib`` of resident memory). ``ours-reference`` is left out of this step.
 
-Writes ``benchmarks/results/train_memory_3d.json`` and prints the tables.
+Each phase (``--phases``; they may run as separate commands) updates its entries of
+``benchmarks/results/<--output>.json``; the tables are printed from that file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 from typing import Any
@@ -32,7 +36,7 @@ import torch
 
 from densenet.deploy.bench import time_interleaved, train_step
 from densenet.weights import load_weights
-from harness import build_model, machine, measure_peak_memory, print_table, write_json
+from harness import ALLOCATORS, RESULTS, build_model, machine, measure_peak_memory, print_table, write_json
 
 MIB, GIB = 2**20, 2**30
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
@@ -41,8 +45,8 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "monai": {"impl": "monai"},
 }
 MODEL = {"name": "densenet121", "spatial_dims": 3, "in_chans": 1, "num_classes": 2}
-ALLOCATOR = "glibc-default"
 STEP = 8  # cube sides probed in multiples of 8
+PHASES = ("memory", "speed", "largest")
 
 
 def spec_for(label: str, side: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -51,7 +55,7 @@ def spec_for(label: str, side: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def peak(label: str, side: int, args: argparse.Namespace) -> dict[str, Any]:
     """One training step of ``label`` at ``side``³ in a fresh process; its result, printed as it comes."""
-    result = measure_peak_memory(spec_for(label, side, args), ALLOCATOR, limit_bytes=int(args.limit_gib * GIB),
+    result = measure_peak_memory(spec_for(label, side, args), args.allocator, limit_bytes=int(args.limit_gib * GIB),
                                  timeout=args.timeout)
     shown = ("stopped past the limit" if result.get("exceeded_limit") else "timed out" if result.get("timed_out")
              else f"{result['peak_above_baseline_bytes'] / MIB:,.0f} MiB, {result['step_seconds']:.1f} s")
@@ -96,10 +100,11 @@ def step_times(sizes: list[int], args: argparse.Namespace) -> dict[str, dict[str
     """Median step seconds per configuration and side, interleaved in this process with the same weights."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    models = {label: build_model(spec_for(label, sizes[0], args)) for label in CONFIGURATIONS}
-    for label, model in models.items():
-        if label != "monai":
-            load_weights(model, models["monai"].state_dict(), name="MONAI's DenseNet121")
+    models = {label: build_model(spec_for(label, sizes[0], args)) for label in args.configurations}
+    if "monai" in models:  # the same weights everywhere: MONAI's state dict, read by load_weights
+        for label, model in models.items():
+            if label != "monai":
+                load_weights(model, models["monai"].state_dict(), name="MONAI's DenseNet121")
     optimizers = {label: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for label, m in models.items()}
     results: dict[str, dict[str, Any]] = {}
     for side in sizes:
@@ -114,8 +119,48 @@ def step_times(sizes: list[int], args: argparse.Namespace) -> dict[str, dict[str
     return results
 
 
+def update_results(name: str, **entries: Any) -> None:
+    """Set ``entries`` in ``benchmarks/results/<name>.json``, keeping what other phases wrote there (read just
+    before writing, so phases run as separate commands fill one file)."""
+    import monai
+
+    path = RESULTS / f"{name}.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update({"benchmark": "train_memory_3d", "machine": machine(), "monai": monai.__version__, "model": MODEL},
+                **entries)
+    write_json(name, data)
+
+
+def print_tables(name: str) -> None:
+    """Memory and speed, ratios to MONAI, from the results file."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    memory, speed = data.get("memory", {}), data.get("speed", {})
+    rows = []
+    for side in sorted({side for by_side in memory.values() for side in by_side} | set(speed), key=int):
+        base = memory.get("monai", {}).get(side, {}).get("peak_above_baseline_bytes")
+        base_time = speed.get(side, {}).get("monai", {}).get("median_step_seconds")
+        for label in CONFIGURATIONS:
+            used = memory.get(label, {}).get(side, {}).get("peak_above_baseline_bytes")
+            seconds = speed.get(side, {}).get(label, {}).get("median_step_seconds")
+            if used is None and seconds is None:
+                continue
+            rows.append([f"{side}³", label, "-" if used is None else f"{used / MIB:,.0f}",
+                         "-" if used is None or not base else f"{used / base:.2f}",
+                         "-" if seconds is None else f"{seconds:.2f}",
+                         "-" if seconds is None or not base_time else f"{seconds / base_time:.2f}"])
+    print()
+    print_table(["cube", "configuration", "peak MiB", "÷ MONAI", "median step s", "÷ MONAI"], rows)
+    for label, found in data.get("largest_cube", {}).items():
+        print(f"{label}: predicted {found['prediction']['side']:.0f}³, largest measured to fit "
+              f"{found['largest_fitting_side']}³ (bracketed by a failing side: {found['bracketed']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument("--configurations", nargs="+", choices=list(CONFIGURATIONS), default=list(CONFIGURATIONS),
+                        help="for the memory and speed phases")
+    parser.add_argument("--largest-of", nargs="+", choices=("ours", "monai"), default=["ours", "monai"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
@@ -123,46 +168,30 @@ def main() -> None:
     parser.add_argument("--budget-gib", type=float, default=8.0)
     parser.add_argument("--limit-gib", type=float, default=9.0, help="stop a worker past this resident memory")
     parser.add_argument("--probes", type=int, default=3, help="at most this many processes per largest-cube search")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds one worker may take")
-    parser.add_argument("--skip-largest", action="store_true")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one worker may take")
+    parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc-default")
+    parser.add_argument("--output", default="train_memory_3d", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     sizes = sorted(args.sizes)
+    settings = {"batch": args.batch, "threads": args.threads, "allocator": args.allocator,
+                "budget_bytes": args.budget_gib * GIB}
 
-    memory = {label: {side: peak(label, side, args) for side in sizes} for label in CONFIGURATIONS}
-    speed = step_times(sizes, args)
-    rows = []
-    for side in sizes:
-        base = memory["monai"][side]["peak_above_baseline_bytes"]
-        base_time = speed[str(side)]["monai"]["median_step_seconds"]
-        for label in CONFIGURATIONS:
-            used, seconds = memory[label][side]["peak_above_baseline_bytes"], speed[str(side)][label]
-            rows.append([f"{side}³", label, f"{used / MIB:,.0f}", f"{used / base:.2f}",
-                         f"{seconds['median_step_seconds']:.2f}", f"{seconds['median_step_seconds'] / base_time:.2f}"])
-    print()
-    print_table(["cube", "configuration", "peak MiB", "÷ MONAI", "median step s", "÷ MONAI"], rows)
-
-    largest: dict[str, Any] = {}
-    if len(sizes) >= 2 and not args.skip_largest:
-        for label in ("ours", "monai"):
-            prediction = predicted_side(memory[label], args.budget_gib * GIB)
+    if "memory" in args.phases:
+        memory = {label: {str(side): peak(label, side, args) for side in sizes} for label in args.configurations}
+        update_results(args.output, settings=settings, memory=memory)
+    if "speed" in args.phases:
+        update_results(args.output, speed=step_times(sizes, args), speed_rounds=args.rounds)
+    if "largest" in args.phases:
+        memory = json.loads((RESULTS / f"{args.output}.json").read_text())["memory"]
+        for label in args.largest_of:
+            prediction = predicted_side({int(side): r for side, r in memory[label].items()}, args.budget_gib * GIB)
             print(f"{label}: {prediction['bytes_per_voxel']:.0f} B per input voxel, predicted largest cube "
                   f"{prediction['side']:.0f}³ within {args.budget_gib:g} GiB", flush=True)
-            largest[label] = {"prediction": prediction, **largest_cube(label, prediction["side"], args)}
-        ours, theirs = largest["ours"]["largest_fitting_side"], largest["monai"]["largest_fitting_side"]
-        if ours and theirs:
-            print(f"largest cube at batch {args.batch} within {args.budget_gib:g} GiB: ours {ours}³, MONAI {theirs}³ "
-                  f"({ours / theirs:.2f}× the side)")
-
-    import monai
-
-    path = write_json("train_memory_3d", {
-        "benchmark": "train_memory_3d", "machine": machine(), "monai": monai.__version__, "model": MODEL,
-        "batch": args.batch, "threads": args.threads, "allocator": ALLOCATOR, "rounds": args.rounds,
-        "budget_bytes": args.budget_gib * GIB,
-        "memory": {label: {str(side): result for side, result in by_side.items()} for label, by_side in memory.items()},
-        "speed": speed, "largest_cube": largest,
-    })
-    print(f"wrote {path}")
+            found = {"prediction": prediction, **largest_cube(label, prediction["side"], args)}
+            data = json.loads((RESULTS / f"{args.output}.json").read_text())
+            update_results(args.output, largest_cube={**data.get("largest_cube", {}), label: found})
+    print_tables(args.output)
+    print(f"wrote {RESULTS / args.output}.json")
 
 
 if __name__ == "__main__":
