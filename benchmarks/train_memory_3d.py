@@ -30,6 +30,8 @@ import argparse
 import json
 import math
 import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -96,6 +98,17 @@ def largest_cube(label: str, prediction: float, args: argparse.Namespace) -> dic
             "bracketed": verified}
 
 
+def cpu_timed(step: Callable[[], Any], log: list[float]) -> Callable[[], Any]:
+    """``step`` that also appends the process's CPU seconds it took to ``log`` (all threads: on a machine others
+    load, CPU time moves less than wall time; at one thread it is the work done)."""
+    def timed() -> Any:
+        start = time.process_time()
+        result = step()
+        log.append(time.process_time() - start)
+        return result
+    return timed
+
+
 def step_times(sizes: list[int], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Median step seconds per configuration and side, interleaved in this process with the same weights."""
     torch.set_num_threads(args.threads)
@@ -110,12 +123,17 @@ def step_times(sizes: list[int], args: argparse.Namespace) -> dict[str, dict[str
     for side in sizes:
         x = torch.randn(args.batch, MODEL["in_chans"], side, side, side)
         target = torch.randint(0, MODEL["num_classes"], (args.batch,))
-        steps = {label: (train_step(model, optimizers[label], x, target), 0) for label, model in models.items()}
+        cpu: dict[str, list[float]] = {label: [] for label in models}
+        steps = {label: (cpu_timed(train_step(model, optimizers[label], x, target), cpu[label]), 0)
+                 for label, model in models.items()}
         times = time_interleaved(steps, rounds=args.rounds, warmup=1).seconds
-        results[str(side)] = {label: {"median_step_seconds": statistics.median(t), "step_seconds": t}
+        results[str(side)] = {label: {"median_step_seconds": statistics.median(t), "step_seconds": t,
+                                      "median_cpu_seconds": statistics.median(cpu[label][1:]),
+                                      "cpu_seconds": cpu[label][1:]}
                               for label, t in times.items()}
-        print(f"speed {side}³: " + ", ".join(f"{label} {statistics.median(t):.2f} s" for label, t in times.items()),
-              flush=True)
+        print(f"speed {side}³: " + ", ".join(f"{label} {statistics.median(t):.2f} s (CPU "
+                                            f"{results[str(side)][label]['median_cpu_seconds']:.2f} s)"
+                                            for label, t in times.items()), flush=True)
     return results
 
 
@@ -142,14 +160,19 @@ def print_tables(name: str) -> None:
         for label in CONFIGURATIONS:
             used = memory.get(label, {}).get(side, {}).get("peak_above_baseline_bytes")
             seconds = speed.get(side, {}).get(label, {}).get("median_step_seconds")
+            cpu = speed.get(side, {}).get(label, {}).get("median_cpu_seconds")
+            base_cpu = speed.get(side, {}).get("monai", {}).get("median_cpu_seconds")
             if used is None and seconds is None:
                 continue
             rows.append([f"{side}³", label, "-" if used is None else f"{used / MIB:,.0f}",
                          "-" if used is None or not base else f"{used / base:.2f}",
                          "-" if seconds is None else f"{seconds:.2f}",
-                         "-" if seconds is None or not base_time else f"{seconds / base_time:.2f}"])
+                         "-" if seconds is None or not base_time else f"{seconds / base_time:.2f}",
+                         "-" if cpu is None else f"{cpu:.2f}",
+                         "-" if cpu is None or not base_cpu else f"{cpu / base_cpu:.2f}"])
     print()
-    print_table(["cube", "configuration", "peak MiB", "÷ MONAI", "median step s", "÷ MONAI"], rows)
+    print_table(["cube", "configuration", "peak MiB", "÷ MONAI", "median step s", "÷ MONAI", "median CPU s",
+                 "÷ MONAI"], rows)
     for label, found in data.get("largest_cube", {}).items():
         print(f"{label}: predicted {found['prediction']['side']:.0f}³, largest measured to fit "
               f"{found['largest_fitting_side']}³ (bracketed by a failing side: {found['bracketed']})")
