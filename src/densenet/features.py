@@ -76,7 +76,7 @@ def run_features(features: nn.Sequential, config: DenseNetConfig, x: Tensor,
     and transitions as they always do. Returns the final BN-ReLU output ``(N, C, h, w)`` and the chosen maps.
     """
     if config.memory_efficient and config.spatial_dims > 1:  # the model's layout (densenet.model.input_layout)
-        x = channels_last(x)
+        x = channels_last(x, config.spatial_dims)
     wanted = set(indices)
     maps: list[Tensor] = []
     tap = 0

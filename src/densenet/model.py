@@ -98,7 +98,7 @@ class DenseNet(nn.Module):
         With ``pre_logits`` the pooled ``(N, C)`` features are returned instead of logits.
         """
         # O_k = (1/HW) Σ_ij x_ijk, over every spatial axis   [F4]
-        x = nd.global_avg_pool(x)  # (N, C)
+        x = nd.global_avg_pool(x, self.config.spatial_dims)  # (N, C)
         # O = Wx + b   [F5]
         return x if pre_logits else self.classifier(x)  # (N, num_classes)
 
@@ -185,7 +185,7 @@ def input_layout(config: DenseNetConfig, x: Tensor) -> Tensor:
     """The layout the network runs in: channels-last for images and volumes on the memory-efficient path, the
     input's own otherwise (signals gain nothing from it: 1D convs run on plain ``(N, C, L)``)."""
     if config.memory_efficient and config.spatial_dims > 1:
-        return nd.channels_last(x)
+        return nd.channels_last(x, config.spatial_dims)
     return x
 
 

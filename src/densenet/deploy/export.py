@@ -57,7 +57,8 @@ def exportable(model: DenseNet) -> DenseNet:
 
 def _example(model: DenseNet, batch: int, input_size: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(batch)
-    return torch.randn(batch, model.config.in_chans, input_size, input_size, generator=generator)
+    spatial = [input_size] * model.config.spatial_dims  # signals (L,), images (H, W), volumes (D, H, W)
+    return torch.randn(batch, model.config.in_chans, *spatial, generator=generator)
 
 
 def _write(model: DenseNet, fmt: str, path: Path, example: torch.Tensor) -> None:
@@ -78,14 +79,17 @@ def _write(model: DenseNet, fmt: str, path: Path, example: torch.Tensor) -> None
 def onnx_metadata(model: DenseNet, input_size: int) -> dict[str, str]:
     """What an ONNX consumer needs besides the graph, as the file's metadata (``metadata_props``, read with
     onnxruntime's ``session.get_modelmeta().custom_metadata_map``): class names, the preprocessing (image mode,
-    resize, crop, mean, std; JSON lists), the traced input size, the architecture and the registered name."""
+    resize, crop, mean, std; JSON lists; for images), the traced input size (along each of ``spatial_dims`` axes),
+    the architecture and the registered name."""
     meta, config = model.meta, model.config
-    preprocessing = meta.preprocessing or (Preprocessing.standard(config) if config.in_chans in (1, 3) else None)
+    readable = config.in_chans in (1, 3) and config.spatial_dims == 2  # the standard preprocessing reads images
+    preprocessing = meta.preprocessing or (Preprocessing.standard(config) if readable else None)
     entries = {
         "densenet.version": __version__,
         "model_name": meta.name or "",
         "architecture": json.dumps(config.to_dict()),
         "input_size": str(input_size),
+        "spatial_dims": str(config.spatial_dims),
         "in_chans": str(config.in_chans),
         "class_names": json.dumps(list(meta.class_names or [str(i) for i in range(config.num_classes)])),
     }
@@ -114,8 +118,9 @@ def export_model(model: DenseNet, fmt: str, output: str | Path, input_size: int 
         model: the model to export (its eval-mode function is exported).
         fmt: ``"onnx"``, ``"torchscript"`` or ``"exported-program"``.
         output: the file to write; its directory must exist.
-        input_size: the side of the traced example (default 224 for the ImageNet stem, 32 for the CIFAR stem);
-            the batch dimension is dynamic, height and width are those of the example.
+        input_size: the side of the traced example along each spatial axis (default 224 for the ImageNet stem,
+            96 for volumes, 32 for the CIFAR stem); the batch dimension is dynamic, the spatial sizes (length;
+            height and width; depth, height and width) are those of the example.
         tolerance: largest allowed difference relative to the largest logit.
         threads: onnxruntime threads for the check.
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from densenet.deploy.folding import fold_batch_norm
 from densenet.model import DenseNet
+from densenet.nn.dims import conv
 from densenet.nn.layers import DenseBlock, DenseLayer
 
 CONCAT_EVERY = 4
@@ -56,15 +57,16 @@ class PartsDenseLayer(nn.Module):
             self.weight2 = None
 
     def forward(self, parts: list[Tensor]) -> Tensor:
-        """Parts ``(N, C_i, H, W)``, at least one, with ``Σ C_i = C_in``, in channel order → ``(N, k, H, W)``."""
+        """Parts ``(N, C_i, *spatial)``, at least one, with ``Σ C_i = C_in``, in channel order → ``(N, k, *spatial)``
+        (any spatial dimension: ``F.conv{d}d`` by the kernel's)."""
         out = self._conv1_term(parts[0], 0, self.bias1)
         start = parts[0].shape[1]
         for part in parts[1:]:
             out = out + self._conv1_term(part, start, None)  # Σ_i W1_i ∗ σ(BN1_i(p_i))
             start += part.shape[1]
         if self.weight2 is None:
-            return out  # (N, k, H, W)
-        return F.conv2d(F.relu(out), self.weight2, padding=1)  # (N, k, H, W)
+            return out  # (N, k, *spatial)
+        return conv(F.relu(out), self.weight2, None, padding=1)  # (N, k, *spatial)
 
     def _conv1_term(self, part: Tensor, start: int, bias: Tensor | None) -> Tensor:
         """``W1_i ∗ σ(BN1_i(p_i)) (+ b1)`` for the part whose channels begin at ``start``."""
@@ -72,7 +74,7 @@ class PartsDenseLayer(nn.Module):
         activated = F.relu(F.batch_norm(part, self.norm1_running_mean[start:end], self.norm1_running_var[start:end],
                                         self.norm1_weight[start:end], self.norm1_bias[start:end], False, 0.0,
                                         self.eps))
-        return F.conv2d(activated, self.weight1[:, start:end], bias, padding=self.padding)
+        return conv(activated, self.weight1[:, start:end], bias, padding=self.padding)
 
 
 class PartsDenseBlock(nn.Module):
@@ -86,7 +88,7 @@ class PartsDenseBlock(nn.Module):
         self.layers = nn.ModuleList(PartsDenseLayer(layer) for layer in block.values())
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C_0, H, W)`` → ``(N, C_0 + L·k, H, W)``: ``[x_0, x_1, …, x_L]``."""
+        """``(N, C_0, *spatial)`` → ``(N, C_0 + L·k, *spatial)``: ``[x_0, x_1, …, x_L]``."""
         base, recent = x, []  # base = [x_0, …, x_j] concatenated; recent = [x_{j+1}, …], kept apart
         for index, layer in enumerate(self.layers):
             if recent and index % self.concat_every == 0:

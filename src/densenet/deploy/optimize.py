@@ -15,6 +15,9 @@ What changes (the weights' function does not; the algebra is in :mod:`densenet.d
 - activations and convolution weights are channels-last; on CPU each convolution is one oneDNN call with the bias
   and the ReLU fused (``mkldnn._convolution_pointwise``) and its weight reordered once into oneDNN's own layout
   for the input shape (not on every call); elsewhere (CUDA, float64) a plain conv and an in-place ReLU;
+- in every spatial dimension (``config.spatial_dims``): volumes run 3-D oneDNN convolutions, signals run as
+  images of height 1 (oneDNN's fused convolution takes 2-D and 3-D only; ``(N, C, L)`` channels-last is
+  ``(N, C, 1, L)`` channels-last, the same memory);
 - the large intermediate tensors (each block's buffer, the clamp scratch) are kept between calls, per thread
   and input shape, instead of being allocated afresh: fresh pages cost a page fault each on first touch, and the
   more so when other work has churned the heap in between (benchmarks/NOTES.md, v2 and the page-fault notes).
@@ -27,11 +30,11 @@ import threading
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densenet.deploy.folding import batch_norm_affine, fold_batch_norm, fold_relu_affine
 from densenet.model import DenseNet, check_input
+from densenet.nn import dims as nd
 from densenet.nn.batchnorm import affine_relu
 from densenet.nn.layers import DenseBlock, Transition
 
@@ -57,26 +60,38 @@ class FrozenConv(nn.Module):
     a new tensor) or changed in place through autograd-visible operations (``copy_``, ``mul_``: its version
     counter); a change made through ``.data`` or a NumPy view, or to a weight made under ``torch.inference_mode()``
     (no version counter), is not seen — call :meth:`clear_cache` after one. Threads running different input shapes
-    repack in turn (correct, slower). Otherwise (CUDA, float64, float16) ``F.conv2d`` and an in-place ReLU.
+    repack in turn (correct, slower). Otherwise (CUDA, float64, float16) ``F.conv{d}d`` and an in-place ReLU.
+
+    A 1-D kernel ``(C_out, C_in, K)`` is kept as ``(C_out, C_in, 1, K)`` and its signals run as images of height 1.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0, relu: bool = False,
                  channels_last: bool = True) -> None:
         super().__init__()
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        self.register_buffer("weight", weight.detach().clone(memory_format=layout))  # (C_out, C_in, kh, kw)
+        self.planar = weight.dim() == 3  # a signal's kernel: run as a unit-height image
+        weight = weight.detach().unsqueeze(2) if self.planar else weight.detach()
+        dims = weight.dim() - 2
+        layout = nd.memory_format(dims) if channels_last else torch.contiguous_format
+        self.register_buffer("weight", weight.clone(memory_format=layout))  # (C_out, C_in, *K)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())  # (C_out,)
-        self.stride, self.padding, self.relu = stride, padding, relu
+        self.stride = [1] * self.planar + [stride] * (dims - self.planar)
+        self.padding = [0] * self.planar + [padding] * (dims - self.planar)
+        self.relu = relu
         # (the weight it was packed from, (input shape, input dtype, weight version), the packed weight)
         self._packed: tuple[Tensor, tuple[Any, ...], Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``."""
+        """``(N, C_in, *spatial)`` → ``(N, C_out, *spatial')``."""
+        if self.planar:
+            return self._conv(x.unsqueeze(2)).squeeze(2)
+        return self._conv(x)
+
+    def _conv(self, x: Tensor) -> Tensor:
         if _FUSED_CONV and x.device.type == "cpu" and x.dtype in _FUSED_DTYPES:
-            padding, stride = [self.padding] * 2, [self.stride] * 2
-            return torch.ops.mkldnn._convolution_pointwise(x, self._packed_weight(x), self.bias, padding, stride,
-                                                           [1, 1], 1, "relu" if self.relu else "none", [], "")
-        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+            return torch.ops.mkldnn._convolution_pointwise(x, self._packed_weight(x), self.bias, self.padding,
+                                                           self.stride, [1] * len(self.stride), 1,
+                                                           "relu" if self.relu else "none", [], "")
+        out = nd.conv(x, self.weight, self.bias, self.stride, self.padding)
         return out.relu_() if self.relu else out
 
     def _packed_weight(self, x: Tensor) -> Tensor:
@@ -86,7 +101,7 @@ class FrozenConv(nn.Module):
         packed = self._packed
         if packed is None or packed[0] is not weight or packed[1] != key:
             packed = self._packed = (weight, key, torch.ops.mkldnn._reorder_convolution_weight(
-                weight, [self.padding] * 2, [self.stride] * 2, [1, 1], 1, list(x.shape)))
+                weight, self.padding, self.stride, [1] * len(self.stride), 1, list(x.shape)))
         return packed[2]
 
     def clear_cache(self) -> None:
@@ -157,25 +172,25 @@ class FrozenDenseBlock(nn.Module):
                 self.conv1.append(FrozenConv(layer.conv1.weight, None, padding=1, channels_last=channels_last))
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C_0, H, W)`` → ``(N, C_0 + L·k, H, W)`` (channels-last strides)."""
-        n, c0, h, w = x.shape
+        """``(N, C_0, *spatial)`` → ``(N, C_0 + L·k, *spatial)`` (channels-last strides)."""
+        n, c0, *spatial = x.shape
         k = self.growth_rate
-        total = c0 + self.num_layers * k
-        buffer = self.workspace.get("buffer", n * h * w * total, x).view(n, h, w, total)  # [x_0, …, x_L]
-        features = buffer.permute(0, 3, 1, 2)  # (N, C_0 + L·k, H, W) view
+        total, m = c0 + self.num_layers * k, x.numel() // c0  # M = N·∏ spatial
+        buffer = self.workspace.get("buffer", m * total, x).view(n, *spatial, total)  # [x_0, …, x_L]
+        features = buffer.movedim(-1, 1)  # (N, C_0 + L·k, *spatial) view
         features[:, :c0].copy_(x)
-        scratch = self.workspace.get("scratch", n * h * w * (total - k), x)
+        scratch = self.workspace.get("scratch", m * (total - k), x)
         for index in range(self.num_layers):
             channels = c0 + index * k
             inputs = features[:, :channels]  # [x_0, …, x_{l−1}]
-            out = scratch[:n * h * w * channels].view(n, h, w, channels).permute(0, 3, 1, 2)  # channels-last
+            out = scratch[:m * channels].view(n, *spatial, channels).movedim(-1, 1)  # channels-last
             if self.bottleneck:
                 clamped = torch.clamp(inputs, getattr(self, f"lo{index}"), getattr(self, f"hi{index}"), out=out)
-                new = self.conv2[index](self.conv1[index](clamped))  # (N, k, H, W)
+                new = self.conv2[index](self.conv1[index](clamped))  # (N, k, *spatial)
             else:
                 # r = σ(BN1([x_0, …, x_{l−1}]))
                 relu = affine_relu(inputs, getattr(self, f"scale{index}"), getattr(self, f"shift{index}"), out=out)
-                new = self.conv1[index](relu)  # (N, k, H, W)
+                new = self.conv1[index](relu)  # (N, k, *spatial)
             features[:, channels:channels + k].copy_(new)
         return features
 
@@ -195,10 +210,10 @@ class FrozenTransition(nn.Module):
         self.workspace = Workspace()
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W)`` → ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
-        n, c, h, w = x.shape
-        out = self.workspace.get("clamped", x.numel(), x).view(n, h, w, c).permute(0, 3, 1, 2)
-        return self.conv(F.avg_pool2d(torch.clamp(x, self.lo, self.hi, out=out), 2))  # pool: (N, C, H/2, W/2)
+        """``(N, C, *spatial)`` → ``(N, ⌊θ·C⌋, *⌊spatial/2⌋)``."""
+        n, c, *spatial = x.shape
+        out = self.workspace.get("clamped", x.numel(), x).view(n, *spatial, c).movedim(-1, 1)
+        return self.conv(nd.avg_pool(torch.clamp(x, self.lo, self.hi, out=out), 2, 2))  # pool: (N, C, *spatial/2)
 
 
 class OptimizedDenseNet(nn.Module):
@@ -232,19 +247,19 @@ class OptimizedDenseNet(nn.Module):
 
     @torch.no_grad()
     def forward_features(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W)`` → ``(N, C, h, w)``, after the final BN-ReLU."""
+        """``(N, in_chans, *spatial)`` → ``(N, C, *spatial')``, after the final BN-ReLU."""
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = nd.channels_last(x)
         x = self.conv0(x)
         if self.imagenet_stem:
-            x = F.max_pool2d(x, 3, 2, 1)
+            x = nd.max_pool(x, 3, 2, 1)
         for stage in self.stages:
             x = stage(x)
         return affine_relu(x, self.scale5, self.shift5)
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W)`` → logits ``(N, num_classes)``."""
+        """``(N, in_chans, *spatial)`` → logits ``(N, num_classes)``."""
         check_input(self.config, x)
         if x.dtype != self.scale5.dtype:
             raise ValueError(f"input dtype {x.dtype} differs from the model's {self.scale5.dtype}: convert one of them "
@@ -252,8 +267,9 @@ class OptimizedDenseNet(nn.Module):
         # Autocast off: the clamp bounds are folded for the model's dtype and may lie beyond a lower precision's
         # range (a pruned channel); run a lower precision by optimizing the converted model instead.
         with torch.autocast(x.device.type, enabled=False):
-            # O_k = (1/HW) Σ_ij x_ijk   [F4], then O = Wx + b   [F5]
-            return self.classifier(self.forward_features(x).mean(dim=(2, 3)))
+            # O_k = (1/HW) Σ_ij x_ijk   [F4] (over every spatial axis), then O = Wx + b   [F5]
+            features = self.forward_features(x)
+            return self.classifier(features.mean(dim=tuple(range(2, 2 + self.config.spatial_dims))))
 
 
 def optimize_for_inference(model: DenseNet, channels_last: bool = True) -> OptimizedDenseNet:

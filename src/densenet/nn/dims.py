@@ -94,10 +94,13 @@ def max_pool(x: Tensor, kernel: int, stride: int, padding: int = 0) -> Tensor:
     return _MAX_POOL[spatial_dims(x)](x, kernel, stride, padding)
 
 
-def global_avg_pool(x: Tensor) -> Tensor:
-    """``O_c = (1/|S|) Σ_s x_cs`` over all spatial positions [F4]: ``(N, C, *spatial)`` → ``(N, C)``."""
+def global_avg_pool(x: Tensor, dims: int) -> Tensor:
+    """``O_c = (1/|S|) Σ_s x_cs`` over all spatial positions [F4]: ``(N, C, *spatial)`` → ``(N, C)``.
+
+    ``dims`` is given, not read off ``x``: under FX symbolic tracing ``x.dim()`` is a symbol.
+    """
     # O_k = (1/HW) Σ_ij x_ijk, over every spatial axis   [F4]
-    return _GLOBAL_POOL[spatial_dims(x)](x, 1).flatten(1)
+    return _GLOBAL_POOL[dims](x, 1).flatten(1)
 
 
 def pool_backward(grad_out: Tensor, x: Tensor, kind: str, kernel: Size, stride: Size, padding: Size,
@@ -134,12 +137,20 @@ def per_channel(vector: Tensor, dims: int) -> Tensor:
     return vector.view(-1, *(1,) * dims)
 
 
-def channels_last(x: Tensor) -> Tensor:
-    """``x`` with the channel stride 1 (``(N, *spatial, C)`` in memory), copied only if it is not already so."""
-    dims = spatial_dims(x)
+def channels_last(x: Tensor, dims: int | None = None) -> Tensor:
+    """``x`` with the channel stride 1 (``(N, *spatial, C)`` in memory), copied only if it is not already so.
+
+    ``dims`` defaults to ``x.dim() − 2``; the model passes its own (under FX symbolic tracing ``x.dim()`` is a
+    symbol)."""
+    dims = spatial_dims(x) if dims is None else dims
     if dims in _FORMATS:
         return x.contiguous(memory_format=_FORMATS[dims])
     return x.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+def memory_format(dims: int) -> torch.memory_format:
+    """The channels-last memory format of ``d``-dimensional maps (plain contiguous for 1D, which has none)."""
+    return _FORMATS.get(dims, torch.contiguous_format)
 
 
 def same_layout(x: Tensor, like: Tensor) -> Tensor:

@@ -1,0 +1,74 @@
+"""The explicit dense block against the plain autograd path on the CPU recipe's small network, interleaved.
+
+    python benchmarks/explicit_small.py [--rounds 9] [--threads 2]
+
+The network is ``configs/cifar10_cpu.yaml``'s (DenseNet-BC, k = 16, blocks 3-6-9, 32 initial maps) at 32×32,
+batch 64, channels-last, one training step (forward, cross-entropy, backward, SGD with momentum), in float32 and
+under bfloat16 autocast. Both paths hold the same weights; each round times every configuration once, in a new
+seeded order after a short idle time (``densenet.deploy.bench.time_interleaved``). Writes
+``benchmarks/results/explicit_small.json`` and prints the explicit path's speed relative to the plain one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+import densenet
+from densenet.deploy.bench import time_interleaved
+from harness import ROOT, machine, print_table, write_json
+
+
+def _step(model: densenet.DenseNet, x: torch.Tensor, target: torch.Tensor, bf16: bool):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = F.cross_entropy(model(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    recipe = yaml.safe_load((ROOT / "configs" / "cifar10_cpu.yaml").read_text())
+    model_args = {key: value for key, value in recipe["model_args"].items() if key != "memory_efficient"}
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    target = torch.arange(64) % 10
+    reference = densenet.create_model(recipe["model"], **model_args)
+    runners = {}
+    for memory_efficient in (True, False):
+        for bf16 in (False, True):
+            model = densenet.create_model(recipe["model"], **model_args, memory_efficient=memory_efficient)
+            model.load_state_dict(reference.state_dict())
+            model = model.train().to(memory_format=torch.channels_last)
+            label = f"{'explicit' if memory_efficient else 'plain'} {'bf16' if bf16 else 'fp32'}"
+            runners[label] = (_step(model, x, target, bf16), 0)
+    times = time_interleaved(runners, rounds=args.rounds, warmup=1).seconds
+    medians = {label: statistics.median(t) for label, t in times.items()}
+    rows = []
+    for precision in ("fp32", "bf16"):
+        explicit, plain = medians[f"explicit {precision}"], medians[f"plain {precision}"]
+        rows.append([precision, f"{64 / explicit:.0f}", f"{64 / plain:.0f}", f"{plain / explicit:.2f}"])
+    print_table(["precision", "explicit img/s", "plain img/s", "explicit ÷ plain"], rows)
+    path = write_json("explicit_small", {"benchmark": "explicit_small", "machine": machine(), "rounds": args.rounds,
+                                         "model": recipe["model"], "model_args": model_args,
+                                         "seconds": {label: {"median": medians[label], "all": t}
+                                                     for label, t in times.items()}})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
