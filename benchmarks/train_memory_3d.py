@@ -80,22 +80,26 @@ def predicted_side(by_side: dict[int, dict[str, Any]], budget: float) -> dict[st
             "side": ((budget - intercept) / slope) ** (1 / 3)}
 
 
-def largest_cube(label: str, prediction: float, args: argparse.Namespace) -> dict[str, Any]:
-    """Probe sides in steps of 8 from the prediction until one fits the budget and the next does not."""
+def largest_cube(label: str, prediction: float, args: argparse.Namespace,
+                 known: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Probe sides in steps of 8 from the prediction (or ``--start-side``) until one fits the budget and the next
+    does not, at most ``--probes`` new processes; ``known`` probes (an earlier run's) are reused, not repeated."""
     budget = args.budget_gib * GIB
-    side, probes = max(STEP, math.floor(prediction / STEP) * STEP), {}
-    while len(probes) < args.probes:
-        probes[side] = peak(label, side, args)
+    probes = dict(known or {})
+    side, new = max(STEP, math.floor((args.start_side or prediction) / STEP) * STEP), 0
+    while new < args.probes:
+        if side not in probes:
+            probes[side], new = peak(label, side, args), new + 1
         ok = fits(probes[side], budget)
-        side = side + STEP if ok else side - STEP
-        if side in probes:
+        following = side + STEP if ok else side - STEP
+        if following in probes and fits(probes[following], budget) != ok:
             break
+        side = following
     fitting = [s for s, result in probes.items() if fits(result, budget)]
     failing = [s for s, result in probes.items() if not fits(result, budget)]
     largest = max(fitting, default=None)
-    verified = largest is not None and largest + STEP in failing
-    return {"probes": {str(s): r for s, r in probes.items()}, "largest_fitting_side": largest,
-            "bracketed": verified}
+    return {"probes": {str(s): r for s, r in sorted(probes.items())}, "largest_fitting_side": largest,
+            "bracketed": largest is not None and largest + STEP in failing}
 
 
 def cpu_timed(step: Callable[[], Any], log: list[float]) -> Callable[[], Any]:
@@ -191,6 +195,7 @@ def main() -> None:
     parser.add_argument("--budget-gib", type=float, default=8.0)
     parser.add_argument("--limit-gib", type=float, default=9.0, help="stop a worker past this resident memory")
     parser.add_argument("--probes", type=int, default=3, help="at most this many processes per largest-cube search")
+    parser.add_argument("--start-side", type=int, help="first side the largest-cube search probes")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one worker may take")
     parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc-default")
     parser.add_argument("--output", default="train_memory_3d", help="results file name (benchmarks/results/NAME.json)")
@@ -210,8 +215,10 @@ def main() -> None:
             prediction = predicted_side({int(side): r for side, r in memory[label].items()}, args.budget_gib * GIB)
             print(f"{label}: {prediction['bytes_per_voxel']:.0f} B per input voxel, predicted largest cube "
                   f"{prediction['side']:.0f}³ within {args.budget_gib:g} GiB", flush=True)
-            found = {"prediction": prediction, **largest_cube(label, prediction["side"], args)}
             data = json.loads((RESULTS / f"{args.output}.json").read_text())
+            known = data.get("largest_cube", {}).get(label, {}).get("probes", {})
+            found = {"prediction": prediction,
+                     **largest_cube(label, prediction["side"], args, {int(s): r for s, r in known.items()})}
             update_results(args.output, largest_cube={**data.get("largest_cube", {}), label: found})
     print_tables(args.output)
     print(f"wrote {RESULTS / args.output}.json")
