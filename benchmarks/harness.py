@@ -62,14 +62,31 @@ def machine() -> dict[str, Any]:
     }
 
 
+# Input fields a spec may carry (N-D benchmarks): ours takes them as config overrides, MONAI as its own arguments.
+INPUT_KEYS = ("spatial_dims", "in_chans", "num_classes")
+
+
 def build_model(spec: dict[str, Any]):
-    """``{"impl": "torchvision", "name": ..., "memory_efficient": ...}`` or
-    ``{"impl": "ours", "name": ... | "config": {...}, "memory_efficient": ...}`` → a model in train mode."""
+    """``{"impl": "torchvision", "name": ..., "memory_efficient": ...}``,
+    ``{"impl": "ours", "name": ... | "config": {...}, "memory_efficient": ...}`` or
+    ``{"impl": "monai", "name": "densenet121", "spatial_dims": 3, "in_chans": 1, "num_classes": 2}`` (and
+    :data:`INPUT_KEYS` for ours) → a model in train mode."""
     if spec["impl"] == "torchvision":
         import torchvision
 
         return getattr(torchvision.models, spec["name"])(memory_efficient=spec["memory_efficient"]).train()
+    if spec["impl"] == "monai":
+        from monai.networks import nets
+
+        builder = {"densenet121": nets.DenseNet121, "densenet169": nets.DenseNet169,
+                   "densenet201": nets.DenseNet201, "densenet264": nets.DenseNet264}[spec["name"]]
+        return builder(spatial_dims=spec["spatial_dims"], in_channels=spec["in_chans"],
+                       out_channels=spec["num_classes"]).train()
     import densenet
+
+    overrides = {key: spec[key] for key in INPUT_KEYS if key in spec}
+    if overrides:
+        return densenet.create_model(spec["name"], memory_efficient=spec["memory_efficient"], **overrides).train()
 
     if "config" in spec:
         config = densenet.DenseNetConfig.from_dict(spec["config"]).replace(memory_efficient=spec["memory_efficient"])
@@ -95,10 +112,10 @@ def peak_memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     side = spec["input_size"]
-    x = torch.randn(spec["batch"], 3, side, side)
+    x = torch.randn(spec["batch"], spec.get("in_chans", 3), *[side] * spec.get("spatial_dims", 2))
     if spec.get("channels_last"):
         x = x.contiguous(memory_format=torch.channels_last)
-    target = torch.randint(0, 10, (spec["batch"],))
+    target = torch.randint(0, spec.get("num_classes", 10), (spec["batch"],))
     baseline = _rss_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     start = time.perf_counter()

@@ -20,7 +20,7 @@ SOURCE = Path(densenet.__file__).parent
 ROOMS = {"core": 0, "nn": 0, "tutorial": 0, "data": 1, "training": 2, "deploy": 3, "explain": 4, "cli": 5}
 UPPER_ROOMS = ("data", "training", "deploy", "explain", "cli")
 ENTRY_POINTS = {"densenet", "densenet.__main__"}  # the public API (lazy attributes) and `python -m densenet`
-HEAVY = ("onnx", "onnxruntime", "matplotlib", "torchvision", "pytorch_grad_cam")
+HEAVY = ("onnx", "onnxruntime", "matplotlib", "torchvision", "pytorch_grad_cam", "monai")
 MAX_LINES = 400
 
 

@@ -17,6 +17,7 @@ from functools import cache
 from torch import Tensor
 
 from densenet.hub import cached_file
+from densenet.inflate import RULES, inflate_state_dict
 from densenet.meta import IMAGENET_STATS, Preprocessing
 from densenet.model import DenseNet
 from densenet.weights import WeightsError, convert_state_dict, load_weights, read_state_dict
@@ -150,7 +151,7 @@ def adapt_input_channels(weight: Tensor, in_chans: int) -> Tensor:
 def load_pretrained(model: DenseNet, weights: PretrainedWeights, progress: bool = True) -> DenseNet:
     """Load ``weights`` (downloaded into torch.hub's cache if need be) into ``model``, adapting what differs
     (:func:`load_start`); ``model.meta`` gets the weights' class names (when the head is theirs) and their
-    preprocessing, for ``model``'s input channels.
+    preprocessing, for ``model``'s input channels (images only: a 1-D or 3-D model keeps its standard one).
 
     Raises:
         DownloadError: the file cannot be fetched (the message says where to place it by hand).
@@ -167,14 +168,17 @@ def load_pretrained(model: DenseNet, weights: PretrainedWeights, progress: bool 
     in_chans = model.config.in_chans
     model.meta = model.meta.replace(
         class_names=weights.class_names() if own_head else model.meta.class_names,
-        preprocessing=weights.preprocessing.for_channels(in_chans) if in_chans in (1, 3) else None)
+        # an image transform (resize, crop) describes no signal or volume: those keep their standard one
+        preprocessing=weights.preprocessing.for_channels(in_chans)
+        if in_chans in (1, 3) and model.config.spatial_dims == 2 else None)
     return model
 
 
 def load_start(model: DenseNet, state: dict[str, Tensor], source: str) -> bool:
     """Load a state dict that is to be a starting point into ``model``, adapting what differs, each adaptation
-    logged in one line: the first convolution to ``model``'s input channels (:func:`adapt_input_channels`), and a
-    classifier of another shape left at ``model``'s fresh initialisation. Returns whether the head was loaded.
+    logged in one line: the first convolution to ``model``'s input channels (:func:`adapt_input_channels`), 2-D
+    kernels inflated for a 1-D or 3-D model (:mod:`densenet.inflate`), and a classifier of another shape left at
+    ``model``'s fresh initialisation. Returns whether the head was loaded.
 
     Raises:
         WeightsError: anything else does not fit (the message names the first mismatched keys).
@@ -185,6 +189,10 @@ def load_start(model: DenseNet, state: dict[str, Tensor], source: str) -> bool:
     if stem is not None and stem.shape[1] != model.config.in_chans and stem.shape[1] == 3:
         state["features.conv0.weight"] = adapt_input_channels(stem, model.config.in_chans)
         logger.info("%s: first convolution adapted from 3 to %d input channel(s)", source, model.config.in_chans)
+    state, inflated = inflate_state_dict(state, expected)
+    if inflated:
+        dims = expected["features.conv0.weight"].dim() - 2
+        logger.info("%s: %d 2-D convolution kernels inflated to %d-D (%s)", source, inflated, dims, RULES[dims])
     head = [key for key in expected if key.startswith("classifier.")]
     own_head = bool(head) and all(key in state and state[key].shape == expected[key].shape for key in head)
     if not own_head:

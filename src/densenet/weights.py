@@ -1,4 +1,5 @@
-"""Weights: read state dicts (torchvision, timm, legacy and densenet keys), ``save_pretrained`` / ``from_pretrained``.
+"""Weights: read state dicts (torchvision, timm, legacy, MONAI and densenet keys), ``save_pretrained`` /
+``from_pretrained``.
 
 Nothing here unpickles code: ``.pth`` files load with ``torch.load(weights_only=True)``, the rest is safetensors.
 """
@@ -23,6 +24,7 @@ from densenet.config import DenseNetConfig
 from densenet.fileio import atomic_path, write_text
 from densenet.meta import ModelMeta
 from densenet.model import DenseNet
+from densenet.monai_compat import rename_monai_key
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -76,19 +78,20 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def convert_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename torchvision-legacy, timm, DDP and ``torch.compile`` keys to this library's (= torchvision's) names."""
+    """Rename torchvision-legacy, timm, MONAI (:mod:`densenet.monai_compat`), DDP and ``torch.compile`` keys to this
+    library's (= torchvision's) names."""
     converted = {}
     for key, value in state_dict.items():
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix):]
-        converted[_LEGACY_KEY.sub(r"\1\2.", key)] = value
+        converted[_LEGACY_KEY.sub(r"\1\2.", rename_monai_key(key))] = value
     return converted
 
 
 def load_weights(model: DenseNet, source: str | Path | Mapping[str, Tensor], strict: bool = True, *,
                  name: str | None = None) -> DenseNet:
-    """Load a torchvision, timm or densenet state dict (file, directory or mapping) into ``model``.
+    """Load a torchvision, timm, MONAI or densenet state dict (file, directory or mapping) into ``model``.
 
     BN ``num_batches_tracked`` counters missing from old checkpoints keep the model's values. With ``strict``
     (the default) anything else missing, unexpected or of another shape is an error; without it, the keys that

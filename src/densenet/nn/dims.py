@@ -103,23 +103,33 @@ def global_avg_pool(x: Tensor, dims: int) -> Tensor:
     return _GLOBAL_POOL[dims](x, 1).flatten(1)
 
 
-def pool_backward(grad_out: Tensor, x: Tensor, kind: str, kernel: Size, stride: Size, padding: Size) -> Tensor:
+def pool_backward(grad_out: Tensor, x: Tensor, kind: str, kernel: Size, stride: Size, padding: Size,
+                  out: Tensor | None = None) -> Tensor:
     """The pool's backward: ``1/K^d`` of each output's gradient to every input of its window for the average pool
-    [F3b]; to the argmax of its window (recomputed) for the max-pool. 1D runs as 2D with a unit height."""
+    [F3b]; to the argmax of its window (recomputed) for the max-pool. 1D runs as 2D with a unit height.
+
+    ``out`` (max-pool only; of ``x``'s shape and layout, and it may be ``x`` itself, whose argmax is taken before
+    it is written) receives the gradient instead of a new tensor. The average pool takes none: torch 2.14's
+    ``avg_pool3d_backward`` writes wrong values into a channels-last ``out``."""
     if spatial_dims(x) == 1:
-        grad = pool_backward(grad_out.unsqueeze(2), x.unsqueeze(2), kind, (1, kernel), (1, stride), (0, padding))
+        grad = pool_backward(grad_out.unsqueeze(2), x.unsqueeze(2), kind, (1, kernel), (1, stride), (0, padding),
+                             None if out is None else out.unsqueeze(2))
         return grad.squeeze(2)
     dims = spatial_dims(x)
     kernel, stride, padding = (_expand(v, dims) for v in (kernel, stride, padding))
     if kind == "avg":
         # each output's gradient spread 1/K^d to every input of its window   [F3b]
         backward = torch.ops.aten.avg_pool2d_backward if dims == 2 else torch.ops.aten.avg_pool3d_backward
+        if out is not None:
+            raise ValueError("the average pool's backward takes no out tensor")
         return backward(grad_out, x, kernel, stride, padding, False, True, None)
     pool = F.max_pool2d if dims == 2 else F.max_pool3d
     _, indices = pool(x, kernel, stride, padding, return_indices=True)  # the argmax, recomputed
     backward = (torch.ops.aten.max_pool2d_with_indices_backward if dims == 2
                 else torch.ops.aten.max_pool3d_with_indices_backward)
-    return backward(grad_out, x, kernel, stride, padding, [1] * dims, False, indices)
+    if out is None:
+        return backward(grad_out, x, kernel, stride, padding, [1] * dims, False, indices)
+    return backward.grad_input(grad_out, x, kernel, stride, padding, [1] * dims, False, indices, grad_input=out)
 
 
 def per_channel(vector: Tensor, dims: int) -> Tensor:

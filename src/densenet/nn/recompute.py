@@ -71,14 +71,23 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
             # r = σ(BN(z)), recomputed
             relu = affine_relu(z, nd.per_channel(scale, dims), nd.per_channel(shift, dims))
             grad_out = nd.same_layout(grad_out.to(relu.dtype), relu)
-            grad_relu = _pool_backward(grad_out, relu, ctx.pool)
-            # through σ: δ ⊙ 1[r > 0]
-            grad_u = torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
+            if ctx.pool[0] == "max":
+                # the stem: σ' kept as a bool mask (a quarter of the map in float32) so that the max-pool's gradient
+                # can overwrite r — z, r and the mask are the most held at once (in 3D the stem's map is the
+                # network's largest); then through σ: δ ⊙ 1[r > 0]
+                active = relu > 0
+                grad_u = _pool_backward(grad_out, relu, ctx.pool, out=relu).mul_(active)
+                del active
+            else:
+                grad_relu = _pool_backward(grad_out, relu, ctx.pool)
+                # through σ: δ ⊙ 1[r > 0]
+                grad_u = torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
             del relu
             grad_weight, grad_bias = parameter_grads(grad_u, z, weight, mean, invstd, True, ctx.eps)
-            grad_z = input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True)
+            grad_z = input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True, out=grad_u)
             if ctx.conv is None:
                 return None, None, None, grad_z.to(x.dtype), grad_weight, grad_bias, None
+            del z  # the conv's backward needs δ_z, x and W only
             # ∂L/∂X = Wᵀ ∗ δ_z, ∂L/∂W = X ⋆ δ_z   [F1b]
             grad_x, grad_conv, _ = nd.conv_backward(
                 grad_z, x.to(ctx.dtype), conv_weight.to(ctx.dtype), False, *ctx.conv,
@@ -105,11 +114,12 @@ def _pool(x: Tensor, pool: Pool) -> Tensor:
     return nd.max_pool(x, kernel, stride, padding)
 
 
-def _pool_backward(grad_out: Tensor, relu: Tensor, pool: Pool) -> Tensor:
+def _pool_backward(grad_out: Tensor, relu: Tensor, pool: Pool, out: Tensor | None = None) -> Tensor:
     """The pool's backward: ``1/(PQ)`` of each output's gradient to every input of its window for the average
-    pool [F3b]; to the argmax of its window for the max-pool (:func:`densenet.nn.dims.pool_backward`)."""
+    pool [F3b]; to the argmax of its window for the max-pool (:func:`densenet.nn.dims.pool_backward`), into ``out``
+    (max-pool only; it may be ``relu``) if given."""
     kind, kernel, stride, padding = pool
-    return nd.pool_backward(grad_out, relu, kind, kernel, stride, padding)
+    return nd.pool_backward(grad_out, relu, kind, kernel, stride, padding, out)
 
 
 def batch_norm_relu_pool(norm: nd.BatchNorm, x: Tensor, pool: Pool) -> Tensor:
