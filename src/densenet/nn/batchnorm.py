@@ -88,9 +88,8 @@ def parameter_grads(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, inv
 
 def input_grad(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, grad_weight: Tensor,
                grad_bias: Tensor, training: bool, out: Tensor | None = None) -> Tensor:
-    """``∂L/∂x`` of ``(N, C, *spatial)`` (into ``out`` if given; ``out`` may be ``grad_u`` itself): with batch
-    statistics ``a·(δ − (1/M)(Σδ + x̂·Σδx̂)) = a·δ + (c + d·x)`` with per-channel ``c, d``; with running ones
-    ``a·δ``."""
+    """``∂L/∂x`` of ``(N, C, *spatial)`` (into ``out`` if given): with batch statistics
+    ``a·(δ − (1/M)(Σδ + x̂·Σδx̂)) = a·δ + (c + d·x)`` with per-channel ``c, d``; with running ones ``a·δ``."""
     dims = x.dim() - 2
     scale = per_channel(weight * invstd, dims)
     if not training:
@@ -98,8 +97,6 @@ def input_grad(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: 
     count = x.numel() // x.shape[1]
     slope = per_channel(-weight * invstd.square() * grad_weight / count, dims)
     offset = per_channel(-weight * invstd * grad_bias / count, dims) - slope * per_channel(mean, dims)
-    if out is grad_u:  # in place: a·δ first, then + c + d·x
-        return grad_u.mul_(scale.to(x.dtype)).addcmul_(x, slope.to(x.dtype)).add_(offset.to(x.dtype))
     grad_x = torch.addcmul(offset.to(x.dtype), x, slope.to(x.dtype), out=out)
     return grad_x.addcmul_(grad_u, scale.to(x.dtype))
 

@@ -84,7 +84,7 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
                 grad_u = torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
             del relu
             grad_weight, grad_bias = parameter_grads(grad_u, z, weight, mean, invstd, True, ctx.eps)
-            grad_z = input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True, out=grad_u)
+            grad_z = input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True)
             if ctx.conv is None:
                 return None, None, None, grad_z.to(x.dtype), grad_weight, grad_bias, None
             del z  # the conv's backward needs δ_z, x and W only
