@@ -9,13 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from densenet.cli.demo import HELDOUT_DIR, DemoResult
+from densenet.cli.demo import DemoResult, train_and_predict
 from densenet.data.arrayio import require_extra
 from densenet.data.arrays import ArrayTensors
-from densenet.data.datasets import load_split
-from densenet.deploy.inference import load_model, predict
 from densenet.fileio import atomic_path
-from densenet.training.engine import LAST_DIR, train
 from densenet.training.recipe import TrainConfig
 
 # The demo's recipe, under --config files and flags (configs/volumes_demo.yaml holds the same, with its measurement):
@@ -40,6 +37,7 @@ VOLUMES_DEMO: dict[str, Any] = {
 def write_volumes(split: ArrayTensors, directory: Path, count: int) -> tuple[list[Path], list[str]]:
     """Save the first ``count`` volumes of ``split`` as ``.nii.gz`` files (identity affine, so RAS as stored); return
     the paths and true labels."""
+    assert isinstance(split, ArrayTensors)  # the synthetic shapes are held in memory
     nibabel = require_extra("nibabel", "writing NIfTI volumes")
     directory.mkdir(parents=True, exist_ok=True)
     paths, truths = [], []
@@ -57,13 +55,4 @@ def write_volumes(split: ArrayTensors, directory: Path, count: int) -> tuple[lis
 def run_volume_demo(config: TrainConfig, samples: int = 8) -> DemoResult:
     """Train ``config`` (a ``shapes3d`` recipe), write ``samples`` held-out volumes as NIfTI files into the run
     directory and predict them with the final weights, read back from ``last/``."""
-    if config.dataset != "shapes3d":
-        raise ValueError(f"the volume demo trains on shapes3d, not {config.dataset}")
-    run = train(config)
-    if run.interrupted:
-        return DemoResult(run, [], [])
-    heldout = load_split(config.data_spec(), "eval")
-    assert isinstance(heldout, ArrayTensors)
-    paths, truths = write_volumes(heldout, run.run_dir / HELDOUT_DIR, samples)
-    model = load_model(run.run_dir / LAST_DIR)
-    return DemoResult(run, predict(model, paths, k=3), truths)
+    return train_and_predict(config, "shapes3d", write_volumes, samples)
