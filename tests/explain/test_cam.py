@@ -19,7 +19,7 @@ from densenet.explain.api import to_image_resolution
 from densenet.explain.cam import METHODS, CamModel, compute_maps, resolve_targets
 from densenet.explain.checks import box_fraction, pointing_game, points_inside, randomized_copy
 from densenet.explain.write import output_stems, panels
-from densenet.meta import ModelMeta, Preprocessing
+from densenet.meta import MULTI_LABEL, ModelMeta, Preprocessing
 from helpers import randomize_batch_norm
 
 NAMES = ["cat", "dog", "emu"]
@@ -136,12 +136,14 @@ def test_bad_input_is_one_clear_error():
 
 
 def test_multi_label_targets_give_one_map_per_label():
-    """The multi-label seam: a model whose meta says ``multi_label`` explains every label predicted present (or the
-    most probable when none is), or each requested label."""
-    fake = types.SimpleNamespace(meta=types.SimpleNamespace(multi_label=True, class_names=NAMES),
+    """The multi-label seam: a model whose meta says ``task: multi_label`` explains every label predicted present
+    (at its saved threshold, 0.5 without one; the most probable when none is), or each requested label."""
+    fake = types.SimpleNamespace(meta=ModelMeta(None, tuple(NAMES), task=MULTI_LABEL),
                                  config=types.SimpleNamespace(num_classes=3))
     probs = torch.tensor([[0.9, 0.2, 0.7], [0.1, 0.3, 0.2]])
     assert resolve_targets(fake, probs, None) == [(0, 0), (0, 2), (1, 1)]
+    fake.meta = fake.meta.replace(thresholds=(0.95, 0.25, 0.5))  # the saved thresholds decide what is present
+    assert resolve_targets(fake, probs, None) == [(0, 2), (1, 1)]
     assert resolve_targets(fake, probs, [["cat", "emu"], "dog"]) == [(0, 0), (0, 2), (1, 1)]
     single = types.SimpleNamespace(meta=types.SimpleNamespace(class_names=NAMES), config=fake.config)
     assert resolve_targets(single, probs, None) == [(0, 0), (1, 1)]
@@ -251,8 +253,7 @@ def test_multi_label_models_explain_each_label_present(tmp_path):
     from densenet.explain.write import write_explanations
 
     model = _tiny()
-    model.meta = types.SimpleNamespace(multi_label=True, class_names=NAMES,
-                                       input_preprocessing=lambda config: Preprocessing.standard(config))
+    model.meta = ModelMeta(None, tuple(NAMES), task=MULTI_LABEL)  # as a multi-label run saves it
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         model.classifier.bias.copy_(torch.tensor([5.0, -5.0, 5.0]))  # cat and emu present, dog absent

@@ -13,7 +13,7 @@ through the head alone — exactly ``∂y_c/∂A`` — and never through the exp
 Methods that need gradients below ``A`` (guided backprop, integrated gradients) are not offered.
 
 One map per (image, class) pair: a single-label model explains the predicted (or requested) class; a multi-label
-model (``model.meta.multi_label``, when the weights carry it) explains each requested label, by default every label
+model (``model.meta.task``, when the weights carry it) explains each requested label, by default every label
 predicted present. Maps have the input's spatial dimensions (2-D or 3-D: pytorch-grad-cam handles both).
 """
 
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densenet.meta import MULTI_LABEL, SINGLE_LABEL
 from densenet.model import check_input
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "scorecam")
@@ -96,8 +97,15 @@ class CamModel(nn.Module):
 
 
 def is_multi_label(model: nn.Module) -> bool:
-    """Whether the weights say the model is multi-label (sigmoid per class) rather than single-label (softmax)."""
-    return bool(getattr(getattr(model, "meta", None), "multi_label", False))
+    """Whether the weights say the model is multi-label (``meta.task``: a sigmoid per label) rather than single-label
+    (softmax)."""
+    return getattr(getattr(model, "meta", None), "task", SINGLE_LABEL) == MULTI_LABEL
+
+
+def label_thresholds(model: nn.Module, width: int) -> Tensor:
+    """A multi-label model's saved per-label decision thresholds (0.5 for weights without them): ``(L,)``."""
+    saved = getattr(getattr(model, "meta", None), "thresholds", None)
+    return torch.tensor(saved if saved is not None else [0.5] * width)
 
 
 def class_names_of(model: nn.Module) -> list[str]:
@@ -128,18 +136,18 @@ def class_index(names: Sequence[str], target: Target) -> int:
 def resolve_targets(model: nn.Module, probs: Tensor, targets: Targets) -> list[tuple[int, int]]:
     """The ``(image index, class index)`` pairs to explain.
 
-    ``targets``: ``None`` (single-label: the predicted class; multi-label: every label with probability ≥ 0.5, or
-    the most probable when none is), one class for every image, or one entry per image (a class, or for a
-    multi-label model a list of classes).
+    ``targets``: ``None`` (single-label: the predicted class; multi-label: every label at or above its saved
+    threshold, 0.5 without one, or the most probable when none is), one class for every image, or one entry per
+    image (a class, or for a multi-label model a list of classes).
     """
     names = class_names_of(model)
     count = probs.shape[0]
     if targets is None:
         if not is_multi_label(model):
             return [(i, int(c)) for i, c in enumerate(probs.argmax(dim=1).tolist())]
-        pairs = []
+        pairs, thresholds = [], label_thresholds(model, probs.shape[1])
         for i, row in enumerate(probs):
-            present = (row >= 0.5).nonzero().flatten().tolist() or [int(row.argmax())]
+            present = (row >= thresholds).nonzero().flatten().tolist() or [int(row.argmax())]
             pairs += [(i, c) for c in present]
         return pairs
     if isinstance(targets, (int, str)):
