@@ -11,10 +11,12 @@ import torch
 import yaml
 from PIL import Image
 
+from densenet.registry import get_config
 from densenet.training import engine
+from densenet.training.distributed import Context
 from densenet.training.earlystop import epochs_without_improvement, should_stop
 from densenet.training.imagesize import with_image_size
-from densenet.training.memory import available_memory, parse_bytes
+from densenet.training.memory import available_memory, check_memory, parse_bytes
 from densenet.training.metrics import EvalResult
 from densenet.training.recipe import TrainConfig
 
@@ -78,6 +80,16 @@ def test_memory_readers(tmp_path, monkeypatch):
     monkeypatch.setenv("DENSENET_MEMORY_LIMIT", "3M")
     room = available_memory(torch.device("cpu"), v1.parent, meminfo)
     assert room is not None and (room.bytes, room.source) == (3 * 2**20, "DENSENET_MEMORY_LIMIT")
+
+
+def test_the_issues_run_that_the_kernel_killed_now_stops_first(monkeypatch):
+    """densenet_bc100_k12 at 224×224, batch 64: 17 GiB by the closed form, killed (exit 137) with ~20 GiB free."""
+    monkeypatch.setenv("DENSENET_MEMORY_LIMIT", "20G")
+    recipe = TrainConfig(dataset="folder", data_dir=".", model="densenet_bc100_k12", image_size=224, batch_size=64)
+    cpu = Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"needs more than 25\.45 GiB .* 20\.00 GiB is available .*would fit: "
+                                         r"--batch-size \d+ or --image-size \d+"):
+        check_memory(recipe, cpu, get_config("densenet_bc100_k12"), 224, 64)
 
 
 def test_autocast_runs_skip_the_float32_memory_check(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
-"""The memory pre-check before the first step: the closed-form lower bound of one training step
-(:func:`densenet.analysis.training_memory`) against the memory this process can have, and what would fit.
+"""The memory pre-check before the first step: the closed form of one training step
+(:func:`densenet.analysis.training_memory`), scaled by the least measured peak-to-closed-form ratio, against the
+memory this process can have, and what would fit.
 
 What is available: ``DENSENET_MEMORY_LIMIT`` if set (bytes, or with a K/M/G/T suffix in powers of 1024, e.g.
 ``6G``); on CUDA the device's free memory (``torch.cuda.mem_get_info``); on CPU the smaller of the cgroup's room
@@ -26,6 +27,12 @@ from densenet.training.recipe import TrainConfig
 logger = logging.getLogger("densenet")
 
 LIMIT_ENV = "DENSENET_MEMORY_LIMIT"
+# The closed form counts what a step must hold (saved tensors, weights, gradients, optimiser state); the measured
+# peak adds the allocator's slack, workspaces and transients: 1.9–3.5× the closed form (densenet121 2-D 757 MiB for
+# 386 saved, 3-D 833 MiB for 365; benchmarks/NOTES.md). A step needing more than PEAK_FLOOR × the closed form
+# cannot fit; above PEAK_CEILING × it is expected to fit.
+PEAK_FLOOR = 1.5
+PEAK_CEILING = 3.5
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a page-rounded 2**63 − 1
 
@@ -123,9 +130,10 @@ def _room(limit_file: Path, usage_file: Path, stat_file: Path, inactive_key: str
 
 def check_memory(config: TrainConfig, context: Context, model: DenseNetConfig, side: int, micro_batch: int) -> None:
     """Stop a run whose step cannot fit before it starts: raise ``ValueError`` (one line: what the step needs, what
-    is available, and the largest ``--batch-size`` or ``--image-size`` that would fit) when the closed-form lower
-    bound of a step at ``micro_batch`` images of ``side × side`` exceeds the available memory. Processes of one
-    machine share its memory on CPU. Under autocast the float32 closed form overstates the step, so it is skipped."""
+    is available, and the largest ``--batch-size`` or ``--image-size`` that would fit) when :data:`PEAK_FLOOR` times
+    the closed form of a step at ``micro_batch`` images of ``side × side`` exceeds the available memory. Processes of
+    one machine share its memory on CPU. Under autocast the float32 closed form overstates the step, so it is
+    skipped."""
     if config.amp != "off":
         logger.debug("memory pre-check skipped: the closed form counts float32 and the run uses %s", config.amp)
         return
@@ -136,26 +144,28 @@ def check_memory(config: TrainConfig, context: Context, model: DenseNetConfig, s
     states = 2 if config.optimizer == "adamw" else 1
     sharing = int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size)) if context.device.type == "cpu" else 1
 
-    def needed(size: int, batch: int) -> int:
+    def closed_form(size: int, batch: int) -> int:
         return sharing * training_memory(model, size, batch, states).total
 
-    need = needed(side, micro_batch)
-    if need <= available.bytes:
-        if 2 * need > available.bytes:
+    def fits(size: int, batch: int) -> bool:
+        return PEAK_FLOOR * closed_form(size, batch) <= available.bytes
+
+    need = closed_form(side, micro_batch)
+    if fits(side, micro_batch):
+        if PEAK_CEILING * need > available.bytes:
             logger.warning("a training step needs at least %s (closed form) and %s is available (%s); the measured "
-                           "peak runs 2-3.5x the closed form, so this may run out of memory", _gib(need),
+                           "peak runs 1.9-3.5x the closed form, so this may run out of memory", _gib(need),
                            _gib(available.bytes), available.source)
         return
-    limit = available.bytes
-    batch = _largest(lambda b: needed(side, b) <= limit, 1, micro_batch - 1)
-    size = _largest(lambda s: needed(s, micro_batch) <= limit, model.min_input_size, side - 1)
-    fits = ([f"--batch-size {batch * (config.batch_size // micro_batch)}"] if batch else []) + \
+    batch = _largest(lambda b: fits(side, b), 1, micro_batch - 1)
+    size = _largest(lambda s: fits(s, micro_batch), model.min_input_size, side - 1)
+    choices = ([f"--batch-size {batch * (config.batch_size // micro_batch)}"] if batch else []) + \
         ([f"--image-size {size}"] if size else [])
-    advice = ("would fit: " + " or ".join(fits)) if fits else "not even 1 image at the smallest input fits: use a " \
-                                                             "smaller model"
+    advice = ("would fit: " + " or ".join(choices)) if choices else "not even 1 image at the smallest input fits: " \
+                                                                   "use a smaller model"
     raise ValueError(f"a training step of {config.model} at {side}×{side}, {micro_batch} image(s) per process needs "
-                     f"at least {_gib(need)} (closed form) but {_gib(limit)} is available ({available.source}); "
-                     f"{advice}")
+                     f"more than {_gib(int(PEAK_FLOOR * need))} ({PEAK_FLOOR}× the closed form's {_gib(need)}) but "
+                     f"{_gib(available.bytes)} is available ({available.source}); {advice}")
 
 
 def _largest(fits: Callable[[int], bool], low: int, high: int) -> int | None:
