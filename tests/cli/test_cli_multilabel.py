@@ -142,3 +142,30 @@ def test_multilabel_demo(shapes, tmp_path, capsys):
     assert "multi-label shapes (circle, square, triangle, cross, stripes): final mean AUROC" in out
     assert out.count("images/val/") == 2 and "predicted " in out and " true " in out
     assert json.loads((tmp_path / "run" / "best" / "config.json").read_text())["task"] == "multi_label"
+
+
+LABEL_SECTIONS = ("recipe", "model", "curves", "roc", "per-label", "wrong", "timings")
+
+
+def test_report_of_a_multi_label_run(shapes_run, shapes, tmp_path, capsys):
+    """``densenet report`` on a multi-label run: per-label ROC curves and AUROC/AP (the means those ``densenet eval``
+    computes through the training metrics, another path), the most confidently wrong label decisions with heatmaps;
+    rendered offline in Chromium when it is installed."""
+    assert main(["report", str(shapes_run), "--wrong", "3"]) == 0
+    page = shapes_run / "report.html"
+    text = page.read_text()
+    assert all(f'<section id="{key}">' in text for key in LABEL_SECTIONS) and 'id="confusion"' not in text
+    means = re.search(r"mean AUROC <b>([\d.]+)</b>, mean AP <b>([\d.]+)</b>", text)
+    assert means, "no mean AUROC/AP in the page"
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(shapes_run / "best"), "--dataset", "csv", "--data-dir", str(shapes),
+                 "--json", "--out", str(tmp_path)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert float(means.group(1)) == pytest.approx(evaluated["mean_auroc"], abs=1e-3)
+    assert float(means.group(2)) == pytest.approx(evaluated["mean_ap"], abs=1e-3)
+    wrong = re.search(r'<section id="wrong">.*?</section>', text, re.S).group(0)
+    assert wrong.count('<img alt="heatmap" src="data:image/png;base64,') == 3
+    from browser import check_report, chromium
+
+    if chromium() is not None:
+        check_report(page, tmp_path / "report.png", LABEL_SECTIONS)

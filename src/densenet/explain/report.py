@@ -3,7 +3,8 @@
 Everything is inside the file — images as ``data:`` URIs, no script or style from elsewhere — so it opens offline
 and can be sent as one attachment. Sections: the recipe (``config.yaml``), the model (closed-form summary, F8/F9),
 learning curves (``metrics.csv``), the confusion matrix and per-class precision/recall/F1 of the best weights on
-the run's evaluation split (scikit-learn), the most confidently wrong evaluation images with their Grad-CAM maps,
+the run's evaluation split (scikit-learn) — for a multi-label run per-label ROC curves and AUROC/AP
+(:mod:`~densenet.explain.report_labels`) —, the most confidently wrong evaluation images with their Grad-CAM maps,
 and timings. A small script counts the images that decoded (``img.complete && naturalWidth > 0``) into
 ``<body data-images-loaded>`` and the title, which the browser test reads.
 """
@@ -27,7 +28,8 @@ from densenet.data.images import ImageFiles, ImageTensors, read_image
 from densenet.data.transforms import eval_transform, normalize_batch
 from densenet.deploy.inference import load_model, preprocessing_of, run_model
 from densenet.explain.api import explain
-from densenet.explain.cam import is_multi_label, probabilities
+from densenet.explain.cam import is_multi_label, label_thresholds, probabilities
+from densenet.explain.report_labels import label_table, label_targets, roc_figure, wrong_label_cards
 from densenet.explain.write import panels
 from densenet.fileio import write_text
 from densenet.meta import Preprocessing
@@ -39,7 +41,7 @@ class EvalOutcome:
     class probabilities."""
 
     indices: list[int]
-    targets: np.ndarray  # (M,)
+    targets: np.ndarray  # (M,) class indices, or (M, L) labels with nan = unknown
     probabilities: np.ndarray  # (M, K)
     class_names: list[str]
     skipped: int
@@ -82,7 +84,8 @@ def evaluate_split(model: torch.nn.Module, split: ImageTensors | ImageFiles, bat
     """Class probabilities of every readable image of ``split``."""
     preprocessing = preprocessing_of(model)
     device = next(model.parameters()).device
-    targets = split.targets.tolist() if isinstance(split, ImageTensors) else [t for _, t in split.samples]
+    targets = split.targets.tolist() if isinstance(split, ImageTensors) else [  # class indices or (L,) label vectors
+        t.tolist() if isinstance(t, torch.Tensor) else t for _, t in split.samples]
     kept, probs = [], []
     for start in range(0, len(split), batch_size):
         images, indices = _batch(split, list(range(start, min(start + batch_size, len(split)))), preprocessing)
@@ -233,6 +236,36 @@ def _section(key: str, heading: str, body: str) -> str:
     return f'<section id="{key}"><h2>{html.escape(heading)}</h2>{body}</section>'
 
 
+def _class_sections(model: torch.nn.Module, split: ImageTensors | ImageFiles, outcome: EvalOutcome,
+                    wrong: int) -> list[str]:
+    """Single-label: the confusion matrix, per-class precision/recall/F1, the most confidently wrong images."""
+    confusion_uri, per_class = _classification(outcome)
+    return [
+        _section("confusion", "Confusion matrix (best weights)", f'<img alt="confusion matrix" src="{confusion_uri}">'),
+        _section("per-class", "Per-class precision, recall, F1", per_class),
+        _section("wrong", "Most confidently wrong (Grad-CAM of the predicted class)",
+                 _wrong_cards(model, split, outcome, wrong)),
+    ]
+
+
+def _label_sections(model: torch.nn.Module, split: ImageTensors | ImageFiles, outcome: EvalOutcome,
+                    wrong: int) -> list[str]:
+    """Multi-label (:mod:`~densenet.explain.report_labels`): per-label ROC curves, AUROC/AP/threshold per label,
+    the most confidently wrong label decisions."""
+    targets, names = label_targets(split, outcome.indices), outcome.class_names  # (M, L)
+    thresholds = label_thresholds(model, len(names)).numpy()
+    preprocessing = preprocessing_of(model)
+    return [
+        _section("roc", "Per-label ROC curves (best weights)",
+                 f'<img alt="ROC curves" src="{_png(roc_figure(targets, outcome.probabilities, names))}">'),
+        _section("per-label", "Per-label AUROC, average precision and saved threshold",
+                 label_table(targets, outcome.probabilities, names, thresholds, _table)),
+        _section("wrong", "Most confidently wrong label decisions (Grad-CAM of the label)",
+                 wrong_label_cards(model, lambda indices: _batch(split, indices, preprocessing), outcome.indices,
+                                   targets, outcome.probabilities, names, wrong, _png)),
+    ]
+
+
 def render_report(run_dir: Path, wrong: int = 8, device: str | torch.device = "cpu") -> str:
     """The report page of ``run_dir`` as HTML text.
 
@@ -246,19 +279,14 @@ def render_report(run_dir: Path, wrong: int = 8, device: str | torch.device = "c
         raise FileNotFoundError(f"{run_dir} has no best/ weights yet: nothing to report until an epoch has finished")
     recipe_text = (run_dir / "config.yaml").read_text()
     model = load_model(run_dir / "best", device)
-    if is_multi_label(model):
-        raise ValueError("the report of a multi-label run (per-label ROC, AUROC/AP) is not implemented yet")
     split = load_split(load_config(run_dir / "config.yaml").data_spec(), "eval", preprocessing_of(model))
     outcome = evaluate_split(model, split)
-    confusion_uri, per_class = _classification(outcome)
+    results = _label_sections if is_multi_label(model) else _class_sections
     sections = [
         _section("recipe", "Recipe", f"<pre>{html.escape(yaml.safe_dump(yaml.safe_load(recipe_text)))}</pre>"),
         _section("model", "Model", _model_section(model)),
         _section("curves", "Learning curves", f'<img alt="learning curves" src="{_curves(history)}">'),
-        _section("confusion", "Confusion matrix (best weights)", f'<img alt="confusion matrix" src="{confusion_uri}">'),
-        _section("per-class", "Per-class precision, recall, F1", per_class),
-        _section("wrong", "Most confidently wrong (Grad-CAM of the predicted class)",
-                 _wrong_cards(model, split, outcome, wrong)),
+        *results(model, split, outcome, wrong),
         _section("timings", "Timings", _timings(history)),
     ]
     return PAGE.format(title=html.escape(f"densenet run {run_dir.resolve().name}"), sections="\n".join(sections))
