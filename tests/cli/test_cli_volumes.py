@@ -119,3 +119,21 @@ def test_volume_demo_trains_and_predicts_nifti_files(tmp_path, capsys):
 
 def test_volume_demo_recipe_is_the_config_file():
     assert yaml.safe_load((REPO / "configs" / "volumes_demo.yaml").read_text()) == VOLUMES_DEMO
+
+
+def test_explain_maps_volume_files_back_onto_their_voxels(volume_run, tmp_path, capsys):
+    """``densenet explain`` on a 3-D model: NIfTI and .npy volumes of other sizes than the network's 8³, each map
+    (in [0, 1]) on the file's own voxels and a montage of the three planes through its maximum."""
+    shapes = synthetic_shapes(1, 12, seed=3)
+    paths, _ = write_volumes(shapes, tmp_path / "held", 1)  # volume00.nii.gz, 12³
+    np.save(tmp_path / "held" / "oblong.npy", np.random.default_rng(0).normal(size=(10, 12, 14)).astype(np.float32))
+    capsys.readouterr()
+    assert main(["explain", "--weights", str(volume_run / "last"), str(paths[0]), str(tmp_path / "held" / "oblong.npy"),
+                 "--out", str(tmp_path / "maps"), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).name for r in records] == ["volume00.nii.gz", "oblong.npy"]
+    assert all(r["class"] in ("sphere", "cube", "rod") for r in records)
+    for stem, shape in (("volume00", (12, 12, 12)), ("oblong", (10, 12, 14))):
+        heatmap = np.load(tmp_path / "maps" / f"{stem}.npy")
+        assert heatmap.shape == shape and heatmap.min() >= 0 and heatmap.max() <= 1
+        assert (tmp_path / "maps" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"

@@ -37,20 +37,20 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """``densenet explain``: per image, an overlay PNG and the raw map, named after the image."""
-    from densenet.deploy.inference import image_paths, load_model
+    from densenet.deploy.inference import input_paths, load_model, preprocessing_of
     from densenet.explain.api import explain
     from densenet.explain.cam import is_multi_label
-    from densenet.explain.write import write_explanations
+    from densenet.explain.write import file_stem, write_explanations
     from densenet.training.distributed import resolve_device
 
     model = load_model(args.weights, resolve_device(args.device))
-    paths = image_paths(args.inputs)
+    paths = input_paths(args.inputs, preprocessing_of(model))
     multi_label = is_multi_label(model)
-    stems = [Path(path).stem for path in paths]
+    stems = [file_stem(Path(path)) for path in paths]
     clash = next((path for i, path in enumerate(paths) if stems.index(stems[i]) != i), None)
     if clash is not None:  # refused before anything is written
-        raise ValueError(f"{paths[stems.index(Path(clash).stem)]} and {clash} would both write "
-                         f"{Path(clash).stem}.png: explain them separately")
+        raise ValueError(f"{paths[stems.index(file_stem(clash))]} and {clash} would both write "
+                         f"{file_stem(clash)}.png: explain them separately")
     for start in range(0, len(paths), args.batch_size):  # a chunk of images in memory at a time
         explanations = explain(model, paths[start:start + args.batch_size], targets=args.target, method=args.method,
                                batch_size=args.batch_size)

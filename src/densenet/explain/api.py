@@ -3,6 +3,8 @@
 Image files are read and preprocessed as the weights say (resize the shorter side, centre crop, normalise); each
 map is computed on the crop and carried back to the file's own resolution: placed where the crop lies in the
 resized image (zero outside it: the network never saw that part), then resized to the file's height and width.
+Volume files (a 3-D model) are read as training reads them — resampled to the network's side, standardised — and
+their maps go back onto the file's voxels by trilinear interpolation.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densenet.data.arrays import READERS, load_arrays
 from densenet.data.images import read_image
 from densenet.data.transforms import eval_transform
 from densenet.explain.cam import (
@@ -26,7 +29,7 @@ from densenet.explain.cam import (
     probabilities,
     resolve_targets,
 )
-from densenet.meta import Preprocessing
+from densenet.meta import ArrayPreprocessing, Preprocessing
 
 
 def explain(model: nn.Module, images: Tensor | Sequence[str | Path], targets: Targets = None,
@@ -36,7 +39,7 @@ def explain(model: nn.Module, images: Tensor | Sequence[str | Path], targets: Ta
     Args:
         model: a :class:`~densenet.model.DenseNet` (trained by ``densenet train``, memory-efficient or not, or
             loaded with ``from_pretrained``) or an :class:`~densenet.deploy.optimize.OptimizedDenseNet`.
-        images: image files, or a preprocessed ``(N, in_chans, *spatial)`` tensor.
+        images: image (or, for a 3-D model, volume) files, or a preprocessed ``(N, in_chans, *spatial)`` tensor.
         targets: ``None`` (the predicted class; multi-label: the labels predicted present), one class (name or
             index) for every image, or one per image (multi-label: a list of classes each).
         method: one of :data:`densenet.explain.cam.METHODS`.
@@ -54,6 +57,9 @@ def explain(model: nn.Module, images: Tensor | Sequence[str | Path], targets: Ta
         paths: list[Path | None] = [None] * images.shape[0]
         inputs = images.float()
         originals: list[np.ndarray] = []
+    elif isinstance(preprocessing, ArrayPreprocessing):
+        paths = [Path(path) for path in images]
+        inputs, originals = _read_volumes(paths, preprocessing)
     else:
         paths = [Path(path) for path in images]
         pictures = [read_image(path, preprocessing.image_mode) for path in paths]
@@ -73,11 +79,30 @@ def explain(model: nn.Module, images: Tensor | Sequence[str | Path], targets: Ta
     names = class_names_of(model)
     explanations = []
     for (index, label), heatmap in zip(pairs, maps, strict=True):
-        if paths[index] is not None:
+        if paths[index] is not None and isinstance(preprocessing, ArrayPreprocessing):  # back on the file's voxels
+            heatmap = F.interpolate(torch.from_numpy(heatmap)[None, None], size=originals[index].shape,
+                                    mode="trilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+        elif paths[index] is not None:
             heatmap = to_image_resolution(heatmap, originals[index].shape[:2], preprocessing)
         explanations.append(Explanation(index, label, names[label], float(probs[index, label]), heatmap,
                                         originals[index], paths[index]))
     return explanations
+
+
+def _read_volumes(paths: Sequence[Path], preprocessing: ArrayPreprocessing) -> tuple[Tensor, list[np.ndarray]]:
+    """Volume files as the network takes them (resampled, standardised: ``(N, C, size, size, size)``) and as they
+    are drawn: each file's first channel at its own resolution (RAS), scaled to [0, 1]."""
+    if preprocessing.kind != "volume":
+        raise ValueError(f"explain draws images and volumes; these weights read {preprocessing.kind}s")
+    inputs = load_arrays(paths, preprocessing)
+    return inputs, [_unit_range(READERS["volume"](path)[0]) for path in paths]
+
+
+def _unit_range(values: Tensor) -> np.ndarray:
+    """``values`` scaled to [0, 1] by their minimum and maximum (zeros when constant), ``float32``."""
+    low, high = values.min(), values.max()
+    scaled = (values - low) / (high - low) if high > low else torch.zeros_like(values)
+    return scaled.numpy().astype(np.float32)
 
 
 def to_image_resolution(heatmap: np.ndarray, size: tuple[int, int], preprocessing: Preprocessing) -> np.ndarray:
@@ -96,8 +121,11 @@ def to_image_resolution(heatmap: np.ndarray, size: tuple[int, int], preprocessin
     return canvas[0, 0].clamp(0, 1).numpy().astype(np.float32)
 
 
-def _denormalise(image: Tensor, preprocessing: Preprocessing) -> np.ndarray:
-    """A normalised ``(C, H, W)`` image back to RGB ``(H, W, 3)`` in [0, 1] for drawing (gray repeated)."""
+def _denormalise(image: Tensor, preprocessing: Preprocessing | ArrayPreprocessing) -> np.ndarray:
+    """A normalised ``(C, H, W)`` image back to RGB ``(H, W, 3)`` in [0, 1] for drawing (gray repeated); a
+    standardised volume's first channel scaled to [0, 1]."""
+    if isinstance(preprocessing, ArrayPreprocessing):
+        return _unit_range(image[0].cpu())
     mean = torch.tensor(preprocessing.mean).view(-1, *[1] * (image.dim() - 1))
     std = torch.tensor(preprocessing.std).view(-1, *[1] * (image.dim() - 1))
     pixels = (image.cpu() * std + mean).clamp(0, 1)  # (C, *spatial)

@@ -52,6 +52,12 @@ def save_overlay(explanation: Explanation, path: Path, method: str) -> None:
         figure.savefig(temporary, format="png")
 
 
+def file_stem(path: Path) -> str:
+    """A file's name without its extension, ``.nii.gz`` counted as one (``scan.nii.gz`` → ``scan``)."""
+    name = path.name
+    return name[:-len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
 def output_stems(explanations: Sequence[Explanation], multi_label: bool) -> list[str]:
     """File stems: the input's name (``<stem>``), ``<stem>_<class>`` for a multi-label model, ``image<N>`` for a
     tensor row.
@@ -61,7 +67,7 @@ def output_stems(explanations: Sequence[Explanation], multi_label: bool) -> list
     """
     stems = []
     for e in explanations:
-        stem = e.path.stem if e.path is not None else f"image{e.index}"
+        stem = file_stem(e.path) if e.path is not None else f"image{e.index}"
         stems.append(f"{stem}_{e.class_name}" if multi_label else stem)
     seen: dict[str, Explanation] = {}
     for stem, e in zip(stems, explanations, strict=True):
