@@ -29,7 +29,7 @@ from densenet.data.transforms import eval_transform, normalize_batch
 from densenet.deploy.inference import load_model, preprocessing_of, run_model
 from densenet.explain.api import explain
 from densenet.explain.cam import is_multi_label, label_thresholds, probabilities
-from densenet.explain.report_labels import label_table, label_targets, roc_figure, wrong_label_cards
+from densenet.explain.report_labels import label_table, label_targets, roc_uri, wrong_label_cards
 from densenet.explain.write import panels
 from densenet.fileio import write_text
 from densenet.meta import Preprocessing
@@ -257,7 +257,7 @@ def _label_sections(model: torch.nn.Module, split: ImageTensors | ImageFiles, ou
     preprocessing = preprocessing_of(model)
     return [
         _section("roc", "Per-label ROC curves (best weights)",
-                 f'<img alt="ROC curves" src="{_png(roc_figure(targets, outcome.probabilities, names))}">'),
+                 f'<img alt="ROC curves" src="{roc_uri(targets, outcome.probabilities, names)}">'),
         _section("per-label", "Per-label AUROC, average precision and saved threshold",
                  label_table(targets, outcome.probabilities, names, thresholds, _table)),
         _section("wrong", "Most confidently wrong label decisions (Grad-CAM of the label)",

@@ -9,8 +9,12 @@ how far the probability lies from the truth, ``|p − y|``.
 
 from __future__ import annotations
 
+import base64
 import html
+import math
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,55 +23,37 @@ from densenet.data.images import ImageFiles, ImageTensors
 from densenet.explain.api import explain
 from densenet.explain.cam import label_thresholds
 from densenet.explain.write import panels
+from densenet.training.multilabel import MultiLabelResult, label_metrics, nanmean
 
 Batch = Callable[[list[int]], tuple[torch.Tensor, list[int]]]  # split indices → (images, indices read)
 
 
-def roc_figure(targets: np.ndarray, probabilities: np.ndarray, names: list[str]) -> object:
-    """One figure with every label's ROC curve over its known entries (labels with one class only are left out)."""
-    from matplotlib.figure import Figure
-    from sklearn.metrics import roc_auc_score, roc_curve
+def roc_uri(targets: np.ndarray, probabilities: np.ndarray, names: list[str]) -> str:
+    """Every label's ROC curve over its known entries (:func:`~densenet.training.plots.plot_roc_curves`, the figure
+    ``densenet eval`` writes) as a ``data:image/png;base64`` URI."""
+    from densenet.training.plots import plot_roc_curves
 
-    figure = Figure(figsize=(5, 4.5))
-    axis = figure.subplots()
-    for column, name in enumerate(names):
-        known = ~np.isnan(targets[:, column])
-        truth, scores = targets[known, column], probabilities[known, column]
-        if len(np.unique(truth)) < 2:
-            continue
-        false_positive, true_positive, _ = roc_curve(truth, scores)
-        axis.plot(false_positive, true_positive, label=f"{name} ({roc_auc_score(truth, scores):.3f})")
-    axis.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)
-    axis.set_xlabel("false positive rate")
-    axis.set_ylabel("true positive rate")
-    axis.legend(fontsize="small", loc="lower right")
-    figure.tight_layout()
-    return figure
+    scores, labels = torch.from_numpy(probabilities), torch.from_numpy(targets)
+    auroc, ap = label_metrics(scores, labels)
+    result = MultiLabelResult(len(targets), math.nan, math.nan, auroc, ap, [], names, scores, labels)
+    with tempfile.TemporaryDirectory() as directory:
+        path = plot_roc_curves(result, Path(directory) / "roc.png", title="ROC curves (best weights)")
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def label_table(targets: np.ndarray, probabilities: np.ndarray, names: list[str], thresholds: np.ndarray,
                 table: Callable[[list[str], list[list[object]]], str]) -> str:
-    """AUROC and average precision per label (scikit-learn, known entries only), their means, and the saved
-    thresholds with the label accuracy they give."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    rows, aurocs, aps = [], [], []
-    for column, name in enumerate(names):
-        known = ~np.isnan(targets[:, column])
-        truth, scores = targets[known, column], probabilities[known, column]
-        if len(np.unique(truth)) < 2:
-            rows.append([name, "—", "—", f"{thresholds[column]:.3f}", int(known.sum()), int(truth.sum())])
-            continue
-        auroc, ap = roc_auc_score(truth, scores), average_precision_score(truth, scores)
-        aurocs.append(auroc)
-        aps.append(ap)
-        rows.append([name, f"{auroc:.3f}", f"{ap:.3f}", f"{thresholds[column]:.3f}", int(known.sum()),
-                     int(truth.sum())])
-    known = ~np.isnan(targets)
+    """AUROC and average precision per label (scikit-learn over the known entries, as training reports them), their
+    means, and the saved thresholds with the label accuracy they give."""
+    auroc, ap = label_metrics(torch.from_numpy(probabilities), torch.from_numpy(targets))
+    known = ~np.isnan(targets)  # (M, L)
+    rows = [[name, "—" if math.isnan(a) else f"{a:.3f}", "—" if math.isnan(p) else f"{p:.3f}",
+             f"{thresholds[column]:.3f}", int(known[:, column].sum()), int((targets[:, column] == 1).sum())]
+            for column, (name, a, p) in enumerate(zip(names, auroc, ap, strict=True))]
     decided = probabilities >= thresholds  # (M, L)
     accuracy = float((decided == (targets == 1))[known].mean())
-    mean = (f"<p>mean AUROC <b>{np.mean(aurocs):.3f}</b>, mean AP <b>{np.mean(aps):.3f}</b>, label accuracy at the "
-            f"saved thresholds {accuracy:.2%} on {len(targets)} evaluation images</p>") if aurocs else ""
+    mean = (f"<p>mean AUROC <b>{nanmean(auroc):.3f}</b>, mean AP <b>{nanmean(ap):.3f}</b>, label accuracy at the "
+            f"saved thresholds {accuracy:.2%} on {len(targets)} evaluation images</p>")
     return mean + table(["label", "AUROC", "AP", "threshold", "known", "positive"], rows)
 
 
