@@ -169,3 +169,15 @@ def test_report_of_a_multi_label_run(shapes_run, shapes, tmp_path, capsys):
 
     if chromium() is not None:
         check_report(page, tmp_path / "report.png", LABEL_SECTIONS)
+
+
+def test_explain_a_multi_label_model_per_requested_label(shapes_run, shapes, tmp_path, capsys):
+    files = sorted((shapes / "images" / "val").glob("*.png"))[:2]
+    capsys.readouterr()
+    assert main(["explain", "--weights", str(shapes_run / "best"), *map(str, files), "--target", "square",
+                 "--target", "stripes", "--out", str(tmp_path / "maps"), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(Path(r["path"]).name, r["class"]) for r in records] == [
+        (f.name, label) for f in files for label in ("square", "stripes")]
+    assert {p.name for p in (tmp_path / "maps").iterdir()} == {
+        f"{f.stem}_{label}.{ext}" for f in files for label in ("square", "stripes") for ext in ("png", "npy")}

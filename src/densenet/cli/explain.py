@@ -19,8 +19,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     explain.add_argument("--weights", required=True, help="save_pretrained directory (a run's best/ or last/)")
     explain.add_argument("inputs", nargs="+", help="image files or directories (searched recursively)")
     explain.add_argument("--method", default="gradcam", choices=METHOD_NAMES, help="CAM method (default: gradcam)")
-    explain.add_argument("--target", default=None, metavar="CLASS",
-                         help="class to explain in every image (default: the predicted one)")
+    explain.add_argument("--target", default=None, metavar="CLASS", action="append",
+                         help="class to explain in every image (default: the predicted one; multi-label: the labels "
+                              "present); repeat it for several labels of a multi-label model")
     explain.add_argument("--out", required=True, help="directory for <stem>.png and <stem>.npy")
     explain.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     explain.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -52,8 +53,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise ValueError(f"{paths[stems.index(file_stem(clash))]} and {clash} would both write "
                          f"{file_stem(clash)}.png: explain them separately")
     for start in range(0, len(paths), args.batch_size):  # a chunk of images in memory at a time
-        explanations = explain(model, paths[start:start + args.batch_size], targets=args.target, method=args.method,
-                               batch_size=args.batch_size)
+        chunk = paths[start:start + args.batch_size]
+        # none, one class for all, or (multi-label) the same list of labels for each image
+        targets = None if args.target is None else args.target[0] if len(args.target) == 1 else [args.target] * len(
+            chunk)
+        explanations = explain(model, chunk, targets=targets, method=args.method, batch_size=args.batch_size)
         write_explanations(explanations, Path(args.out), args.method, multi_label)
         for explanation in explanations:
             if args.json:
