@@ -84,8 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``densenet predict``: top-k classes with probabilities for each image (volume, signal), printed as they come;
     an unreadable file is named on stderr and skipped, and the exit status is 1 when any was."""
-    from densenet.deploy.inference import input_paths, load_model, preprocessing_of
-    from densenet.deploy.prediction import Failed, predict_each
+    from densenet.deploy.inference import Failed, input_paths, load_model, predict_each, preprocessing_of
     from densenet.training.distributed import resolve_device
 
     model = load_model(args.weights, resolve_device(args.device))

@@ -8,7 +8,7 @@ faster); the network runs in one place, :func:`run_model`. The functions here ta
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,19 +121,6 @@ def load_input(path: str | Path, preprocessing: Preprocessing | ArrayPreprocessi
     return eval_transform(preprocessing)(read_image(path, preprocessing.image_mode))
 
 
-def load_images(paths: Sequence[str | Path], preprocessing: Preprocessing | ArrayPreprocessing) -> Tensor:
-    """Read, convert, resize, crop and normalise images: ``(N, C, crop, crop)`` float32 (volumes and signals:
-    :func:`~densenet.data.arrays.load_arrays`, ``(N, C, *(size,) * spatial_dims)``).
-
-    Raises:
-        ValueError: a file is not a readable image (the message names it).
-    """
-    if isinstance(preprocessing, ArrayPreprocessing):
-        return load_arrays(paths, preprocessing)
-    transform = eval_transform(preprocessing)
-    return torch.stack([transform(read_image(path, preprocessing.image_mode)) for path in paths])
-
-
 def run_model(model: Model, images: Tensor) -> Tensor:
     """The network's logits for a batch: ``(N, C, *spatial)`` → ``(N, num_classes)``, without autograd."""
     with torch.inference_mode():
@@ -166,21 +153,57 @@ def scored(logits: Tensor, k: int, meta: ModelMeta) -> list[tuple[list[int], lis
     return rows
 
 
-def predict(model: Model, inputs: Iterable[str | Path], k: int = 5, batch_size: int = 64) -> list[Prediction]:
-    """Top-``k`` classes of every image file in ``inputs`` (files, or directories searched recursively); for a
-    multi-label model every label's probability and the positives (:func:`scored`)."""
-    if k < 1 or batch_size < 1:
-        raise ValueError(f"k and batch_size must be at least 1, got {k} and {batch_size}")
+@dataclass(frozen=True)
+class Failed:
+    """An input that could not be predicted: the file and why (a message that names it)."""
+
+    path: Path
+    reason: str
+
+
+def predict_each(model: Model, paths: Sequence[str | Path], k: int = 5,
+                 batch_size: int = 64) -> Iterator[Prediction | Failed]:
+    """For each of ``paths``, in order, its top-``k`` classes [F7] (multi-label: every label and the positives,
+    :func:`scored`), or :class:`Failed` when it cannot be read; the readable files of each ``batch_size`` run
+    through the network together."""
+    _check_counts(k, batch_size)
     preprocessing = preprocessing_of(model)
     device = next(model.parameters()).device
     model.eval()
-    paths = input_paths(inputs, preprocessing)
-    predictions = []
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        logits = run_model(model, load_images(chunk, preprocessing).to(device))
-        for path, row in zip(chunk, scored(logits, k, model.meta), strict=True):
-            predictions.append(Prediction(Path(path), *row))
+        chunk = [Path(path) for path in paths[start:start + batch_size]]
+        inputs, readable, failed = [], [], {}
+        for path in chunk:
+            try:
+                inputs.append(load_input(path, preprocessing))  # (C, *spatial)
+                readable.append(path)
+            except (ValueError, OSError) as error:  # corrupt, truncated, or gone since it was listed
+                failed[path] = Failed(path, str(error))
+        logits = run_model(model, torch.stack(inputs).to(device)) if inputs else None
+        rows = scored(logits, k, model.meta) if logits is not None else []
+        predicted = {path: Prediction(path, *row) for path, row in zip(readable, rows, strict=True)}
+        for path in chunk:
+            yield failed[path] if path in failed else predicted[path]
+
+
+def _check_counts(k: int, batch_size: int) -> None:
+    if k < 1 or batch_size < 1:
+        raise ValueError(f"k and batch_size must be at least 1, got {k} and {batch_size}")
+
+
+def predict(model: Model, inputs: Iterable[str | Path], k: int = 5, batch_size: int = 64) -> list[Prediction]:
+    """Top-``k`` classes of every file in ``inputs`` (files, or directories searched recursively, of the kind the
+    weights read); for a multi-label model every label's probability and the positives (:func:`scored`).
+
+    Raises:
+        ValueError: a file cannot be read (the message names it); :func:`predict_each` goes on past such files.
+    """
+    _check_counts(k, batch_size)  # before the inputs are listed
+    predictions = []
+    for item in predict_each(model, input_paths(inputs, preprocessing_of(model)), k, batch_size):
+        if isinstance(item, Failed):
+            raise ValueError(item.reason)
+        predictions.append(item)
     return predictions
 
 

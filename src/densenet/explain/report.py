@@ -24,9 +24,9 @@ import yaml
 
 from densenet.analysis import summarize
 from densenet.data.datasets import load_split
-from densenet.data.images import ImageFiles, ImageTensors, read_image
-from densenet.data.transforms import eval_transform, normalize_batch
-from densenet.deploy.inference import load_model, preprocessing_of, run_model
+from densenet.data.images import ImageFiles, ImageTensors
+from densenet.data.transforms import normalize_batch
+from densenet.deploy.inference import load_input, load_model, preprocessing_of, run_model
 from densenet.explain.api import explain
 from densenet.explain.cam import is_multi_label, label_thresholds, probabilities
 from densenet.explain.report_labels import label_table, label_targets, roc_uri, wrong_label_cards
@@ -70,10 +70,10 @@ def _batch(split: ImageTensors | ImageFiles, indices: list[int], preprocessing: 
     """Normalised images ``(B, C, crop, crop)`` of ``indices`` and the indices that could be read."""
     if isinstance(split, ImageTensors):
         return normalize_batch(preprocessing, split.images[indices]), indices
-    transform, images, kept = eval_transform(preprocessing), [], []
+    images, kept = [], []
     for index in indices:
         try:
-            images.append(transform(read_image(split.samples[index][0], preprocessing.image_mode)))
+            images.append(load_input(split.samples[index][0], preprocessing))
             kept.append(index)
         except (ValueError, OSError):  # unreadable: training skipped and logged it too; counted in the report
             continue
