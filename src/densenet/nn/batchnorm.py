@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from densenet.nn.dims import BatchNorm, per_channel
+from densenet.nn.rows import column_image
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 _CHUNK_ELEMENTS = 1 << 20  # elements per row chunk of fused elementwise work: a few MB, resident in cache
@@ -160,7 +161,7 @@ def bn_relu_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs:
         x = scratch[:delta.numel()].view(delta.shape).copy_(inputs[part])  # (rows, C), contiguous
         # Σδx̂ and Σδ over the chunk   [BN]
         _, part_weight, part_bias = torch.ops.aten.native_batch_norm_backward(
-            _as_image(delta), _as_image(x), None, None, None, mean, invstd, True, 0.0, [False, True, True])
+            column_image(delta), column_image(x), None, None, None, mean, invstd, True, 0.0, [False, True, True])
         grad_weight += part_weight
         grad_bias += part_bias
         grad[part].addcmul_(delta, scale)
@@ -171,12 +172,6 @@ def row_chunk_scratch(like: Tensor, rows: int, widest: int) -> Tensor:
     """A scratch for :func:`bn_relu_backward_into`'s chunk copies of up to ``(rows, widest)`` inputs, for every
     layer of a block (one allocation instead of one per layer)."""
     return like.new_empty(min(rows * widest, max(_CHUNK_ELEMENTS, widest)))
-
-
-def _as_image(rows: Tensor) -> Tensor:
-    """Contiguous ``(R, C)`` rows as a ``(1, C, R, 1)`` channels-last image: the batch-norm kernels' fast layout."""
-    count, channels = rows.shape
-    return rows.as_strided((1, channels, count, 1), (count * channels, 1, channels, channels))
 
 
 def batch_terms(scale: Tensor, grad_weight: Tensor, grad_bias: Tensor, count: int) -> tuple[Tensor, Tensor]:
