@@ -55,6 +55,14 @@ def count_batch(norm: BatchNorm) -> float:
     return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
 
 
+def count_batches(norms: tuple[BatchNorm, ...]) -> list[float]:
+    """:func:`count_batch` for several batch norms, counting in one ``foreach`` call."""
+    if not norms:
+        return []
+    torch._foreach_add_([norm.num_batches_tracked for norm in norms], 1)
+    return [1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum for norm in norms]
+
+
 def update_running_stats(norm: BatchNorm, mean: Tensor, invstd: Tensor, count: int) -> None:
     """``running ← (1 − m)·running + m·batch``, the variance unbiased: ``σ²·M/(M − 1)``."""
     factor = count_batch(norm)
@@ -67,7 +75,7 @@ def update_running_stats_of(norms: tuple[BatchNorm, ...], mean: Tensor, invstd: 
     """:func:`update_running_stats` for batch norms that read the first channels of one ``μ``, ``1/√(σ² + ε)``
     (a dense block's BN1s, one ε): the same update in two ``foreach`` calls, ``running ← running + m·(batch −
     running)``, instead of a handful of small operations per norm."""
-    factors = [count_batch(norm) for norm in norms]
+    factors = count_batches(norms)
     var = (invstd.pow(-2) - norms[0].eps) * (count / max(count - 1, 1))  # unbiased σ² from 1/√(σ² + ε)
     sizes = [norm.running_mean.shape[0] for norm in norms]
     torch._foreach_lerp_([norm.running_mean for norm in norms], [mean[:size] for size in sizes], factors)

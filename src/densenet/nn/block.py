@@ -49,7 +49,7 @@ from densenet.nn.batchnorm import (
     batch_terms,
     bn_relu_backward_into,
     channel_stats,
-    count_batch,
+    count_batches,
     row_chunk_scratch,
     running_affine,
     update_running_stats_of,
@@ -123,6 +123,8 @@ def dense_block_forward(
     bottlenecks = x.new_empty((num_layers if keep else 1, m, width))
     relu2 = image(x.new_empty((m, width)), n, spatial)
     stats2 = torch.empty((num_layers, 2, width), dtype=stat_dtype, device=x.device)
+    saves2 = [pair.unbind(0) for pair in stats2.unbind(0)]  # per layer: where BN2's μ and 1/σ go
+    factors2 = count_batches(spec.norms2) if training else []
     masks: list[Tensor] = []
     affines1: list[tuple[Tensor, ...]] = []  # per layer, for the backward: BN1's a, b (activations' dtype), a, μ, 1/σ
 
@@ -138,24 +140,26 @@ def dense_block_forward(
         if keep:
             affines1.append((scale_x, shift_x, scale, layer_mean, layer_invstd))
         # r = σ(BN1([x_0, …, x_{l−1}])) = σ(a·x + b)
-        relu1 = torch.addcmul(shift_x, buffer[:, :channels], scale_x, out=scratch[:m * channels].view(m, channels))
+        relu1 = torch.addcmul(shift_x, buffer.narrow(1, 0, channels), scale_x,
+                              out=scratch[:m * channels].view(m, channels))
         relu1 = image(relu1.clamp_min_(0), n, spatial)
         if spec.bottleneck:
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
-            norm2 = spec.norms2[index]
+            norm2, (save_mean, save_invstd) = spec.norms2[index], saves2[index]
             # z = W1 ∗ r, the 1×1 bottleneck conv
             bottleneck = image(bottlenecks[index if keep else 0], n, spatial)  # (N, 4k, *spatial)
             bottleneck.copy_(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
             z, out = planar(bottleneck), planar(relu2)
             if training:
                 torch.ops.aten.native_batch_norm.out(
-                    z, gamma2, beta2, norm2.running_mean, norm2.running_var, True, count_batch(norm2),
-                    norm2.eps, out=out, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
+                    z, gamma2, beta2, norm2.running_mean, norm2.running_var, True, factors2[index],
+                    norm2.eps, out=out, save_mean=save_mean, save_invstd=save_invstd)
             else:
                 torch.ops.aten.native_batch_norm.out(
                     z, gamma2, beta2, norm2.running_mean, norm2.running_var, False, 0.0, norm2.eps,
-                    out=out, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
-                stats2[index, 0], stats2[index, 1] = norm2.running_mean, torch.rsqrt(norm2.running_var + norm2.eps)
+                    out=out, save_mean=save_mean, save_invstd=save_invstd)
+                save_mean.copy_(norm2.running_mean)
+                torch.rsqrt(norm2.running_var + norm2.eps, out=save_invstd)
             # x_l = W2 ∗ σ(BN2(z)), 3×3 conv pad 1
             new = conv(relu2.clamp_min_(0), weight2, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, *spatial)
         else:
@@ -167,7 +171,7 @@ def dense_block_forward(
             if keep:
                 masks.append(mask)
         # x_l = H_l([x_0, …, x_{l−1}]), written into the buffer   [F2]
-        features[:, channels:channels + k].copy_(new)
+        features.narrow(1, channels, k).copy_(new)
         if training:
             mean[channels:channels + k], invstd[channels:channels + k] = channel_stats(new, eps)
 
@@ -211,12 +215,12 @@ def dense_block_backward(
         ``c + d·x̂ = (c − d·μ/σ) + (d/σ)·x``. The strided columns are copied out first and the per-channel terms
         applied on packed rows (:mod:`densenet.nn.rows`), in the activations' dtype (no cast copies)."""
         width = stop - start
-        complete = grad[:, start:stop].clone(memory_format=torch.contiguous_format)  # (M, stop − start)
+        complete = grad.narrow(1, start, width).clone(memory_format=torch.contiguous_format)  # (M, stop − start)
         if not training:
             return complete
         slope = deferred_slope[start:stop] * invstd[start:stop]
         offset = torch.addcmul(deferred_offset[start:stop], slope, mean[start:stop], value=-1)
-        x = relu_scratch[:m * width].view(m, width).copy_(buffer[:, start:stop])  # (M, stop − start)
+        x = relu_scratch[:m * width].view(m, width).copy_(buffer.narrow(1, start, width))  # (M, stop − start)
         factor = pack_factor(m, width)
         packed(complete, factor).addcmul_(packed(x, factor), _in_dtype(slope, x.dtype).repeat(factor)).add_(
             _in_dtype(offset, x.dtype).repeat(factor))
@@ -235,7 +239,7 @@ def dense_block_backward(
         if spec.drop_rate > 0 and training:
             # ∂L/∂x = D ⊙ δ / (1 − p)   [F6b]
             grad_new = channels_last(dropout_backward(grad_new, saved["masks"][index], spec.drop_rate))
-        inputs = buffer[:, :channels]  # (M, C_l) view of [x_0, …, x_{l−1}]
+        inputs = buffer.narrow(1, 0, channels)  # (M, C_l) view of [x_0, …, x_{l−1}]
         # r1 = σ(a·x + b), recomputed
         relu1_rows = torch.addcmul(shift_x, inputs, scale_x, out=relu_scratch[:m * channels].view(m, channels))
         relu1 = image(relu1_rows.clamp_min_(0), n, spatial)
@@ -251,14 +255,14 @@ def dense_block_backward(
         grad_relu1 = rows_of(channels_last(grad_relu1))  # (M, C_l)
         # ∂L/∂x_j += ∂H_l/∂x_j for every j < l, added into the shared gradient buffer   [F2b]
         # BN1 backward [BN]: ∂L/∂x += a·δ now, into the shared gradient buffer (nn.batchnorm.bn_relu_backward_into)
-        grad_gamma1, grad_beta1 = bn_relu_backward_into(grad[:, :channels], grad_relu1, relu1_rows, inputs, scale,
-                                                        layer_mean, layer_invstd, chunk_scratch)
+        grad_gamma1, grad_beta1 = bn_relu_backward_into(grad.narrow(1, 0, channels), grad_relu1, relu1_rows, inputs,
+                                                        scale, layer_mean, layer_invstd, chunk_scratch)
         param_grads[offset], param_grads[offset + 1] = grad_gamma1, grad_beta1
         # ∂L/∂x = a·δ was added; −(a/M)(Σδ + x̂·Σδx̂) is deferred (training only: running statistics are constants)
         if training:
             offset_term, slope_term = batch_terms(scale, grad_gamma1, grad_beta1, m)
-            deferred_offset[:channels] -= offset_term
-            deferred_slope[:channels] -= slope_term
+            deferred_offset[:channels].sub_(offset_term)
+            deferred_slope[:channels].sub_(slope_term)
 
     grad_input = image(settled(0, c0), n, spatial) if needs_input_grad else None
     return grad_input, [g if needed else None for g, needed in zip(param_grads, needs_param_grad, strict=True)]
@@ -277,18 +281,21 @@ class _Bottlenecks:
     def __init__(self, spec: BlockSpec, saved: dict[str, Any], params: tuple[Tensor, ...], m: int, n: int,
                  spatial: tuple[int, ...], training: bool) -> None:
         per_layer, slab = spec.params_per_layer, saved["bottlenecks"]
-        self.rows, self.n, self.spatial, self.training = slab, n, spatial, training  # rows: (L, M, 4k)
+        self.n, self.spatial, self.training = n, spatial, training
         self.factor = pack_factor(m, slab.shape[2])
-        self.scratch = slab.new_empty(slab.shape[1:])  # (M, 4k): σ(BN2(z)), then ∂L/∂z
+        self.scratch = slab.new_empty(tuple(slab.shape[1:]))  # (M, 4k): σ(BN2(z)), then ∂L/∂z
         stats = saved["stats2"]  # (L, 2, 4k): μ and 1/σ of every layer's z
-        self.mean, self.invstd = stats[:, 0], stats[:, 1]
+        mean, invstd = stats[:, 0], stats[:, 1]
         # a2 = γ2/σ and b2 = β2 − μ·a2 of every layer, (L, 4k)
-        scale = torch.stack(params[3::per_layer]) * self.invstd
-        shift = torch.addcmul(torch.stack(params[4::per_layer]), self.mean, scale, value=-1)
-        self.packed_scale = _in_dtype(scale, slab.dtype).repeat(1, self.factor)  # (L, r·4k)
-        self.packed_shift = _in_dtype(shift, slab.dtype).repeat(1, self.factor)
-        self.slope_unit = scale * self.invstd * (-1 / m)  # d per unit of Σδx̂
-        self.offset_unit = scale * (-1 / m)  # c + d·μ per unit of Σδ
+        scale = torch.stack(params[3::per_layer]) * invstd
+        shift = torch.addcmul(torch.stack(params[4::per_layer]), mean, scale, value=-1)
+        # per layer (lists: one unbind per quantity instead of one indexing per layer and use)
+        self.mean, self.invstd = mean.unbind(0), invstd.unbind(0)
+        self.packed_scale = _in_dtype(scale, slab.dtype).repeat(1, self.factor).unbind(0)  # r·4k each
+        self.packed_shift = _in_dtype(shift, slab.dtype).repeat(1, self.factor).unbind(0)
+        self.slope_unit = (scale * invstd * (-1 / m)).unbind(0)  # d per unit of Σδx̂
+        self.offset_unit = (scale * (-1 / m)).unbind(0)  # c + d·μ per unit of Σδ
+        self.rows = slab.unbind(0)  # (M, 4k) each
 
     def backward(self, index: int, grad_new: Tensor, weight2: Tensor, needs_weight_grad: bool,
                  param_grads: list[Tensor | None], offset: int) -> Tensor:

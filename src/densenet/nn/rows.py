@@ -18,8 +18,13 @@ _PACKED_WIDTH = 128  # values per packed row to reach: four AVX-512 vectors of b
 
 
 def image(rows: Tensor, n: int, spatial: tuple[int, ...]) -> Tensor:
-    """``(M, C)`` rows → ``(N, C, *spatial)`` view with channels-last strides (``M = N·∏ spatial``)."""
-    return rows.view(n, *spatial, rows.shape[1]).movedim(-1, 1)
+    """``(M, C)`` rows (channel stride 1, any row stride) → ``(N, C, *spatial)`` view with channels-last strides
+    (``M = N·∏ spatial``), in one ``as_strided``."""
+    row_stride, strides = rows.stride(0), []
+    for size in reversed(spatial):
+        strides.append(row_stride)
+        row_stride *= size
+    return rows.as_strided((n, rows.shape[1], *spatial), (row_stride, 1, *reversed(strides)), rows.storage_offset())
 
 
 def rows_of(image: Tensor) -> Tensor:
