@@ -25,8 +25,13 @@ The batch-norm backward of layer ``l`` for an input channel is
 ``∂L/∂x = a·(δ − (1/M)Σδ − x̂·(1/M)Σδx̂)``: the ``a·δ`` part is added at once; the rest is ``c + d·x̂`` with
 per-channel constants, and since ``x̂`` is the same for every layer reading the channel, the constants are summed
 over layers and applied once per channel, when its gradient is needed. Both parts are [BN] (docs/MATH.md) as
-:mod:`densenet.nn.batchnorm` computes it for training (``bn_relu_backward_into``, ``batch_terms``); BN2 uses that
-module's whole-tensor form. The tutorial's ``batch_norm_backward`` is the reference they are tested against.
+:mod:`densenet.nn.batchnorm` computes it for training (``bn_relu_backward_into``, ``batch_terms``); BN2's backward
+(:class:`_Bottlenecks`) is that module's whole-tensor form on packed rows. The tutorial's ``batch_norm_backward`` is
+the reference they are tested against.
+
+Speed on small maps: there the number of operations per layer, not their size, sets the time (each costs a few µs
+of dispatch), so per-layer vectors are computed once — BN1's affine in the forward and kept, BN2's for all layers
+at once — and per-channel work on narrow rows runs on packed rows (:mod:`densenet.nn.rows`).
 
 Saved for backward: the feature buffer, each layer's bottleneck output (a 1×1 conv is not cheap to recompute),
 per-channel batch statistics, dropout masks — memory linear in depth. Running statistics are updated exactly
