@@ -63,18 +63,10 @@ def count_batches(norms: tuple[BatchNorm, ...]) -> list[float]:
     return [1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum for norm in norms]
 
 
-def update_running_stats(norm: BatchNorm, mean: Tensor, invstd: Tensor, count: int) -> None:
-    """``running ← (1 − m)·running + m·batch``, the variance unbiased: ``σ²·M/(M − 1)``."""
-    factor = count_batch(norm)
-    var = invstd.pow(-2) - norm.eps  # σ² from 1/√(σ² + ε)
-    norm.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-    norm.running_var.mul_(1 - factor).add_(var * (count / max(count - 1, 1)), alpha=factor)
-
-
 def update_running_stats_of(norms: tuple[BatchNorm, ...], mean: Tensor, invstd: Tensor, count: int) -> None:
-    """:func:`update_running_stats` for batch norms that read the first channels of one ``μ``, ``1/√(σ² + ε)``
-    (a dense block's BN1s, one ε): the same update in two ``foreach`` calls, ``running ← running + m·(batch −
-    running)``, instead of a handful of small operations per norm."""
+    """``running ← (1 − m)·running + m·batch`` (the variance unbiased, ``σ²·M/(M − 1)``) for batch norms that read
+    the first channels of one ``μ``, ``1/√(σ² + ε)`` — a dense block's BN1s, one ε — in two ``foreach`` calls
+    (``running + m·(batch − running)``) instead of a handful of small operations per norm."""
     factors = count_batches(norms)
     var = (invstd.pow(-2) - norms[0].eps) * (count / max(count - 1, 1))  # unbiased σ² from 1/√(σ² + ε)
     sizes = [norm.running_mean.shape[0] for norm in norms]
