@@ -1,9 +1,11 @@
 """The explicit dense block against the plain autograd path on the CPU recipe's small network, interleaved.
 
-    python benchmarks/explicit_small.py [--rounds 9] [--threads 2]
+    python benchmarks/explicit_small.py [--rounds 9] [--threads 2] [--model NAME --input-size 32 --batch 64
+        --output explicit_small]
 
 The network is ``configs/cifar10_cpu.yaml``'s (DenseNet-BC, k = 16, blocks 3-6-9, 32 initial maps) at 32×32,
-batch 64, channels-last, one training step (forward, cross-entropy, backward, SGD with momentum), in float32 and
+batch 64 — or, with ``--model``, that registered network as registered — channels-last, one training step
+(forward, cross-entropy, backward, SGD with momentum), in float32 and
 under bfloat16 autocast. Both paths hold the same weights; each round times every configuration once, in a new
 seeded order after a short idle time (``densenet.deploy.bench.time_interleaved``). Writes
 ``benchmarks/results/explicit_small.json`` and prints the explicit path's speed relative to the plain one.
@@ -40,18 +42,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", help="a registered name instead of the CPU recipe's network")
+    parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--output", default="explicit_small", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     recipe = yaml.safe_load((ROOT / "configs" / "cifar10_cpu.yaml").read_text())
     model_args = {key: value for key, value in recipe["model_args"].items() if key != "memory_efficient"}
+    name = args.model or recipe["model"]
+    if args.model:
+        model_args = {}
     torch.manual_seed(0)
-    x = torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    target = torch.arange(64) % 10
-    reference = densenet.create_model(recipe["model"], **model_args)
+    x = torch.randn(args.batch, 3, args.input_size, args.input_size).contiguous(memory_format=torch.channels_last)
+    target = torch.arange(args.batch) % 10
+    reference = densenet.create_model(name, **model_args)
     runners = {}
     for memory_efficient in (True, False):
         for bf16 in (False, True):
-            model = densenet.create_model(recipe["model"], **model_args, memory_efficient=memory_efficient)
+            model = densenet.create_model(name, **model_args, memory_efficient=memory_efficient)
             model.load_state_dict(reference.state_dict())
             model = model.train().to(memory_format=torch.channels_last)
             label = f"{'explicit' if memory_efficient else 'plain'} {'bf16' if bf16 else 'fp32'}"
@@ -61,12 +70,13 @@ def main() -> None:
     rows = []
     for precision in ("fp32", "bf16"):
         explicit, plain = medians[f"explicit {precision}"], medians[f"plain {precision}"]
-        rows.append([precision, f"{64 / explicit:.0f}", f"{64 / plain:.0f}", f"{plain / explicit:.2f}"])
+        rows.append([precision, f"{args.batch / explicit:.0f}", f"{args.batch / plain:.0f}", f"{plain / explicit:.2f}"])
     print_table(["precision", "explicit img/s", "plain img/s", "explicit ÷ plain"], rows)
-    path = write_json("explicit_small", {"benchmark": "explicit_small", "machine": machine(), "rounds": args.rounds,
-                                         "model": recipe["model"], "model_args": model_args,
-                                         "seconds": {label: {"median": medians[label], "all": t}
-                                                     for label, t in times.items()}})
+    path = write_json(args.output, {"benchmark": "explicit_small", "machine": machine(), "rounds": args.rounds,
+                                    "model": name, "model_args": model_args, "input_size": args.input_size,
+                                    "batch": args.batch,
+                                    "seconds": {label: {"median": medians[label], "all": t}
+                                                for label, t in times.items()}})
     print(f"wrote {path}")
 
 

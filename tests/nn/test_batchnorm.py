@@ -100,8 +100,9 @@ def test_shared_buffer_backward_equals_reference(monkeypatch, chunk_elements):
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_batch_statistics_and_running_update_equal_batch_norm(momentum):
-    """``channel_stats`` = the reference's ``μ`` and ``1/√(σ² + ε)``; ``update_running_stats`` moves the running
-    statistics as ``nn.BatchNorm2d`` does in training (unbiased variance; cumulative average without momentum)."""
+    """``channel_stats`` = the reference's ``μ`` and ``1/√(σ² + ε)``; ``update_running_stats_of`` moves the running
+    statistics as ``nn.BatchNorm2d`` does in training (unbiased variance; cumulative average without momentum), for
+    norms reading the first channels (a dense block's BN1s: here 2 and 3 of the 3 channels)."""
     x = _double(4, 3, 5, 2, seed=11) * 3 - 1
     _, mean, invstd = tutorial.batch_norm_forward(x, torch.ones(3, dtype=torch.float64),
                                                   torch.zeros(3, dtype=torch.float64), EPS)
@@ -109,12 +110,14 @@ def test_batch_statistics_and_running_update_equal_batch_norm(momentum):
     assert max_relative_error(ours_mean, mean) <= 1e-12
     assert max_relative_error(ours_invstd, invstd) <= 1e-12
 
-    reference = torch.nn.BatchNorm2d(3, momentum=momentum).double()
-    ours = torch.nn.BatchNorm2d(3, momentum=momentum).double()
+    references = [torch.nn.BatchNorm2d(c, momentum=momentum).double() for c in (2, 3)]
+    ours = tuple(torch.nn.BatchNorm2d(c, momentum=momentum).double() for c in (2, 3))
     for step in range(2):
         batch = x * (step + 1)
-        reference.train()(batch)
-        batchnorm.update_running_stats(ours, *batchnorm.channel_stats(batch, EPS), batch.numel() // 3)
-    assert ours.num_batches_tracked.item() == reference.num_batches_tracked.item() == 2
-    assert max_relative_error(ours.running_mean, reference.running_mean) <= 1e-12
-    assert max_relative_error(ours.running_var, reference.running_var) <= 1e-12
+        for reference in references:
+            reference.train()(batch[:, :reference.num_features])
+        batchnorm.update_running_stats_of(ours, *batchnorm.channel_stats(batch, EPS), batch.numel() // 3)
+    for norm, reference in zip(ours, references, strict=True):
+        assert norm.num_batches_tracked.item() == reference.num_batches_tracked.item() == 2
+        assert max_relative_error(norm.running_mean, reference.running_mean) <= 1e-12
+        assert max_relative_error(norm.running_var, reference.running_var) <= 1e-12

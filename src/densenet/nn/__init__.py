@@ -6,7 +6,8 @@ feature buffer and a hand-written backward [F2/F2b], which is what makes trainin
 :mod:`~densenet.nn.recompute` the stem and transition Functions that keep their inputs only; and
 :mod:`~densenet.nn.batchnorm` the batch-norm forward and backward those Functions share: what training runs, the
 per-channel-affine form of the tutorial's reference ``densenet.tutorial.batch_norm_backward`` [BN], which is only
-read and tested against.
+read and tested against; :mod:`~densenet.nn.rows` the ``(M, C)`` row form of channels-last maps the block computes
+on.
 
 May import: torch and :mod:`densenet.tutorial`. Imported by :mod:`densenet.model` and the deploy room.
 """

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from densenet.nn.dims import BatchNorm, per_channel
+from densenet.nn.rows import column_image
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 _CHUNK_ELEMENTS = 1 << 20  # elements per row chunk of fused elementwise work: a few MB, resident in cache
@@ -37,11 +38,14 @@ def channel_stats(image: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Batch mean ``μ`` and ``1/√(σ² + ε)`` of each channel of ``(N, C, *spatial)``, in float32 or better.
 
     ``native_batch_norm`` in training mode computes both in one vectorised pass (far faster on CPU than
-    ``var_mean`` over three dimensions); its normalised output is discarded.
+    ``var_mean`` over three dimensions); its normalised output is discarded. Low-precision input is given a float32
+    unit weight: the kernel's mixed-precision path then returns float32 statistics without a float32 copy of the
+    input.
     """
+    weight = None
     if image.dtype in LOW_PRECISION:
-        image = image.float()
-    _, mean, invstd = torch.native_batch_norm(image, None, None, None, None, True, 0.0, eps)
+        weight = torch.ones(image.shape[1], dtype=torch.float32, device=image.device)
+    _, mean, invstd = torch.native_batch_norm(image, weight, None, None, None, True, 0.0, eps)
     return mean, invstd
 
 
@@ -51,12 +55,23 @@ def count_batch(norm: BatchNorm) -> float:
     return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
 
 
-def update_running_stats(norm: BatchNorm, mean: Tensor, invstd: Tensor, count: int) -> None:
-    """``running ← (1 − m)·running + m·batch``, the variance unbiased: ``σ²·M/(M − 1)``."""
-    factor = count_batch(norm)
-    var = invstd.pow(-2) - norm.eps  # σ² from 1/√(σ² + ε)
-    norm.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-    norm.running_var.mul_(1 - factor).add_(var * (count / max(count - 1, 1)), alpha=factor)
+def count_batches(norms: tuple[BatchNorm, ...]) -> list[float]:
+    """:func:`count_batch` for several batch norms, counting in one ``foreach`` call."""
+    if not norms:
+        return []
+    torch._foreach_add_([norm.num_batches_tracked for norm in norms], 1)
+    return [1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum for norm in norms]
+
+
+def update_running_stats_of(norms: tuple[BatchNorm, ...], mean: Tensor, invstd: Tensor, count: int) -> None:
+    """``running ← (1 − m)·running + m·batch`` (the variance unbiased, ``σ²·M/(M − 1)``) for batch norms that read
+    the first channels of one ``μ``, ``1/√(σ² + ε)`` — a dense block's BN1s, one ε — in two ``foreach`` calls
+    (``running + m·(batch − running)``) instead of a handful of small operations per norm."""
+    factors = count_batches(norms)
+    var = (invstd.pow(-2) - norms[0].eps) * (count / max(count - 1, 1))  # unbiased σ² from 1/√(σ² + ε)
+    sizes = [norm.running_mean.shape[0] for norm in norms]
+    torch._foreach_lerp_([norm.running_mean for norm in norms], [mean[:size] for size in sizes], factors)
+    torch._foreach_lerp_([norm.running_var for norm in norms], [var[:size] for size in sizes], factors)
 
 
 def affine(weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,7 +117,7 @@ def input_grad(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: 
 
 
 def bn_relu_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs: Tensor, scale: Tensor, mean: Tensor,
-                          invstd: Tensor) -> tuple[Tensor, Tensor]:
+                          invstd: Tensor, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``r = σ(a·x + b)`` backward for ``(M, C)`` rows, fused in cache-sized chunks: [BN] with ``∂L/∂x`` in two parts.
 
     This is the dense block's BN1, whose input ``x`` is a view of the block's shared feature buffer and whose input
@@ -112,7 +127,9 @@ def bn_relu_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs:
     chunks of rows
 
     - applies σ': ``δ ← ∂L/∂r ⊙ 1[r > 0]``, in place into ``grad_relu``;
-    - sums ``Σδ`` and ``Σδ(x − μ)`` per channel;
+    - copies the chunk's ``x`` (a strided view) into ``scratch`` and sums ``Σδ`` and ``Σδx̂ = σ⁻¹Σδ(x − μ)`` per
+      channel over it in one pass of ``native_batch_norm_backward`` (float32 accumulation also for bfloat16
+      rows, no cast copies; on the strided view itself that kernel takes a path ~30× slower);
     - adds the per-pixel part of [BN]'s input gradient, ``∂L/∂x += a·δ``, in place into ``grad``.
 
     The rest of [BN]'s input gradient, ``−(a/M)(Σδ + x̂·Σδx̂)``, is per-channel constants times ``x̂``, which is
@@ -126,22 +143,35 @@ def bn_relu_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs:
         inputs: ``(M, C)``, ``x``.
         scale: ``(C,)``, ``a = γ/√(σ² + ε)``.
         mean, invstd: ``(C,)``, ``μ`` and ``1/√(σ² + ε)`` (batch or running statistics).
+        scratch: at least ``min(M, chunk rows)·C`` elements of ``x``'s dtype for the chunk copies, or ``None``.
 
     Returns:
         ``∂L/∂γ = Σδx̂ = σ⁻¹ Σδ(x − μ)`` and ``∂L/∂β = Σδ``, per channel.
     """
     rows, channels = grad_relu.shape
     step = max(1, _CHUNK_ELEMENTS // channels)
-    grad_beta = torch.zeros_like(mean)
-    centred_dot = torch.zeros_like(mean)
+    if scratch is None:
+        scratch = inputs.new_empty(min(rows, step) * channels)
+    grad_weight = torch.zeros_like(mean)
+    grad_bias = torch.zeros_like(mean)
     scale = scale.to(grad.dtype)
     for start in range(0, rows, step):
         part = slice(start, start + step)
         delta = torch.ops.aten.threshold_backward.grad_input(grad_relu[part], relu[part], 0, grad_input=grad_relu[part])
-        grad_beta += delta.sum(dim=0, dtype=mean.dtype)
-        centred_dot += ((inputs[part] - mean) * delta).sum(dim=0, dtype=mean.dtype)
+        x = scratch[:delta.numel()].view(delta.shape).copy_(inputs[part])  # (rows, C), contiguous
+        # Σδx̂ and Σδ over the chunk   [BN]
+        _, part_weight, part_bias = torch.ops.aten.native_batch_norm_backward(
+            column_image(delta), column_image(x), None, None, None, mean, invstd, True, 0.0, [False, True, True])
+        grad_weight += part_weight
+        grad_bias += part_bias
         grad[part].addcmul_(delta, scale)
-    return invstd * centred_dot, grad_beta
+    return grad_weight, grad_bias
+
+
+def row_chunk_scratch(like: Tensor, rows: int, widest: int) -> Tensor:
+    """A scratch for :func:`bn_relu_backward_into`'s chunk copies of up to ``(rows, widest)`` inputs, for every
+    layer of a block (one allocation instead of one per layer)."""
+    return like.new_empty(min(rows * widest, max(_CHUNK_ELEMENTS, widest)))
 
 
 def batch_terms(scale: Tensor, grad_weight: Tensor, grad_bias: Tensor, count: int) -> tuple[Tensor, Tensor]:

@@ -25,8 +25,13 @@ The batch-norm backward of layer ``l`` for an input channel is
 ``∂L/∂x = a·(δ − (1/M)Σδ − x̂·(1/M)Σδx̂)``: the ``a·δ`` part is added at once; the rest is ``c + d·x̂`` with
 per-channel constants, and since ``x̂`` is the same for every layer reading the channel, the constants are summed
 over layers and applied once per channel, when its gradient is needed. Both parts are [BN] (docs/MATH.md) as
-:mod:`densenet.nn.batchnorm` computes it for training (``bn_relu_backward_into``, ``batch_terms``); BN2 uses that
-module's whole-tensor form. The tutorial's ``batch_norm_backward`` is the reference they are tested against.
+:mod:`densenet.nn.batchnorm` computes it for training (``bn_relu_backward_into``, ``batch_terms``); BN2's backward
+(:class:`_Bottlenecks`) is that module's whole-tensor form on packed rows. The tutorial's ``batch_norm_backward`` is
+the reference they are tested against.
+
+Speed on small maps: there the number of operations per layer, not their size, sets the time (each costs a few µs
+of dispatch), so per-layer vectors are computed once — BN1's affine in the forward and kept, BN2's for all layers
+at once — and per-channel work on narrow rows runs on packed rows (:mod:`densenet.nn.rows`).
 
 Saved for backward: the feature buffer, each layer's bottleneck output (a 1×1 conv is not cheap to recompute),
 per-channel batch statistics, dropout masks — memory linear in depth. Running statistics are updated exactly
@@ -46,18 +51,17 @@ from torch.autograd.function import FunctionCtx
 
 from densenet.nn.batchnorm import (
     affine,
-    affine_relu,
     batch_terms,
     bn_relu_backward_into,
     channel_stats,
-    count_batch,
-    input_grad,
-    parameter_grads,
+    count_batches,
+    row_chunk_scratch,
     running_affine,
-    update_running_stats,
+    update_running_stats_of,
 )
 from densenet.nn.dims import BatchNorm, channels_last, conv, conv_backward
 from densenet.nn.double_backward import announce, differentiable_grads, plain_block
+from densenet.nn.rows import column_image, image, pack_factor, packed, planar, rows_of
 from densenet.tutorial import dropout_backward, dropout_forward, dropout_mask
 
 _STRIDE_ONE = 1
@@ -86,26 +90,6 @@ class BlockSpec:
         return 6 if self.bottleneck else 3
 
 
-def _image(rows: Tensor, n: int, spatial: tuple[int, ...]) -> Tensor:
-    """``(M, C)`` rows → ``(N, C, *spatial)`` view with channels-last strides (``M = N·∏ spatial``)."""
-    return rows.view(n, *spatial, rows.shape[1]).movedim(-1, 1)
-
-
-def _rows(image: Tensor) -> Tensor:
-    """``(N, C, *spatial)`` → ``(M, C)`` rows; a view for channels-last tensors."""
-    return image.movedim(1, -1).reshape(-1, image.shape[1])
-
-
-def _planar(image: Tensor) -> Tensor:
-    """A signal's ``(N, C, L)`` channels-last view as ``(N, C, 1, L)``, images and volumes unchanged.
-
-    ``native_batch_norm.out`` writes a 3-D ``out`` with channels-last strides as if it were contiguous (torch 2.14,
-    CPU): 1-D has no channels-last memory format for the kernel to recognise. With a unit height the same memory
-    is a 2-D channels-last tensor, which it handles.
-    """
-    return image.unsqueeze(2) if image.dim() == 3 else image
-
-
 def dense_block_forward(
     spec: BlockSpec, x: Tensor, params: tuple[Tensor, ...], training: bool, keep: bool
 ) -> tuple[Tensor, dict[str, Any]]:
@@ -130,7 +114,7 @@ def dense_block_forward(
     total, m = c0 + num_layers * k, x.numel() // c0
     eps = spec.norms1[0].eps
     buffer = x.new_empty((m, total))  # (M, C_0 + L·k): [x_0, …, x_L], one row per pixel
-    features = _image(buffer, n, spatial)  # (N, C_0 + L·k, *spatial)
+    features = image(buffer, n, spatial)  # (N, C_0 + L·k, *spatial)
     features[:, :c0].copy_(x)
     stat_dtype = torch.promote_types(x.dtype, torch.float32)
     mean = torch.zeros(total, dtype=stat_dtype, device=x.device)  # batch μ of every channel, set when written
@@ -142,38 +126,45 @@ def dense_block_forward(
     # One slab for every layer's bottleneck output (kept for backward) and one scratch for σ(BN2(·)): a few
     # large allocations instead of two per layer, which would fragment the heap.
     bottlenecks = x.new_empty((num_layers if keep else 1, m, width))
-    relu2 = _image(x.new_empty((m, width)), n, spatial)
+    relu2 = image(x.new_empty((m, width)), n, spatial)
     stats2 = torch.empty((num_layers, 2, width), dtype=stat_dtype, device=x.device)
+    saves2 = [pair.unbind(0) for pair in stats2.unbind(0)]  # per layer: where BN2's μ and 1/σ go
+    factors2 = count_batches(spec.norms2) if training else []
     masks: list[Tensor] = []
+    affines1: list[tuple[Tensor, ...]] = []  # per layer, for the backward: BN1's a, b (activations' dtype), a, μ, 1/σ
 
     for index in range(num_layers):
         channels = c0 + index * k
         gamma1, beta1, weight1 = params[index * per_layer:index * per_layer + 3]
-        norm1 = spec.norms1[index]
         if training:
-            update_running_stats(norm1, mean[:channels], invstd[:channels], m)
-            scale, shift = affine(gamma1, beta1, mean[:channels], invstd[:channels])
+            layer_mean, layer_invstd = mean[:channels], invstd[:channels]
+            scale, shift = affine(gamma1, beta1, layer_mean, layer_invstd)
         else:
-            scale, shift, _, _ = running_affine(norm1, gamma1, beta1)
-        # r = σ(BN1([x_0, …, x_{l−1}]))
-        relu1 = _image(affine_relu(buffer[:, :channels], scale, shift, out=scratch[:m * channels].view(m, channels)),
-                       n, spatial)
+            scale, shift, layer_mean, layer_invstd = running_affine(spec.norms1[index], gamma1, beta1)
+        scale_x, shift_x = _in_dtype(scale, x.dtype), _in_dtype(shift, x.dtype)
+        if keep:
+            affines1.append((scale_x, shift_x, scale, layer_mean, layer_invstd))
+        # r = σ(BN1([x_0, …, x_{l−1}])) = σ(a·x + b)
+        relu1 = torch.addcmul(shift_x, buffer.narrow(1, 0, channels), scale_x,
+                              out=scratch[:m * channels].view(m, channels))
+        relu1 = image(relu1.clamp_min_(0), n, spatial)
         if spec.bottleneck:
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
-            norm2 = spec.norms2[index]
+            norm2, (save_mean, save_invstd) = spec.norms2[index], saves2[index]
             # z = W1 ∗ r, the 1×1 bottleneck conv
-            bottleneck = _image(bottlenecks[index if keep else 0], n, spatial)  # (N, 4k, *spatial)
+            bottleneck = image(bottlenecks[index if keep else 0], n, spatial)  # (N, 4k, *spatial)
             bottleneck.copy_(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
-            z, out = _planar(bottleneck), _planar(relu2)
+            z, out = planar(bottleneck), planar(relu2)
             if training:
                 torch.ops.aten.native_batch_norm.out(
-                    z, gamma2, beta2, norm2.running_mean, norm2.running_var, True, count_batch(norm2),
-                    norm2.eps, out=out, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
+                    z, gamma2, beta2, norm2.running_mean, norm2.running_var, True, factors2[index],
+                    norm2.eps, out=out, save_mean=save_mean, save_invstd=save_invstd)
             else:
                 torch.ops.aten.native_batch_norm.out(
                     z, gamma2, beta2, norm2.running_mean, norm2.running_var, False, 0.0, norm2.eps,
-                    out=out, save_mean=stats2[index, 0], save_invstd=stats2[index, 1])
-                stats2[index, 0], stats2[index, 1] = norm2.running_mean, torch.rsqrt(norm2.running_var + norm2.eps)
+                    out=out, save_mean=save_mean, save_invstd=save_invstd)
+                save_mean.copy_(norm2.running_mean)
+                torch.rsqrt(norm2.running_var + norm2.eps, out=save_invstd)
             # x_l = W2 ∗ σ(BN2(z)), 3×3 conv pad 1
             new = conv(relu2.clamp_min_(0), weight2, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, *spatial)
         else:
@@ -185,13 +176,16 @@ def dense_block_forward(
             if keep:
                 masks.append(mask)
         # x_l = H_l([x_0, …, x_{l−1}]), written into the buffer   [F2]
-        features[:, channels:channels + k].copy_(new)
+        features.narrow(1, channels, k).copy_(new)
         if training:
             mean[channels:channels + k], invstd[channels:channels + k] = channel_stats(new, eps)
 
+    if training:  # every channel's statistics are known now: the running ones move once
+        update_running_stats_of(spec.norms1, mean, invstd, m)
     if not spec.bottleneck:
         bottlenecks, stats2 = bottlenecks[:0], stats2[:0]
-    return features, {"mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2, "masks": masks}
+    return features, {"mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2, "masks": masks,
+                      "affines1": affines1}
 
 
 def dense_block_backward(
@@ -203,85 +197,148 @@ def dense_block_backward(
     ``∂L/∂x_j = ∂L/∂out[x_j] + Σ_{l > j} ∂H_l/∂x_j``, accumulated in one shared gradient buffer.
 
     Longer than ~60 lines for the reason :func:`dense_block_forward` is: one reverse loop whose in-place writes
-    into the shared gradient buffer and scratch tensors must be read in order.
+    into the shared gradient buffer and scratch tensors must be read in order. Per-layer vectors come from the
+    forward's record (BN1's affine) or are computed for all layers at once (:class:`_Bottlenecks`): on small maps
+    the number of operations per layer, not their size, sets the time.
     """
     features: Tensor = saved["features"]
     n, total, *spatial = features.shape
     k, num_layers, per_layer = spec.growth_rate, len(spec.norms1), spec.params_per_layer
     c0, m = total - num_layers * k, features.numel() // total
-    buffer = _rows(features)  # (M, C_0 + L·k)
+    buffer = rows_of(features)  # (M, C_0 + L·k)
     grad = torch.empty_like(buffer)  # (M, C_0 + L·k): ∂L/∂[x_0, …, x_L], the shared gradient buffer
-    _image(grad, n, spatial).copy_(grad_out)
+    image(grad, n, spatial).copy_(grad_out)
     mean, invstd = saved["mean"], saved["invstd"]
     # ∂L/∂x_c also holds Σ_l (c_l + d_l·x̂_c) over the layers l reading channel c: summed here, added once.
     deferred_offset = torch.zeros_like(mean)
     deferred_slope = torch.zeros_like(mean)
+    relu_scratch = features.new_empty(m * (total - k))  # recomputed σ(BN1(·)); between layers a free scratch
 
-    def settle(start: int, stop: int) -> None:
-        """Add the deferred BN terms of channels ``start:stop`` once every layer reading them is done."""
-        if training:
-            x_hat = (buffer[:, start:stop] - mean[start:stop]) * invstd[start:stop]  # (M, stop − start)
-            grad[:, start:stop].add_(torch.addcmul(deferred_offset[start:stop], x_hat, deferred_slope[start:stop]))
+    def settled(start: int, stop: int) -> Tensor:
+        """The complete gradient of channels ``start:stop`` once every layer reading them is done, as a new
+        contiguous ``(M, stop − start)`` tensor: the shared buffer's columns plus the deferred BN terms,
+        ``c + d·x̂ = (c − d·μ/σ) + (d/σ)·x``. The strided columns are copied out first and the per-channel terms
+        applied on packed rows (:mod:`densenet.nn.rows`), in the activations' dtype (no cast copies)."""
+        width = stop - start
+        complete = grad.narrow(1, start, width).clone(memory_format=torch.contiguous_format)  # (M, stop − start)
+        if not training:
+            return complete
+        slope = deferred_slope[start:stop] * invstd[start:stop]
+        offset = torch.addcmul(deferred_offset[start:stop], slope, mean[start:stop], value=-1)
+        x = relu_scratch[:m * width].view(m, width).copy_(buffer.narrow(1, start, width))  # (M, stop − start)
+        factor = pack_factor(m, width)
+        packed(complete, factor).addcmul_(packed(x, factor), _in_dtype(slope, x.dtype).repeat(factor)).add_(
+            _in_dtype(offset, x.dtype).repeat(factor))
+        return complete
 
-    relu_scratch = features.new_empty(m * (total - k))  # recomputed σ(BN1(·))
-    relu2_scratch = features.new_empty((m, params[3].shape[0])) if spec.bottleneck else None
+    chunk_scratch = row_chunk_scratch(features, m, total - k)  # BN1 backward's contiguous copies of input rows
+    bottlenecks = _Bottlenecks(spec, saved, params, m, n, tuple(spatial), training) if spec.bottleneck else None
     param_grads: list[Tensor | None] = [None] * len(params)
 
     for index in reversed(range(num_layers)):
         channels = c0 + index * k
         offset = index * per_layer
-        gamma1, beta1, weight1 = params[offset:offset + 3]
-        settle(channels, channels + k)
-        grad_new = _image(grad[:, channels:channels + k], n, spatial)  # (N, k, *spatial): complete ∂L/∂x_l
+        weight1 = params[offset + 2]
+        scale_x, shift_x, scale, layer_mean, layer_invstd = saved["affines1"][index]
+        grad_new = image(settled(channels, channels + k), n, spatial)  # (N, k, *spatial): complete ∂L/∂x_l
         if spec.drop_rate > 0 and training:
             # ∂L/∂x = D ⊙ δ / (1 − p)   [F6b]
-            grad_new = dropout_backward(grad_new, saved["masks"][index], spec.drop_rate)
-        grad_new = channels_last(grad_new)
-        inputs = buffer[:, :channels]  # (M, C_l) view of [x_0, …, x_{l−1}]
-        if training:
-            layer_mean, layer_invstd = mean[:channels], invstd[:channels]
-            scale, shift = affine(gamma1, beta1, layer_mean, layer_invstd)
-        else:
-            scale, shift, layer_mean, layer_invstd = running_affine(spec.norms1[index], gamma1, beta1)
-        relu1 = _image(affine_relu(inputs, scale, shift, out=relu_scratch[:m * channels].view(m, channels)), n, spatial)
-
-        if spec.bottleneck:
-            gamma2, _, weight2 = params[offset + 3:offset + 6]
-            bottleneck = _image(saved["bottlenecks"][index], n, spatial)  # (N, 4k, *spatial)
-            mean2, invstd2 = saved["stats2"][index]
-            scale2, shift2 = affine(gamma2, params[offset + 4], mean2, invstd2)
-            relu2 = _image(affine_relu(_rows(bottleneck), scale2, shift2, out=relu2_scratch), n, spatial)
-            # ∂L/∂r2 = W2ᵀ ∗ δ, ∂L/∂W2 = r2 ⋆ δ   [F1b]
-            grad_relu2, param_grads[offset + 5], _ = conv_backward(
-                grad_new, relu2, weight2, False, _STRIDE_ONE, _PAD_ONE, (True, needs_param_grad[offset + 5], False))
-            # through σ: δ ⊙ 1[r2 > 0]
-            grad_u2 = torch.ops.aten.threshold_backward.grad_input(grad_relu2, relu2, 0, grad_input=grad_relu2)
-            eps2 = spec.norms2[index].eps
-            grad_gamma2, grad_beta2 = parameter_grads(grad_u2, bottleneck, gamma2, mean2, invstd2, training, eps2)
-            param_grads[offset + 3], param_grads[offset + 4] = grad_gamma2, grad_beta2
-            grad_z = input_grad(grad_u2, bottleneck, gamma2, mean2, invstd2, grad_gamma2, grad_beta2, training,
-                                out=_image(relu2_scratch, n, spatial))  # into the scratch: σ(BN2(z)) is done with
+            grad_new = channels_last(dropout_backward(grad_new, saved["masks"][index], spec.drop_rate))
+        inputs = buffer.narrow(1, 0, channels)  # (M, C_l) view of [x_0, …, x_{l−1}]
+        # r1 = σ(a·x + b), recomputed
+        relu1_rows = torch.addcmul(shift_x, inputs, scale_x, out=relu_scratch[:m * channels].view(m, channels))
+        relu1 = image(relu1_rows.clamp_min_(0), n, spatial)
+        if bottlenecks is not None:
+            grad_z = bottlenecks.backward(index, grad_new, params[offset + 5], needs_param_grad[offset + 5],
+                                          param_grads, offset)
             # ∂L/∂r1 = W1ᵀ ∗ δ_z, ∂L/∂W1 = r1 ⋆ δ_z for the 1×1 conv   [F1b]
             grad_relu1, param_grads[offset + 2], _ = conv_backward(
                 grad_z, relu1, weight1, False, _STRIDE_ONE, _PAD_ZERO, (True, needs_param_grad[offset + 2], False))
         else:
             grad_relu1, param_grads[offset + 2], _ = conv_backward(
                 grad_new, relu1, weight1, False, _STRIDE_ONE, _PAD_ONE, (True, needs_param_grad[offset + 2], False))
-        grad_relu1 = _rows(channels_last(grad_relu1))  # (M, C_l)
+        grad_relu1 = rows_of(channels_last(grad_relu1))  # (M, C_l)
         # ∂L/∂x_j += ∂H_l/∂x_j for every j < l, added into the shared gradient buffer   [F2b]
         # BN1 backward [BN]: ∂L/∂x += a·δ now, into the shared gradient buffer (nn.batchnorm.bn_relu_backward_into)
-        grad_gamma1, grad_beta1 = bn_relu_backward_into(grad[:, :channels], grad_relu1, _rows(relu1), inputs, scale,
-                                                        layer_mean, layer_invstd)
+        grad_gamma1, grad_beta1 = bn_relu_backward_into(grad.narrow(1, 0, channels), grad_relu1, relu1_rows, inputs,
+                                                        scale, layer_mean, layer_invstd, chunk_scratch)
         param_grads[offset], param_grads[offset + 1] = grad_gamma1, grad_beta1
         # ∂L/∂x = a·δ was added; −(a/M)(Σδ + x̂·Σδx̂) is deferred (training only: running statistics are constants)
         if training:
             offset_term, slope_term = batch_terms(scale, grad_gamma1, grad_beta1, m)
-            deferred_offset[:channels] -= offset_term
-            deferred_slope[:channels] -= slope_term
+            deferred_offset[:channels].sub_(offset_term)
+            deferred_slope[:channels].sub_(slope_term)
 
-    settle(0, c0)
-    grad_input = _image(grad[:, :c0], n, spatial) if needs_input_grad else None
+    grad_input = image(settled(0, c0), n, spatial) if needs_input_grad else None
     return grad_input, [g if needed else None for g, needed in zip(param_grads, needs_param_grad, strict=True)]
+
+
+class _Bottlenecks:
+    """Each dense layer's BN2-ReLU-Conv3×3 backward, with BN2's per-channel vectors computed for all layers at once.
+
+    Per layer ``l``, from the stored bottleneck output ``z`` (``(M, 4k)`` rows) and its batch statistics:
+    ``r2 = σ(a2·z + b2)`` recomputed, the 3×3 conv's backward [F1b], σ', and [BN]'s backward
+    ``∂L/∂z = a2·δ + c + d·z`` with ``d = −a2·σ⁻¹·Σδx̂/M`` and ``c = −a2·Σδ/M − d·μ`` — the whole-tensor form of
+    :func:`densenet.nn.batchnorm.input_grad`, here on packed rows (:mod:`densenet.nn.rows`). With running statistics
+    (eval mode) ``∂L/∂z = a2·δ``.
+    """
+
+    def __init__(self, spec: BlockSpec, saved: dict[str, Any], params: tuple[Tensor, ...], m: int, n: int,
+                 spatial: tuple[int, ...], training: bool) -> None:
+        per_layer, slab = spec.params_per_layer, saved["bottlenecks"]
+        self.n, self.spatial, self.training = n, spatial, training
+        self.factor = pack_factor(m, slab.shape[2])
+        self.scratch = slab.new_empty(tuple(slab.shape[1:]))  # (M, 4k): σ(BN2(z)), then ∂L/∂z
+        stats = saved["stats2"]  # (L, 2, 4k): μ and 1/σ of every layer's z
+        mean, invstd = stats[:, 0], stats[:, 1]
+        # a2 = γ2/σ and b2 = β2 − μ·a2 of every layer, (L, 4k)
+        scale = torch.stack(params[3::per_layer]) * invstd
+        shift = torch.addcmul(torch.stack(params[4::per_layer]), mean, scale, value=-1)
+        # per layer (lists: one unbind per quantity instead of one indexing per layer and use)
+        self.mean, self.invstd = mean.unbind(0), invstd.unbind(0)
+        self.packed_scale = _in_dtype(scale, slab.dtype).repeat(1, self.factor).unbind(0)  # r·4k each
+        self.packed_shift = _in_dtype(shift, slab.dtype).repeat(1, self.factor).unbind(0)
+        self.slope_unit = (scale * invstd * (-1 / m)).unbind(0)  # d per unit of Σδx̂
+        self.offset_unit = (scale * (-1 / m)).unbind(0)  # c + d·μ per unit of Σδ
+        self.rows = slab.unbind(0)  # (M, 4k) each
+
+    def backward(self, index: int, grad_new: Tensor, weight2: Tensor, needs_weight_grad: bool,
+                 param_grads: list[Tensor | None], offset: int) -> Tensor:
+        """``∂L/∂z`` of layer ``index`` as ``(N, 4k, *spatial)`` (in the shared scratch); ``∂L/∂W2``, ``∂L/∂γ2`` and
+        ``∂L/∂β2`` into ``param_grads[offset + 5]``, ``[offset + 3]``, ``[offset + 4]``."""
+        factor, z_rows, scratch = self.factor, self.rows[index], self.scratch
+        # r2 = σ(a2·z + b2), recomputed on packed rows
+        torch.addcmul(self.packed_shift[index], packed(z_rows, factor), self.packed_scale[index],
+                      out=packed(scratch, factor)).clamp_min_(0)
+        relu2 = image(scratch, self.n, self.spatial)
+        # ∂L/∂r2 = W2ᵀ ∗ δ, ∂L/∂W2 = r2 ⋆ δ   [F1b]
+        grad_relu2, param_grads[offset + 5], _ = conv_backward(
+            grad_new, relu2, weight2, False, _STRIDE_ONE, _PAD_ONE, (True, needs_weight_grad, False))
+        # through σ: δ ⊙ 1[r2 > 0]
+        grad_u2 = torch.ops.aten.threshold_backward.grad_input(grad_relu2, relu2, 0, grad_input=grad_relu2)
+        grad_rows = rows_of(grad_u2)  # (M, 4k)
+        mean, invstd = self.mean[index], self.invstd[index]
+        # ∂L/∂γ2 = Σδx̂ and ∂L/∂β2 = Σδ in one pass [BN]
+        _, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
+            column_image(grad_rows), column_image(z_rows), None, None, None, mean, invstd, True, 0.0,
+            [False, True, True])
+        param_grads[offset + 3], param_grads[offset + 4] = grad_gamma, grad_beta
+        out = packed(scratch, factor)  # σ(BN2(z)) is done with
+        if self.training:
+            slope = self.slope_unit[index] * grad_gamma  # d
+            constant = torch.addcmul(self.offset_unit[index] * grad_beta, slope, mean, value=-1)  # c
+            # ∂L/∂z = c + d·z + a2·δ   [BN]
+            torch.addcmul(_in_dtype(constant, z_rows.dtype).repeat(factor), packed(z_rows, factor),
+                          _in_dtype(slope, z_rows.dtype).repeat(factor), out=out)
+            out.addcmul_(packed(grad_rows, factor), self.packed_scale[index])
+        else:
+            torch.mul(packed(grad_rows, factor), self.packed_scale[index], out=out)  # ∂L/∂z = a2·δ
+        return image(scratch, self.n, self.spatial)
+
+
+def _in_dtype(vector: Tensor, dtype: torch.dtype) -> Tensor:
+    """``vector`` in ``dtype`` (no operation when it already is)."""
+    return vector if vector.dtype == dtype else vector.to(dtype)
 
 
 class DenseBlockFunction(torch.autograd.Function):
@@ -291,6 +348,7 @@ class DenseBlockFunction(torch.autograd.Function):
     def forward(ctx: FunctionCtx, spec: BlockSpec, training: bool, x: Tensor, *params: Tensor) -> Tensor:
         features, record = dense_block_forward(spec, x, params, training, keep=True)
         ctx.spec, ctx.training, ctx.num_masks = spec, training, len(record["masks"])
+        ctx.affines1 = record["affines1"]  # small per-layer vectors, not inputs or outputs: kept on ctx
         ctx.save_for_backward(features, record["mean"], record["invstd"], record["bottlenecks"], record["stats2"],
                               *record["masks"], *params)
         return features
@@ -301,7 +359,7 @@ class DenseBlockFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient is wanted
             return (None, None, *_differentiable_backward(ctx, features, rest, grad_out))
         saved = {"features": features, "mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2,
-                 "masks": rest[:ctx.num_masks]}
+                 "masks": rest[:ctx.num_masks], "affines1": ctx.affines1}
         grad_input, param_grads = dense_block_backward(
             ctx.spec, saved, grad_out, tuple(rest[ctx.num_masks:]), ctx.training, ctx.needs_input_grad[2],
             tuple(ctx.needs_input_grad[3:]))
