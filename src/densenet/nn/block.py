@@ -29,8 +29,10 @@ over layers and applied once per channel, when its gradient is needed. Both part
 module's whole-tensor form. The tutorial's ``batch_norm_backward`` is the reference they are tested against.
 
 Saved for backward: the feature buffer, each layer's bottleneck output (a 1×1 conv is not cheap to recompute),
-per-channel batch statistics, dropout masks — memory linear in depth. Running statistics are updated exactly
-once per forward.
+per-channel batch statistics, dropout masks — memory linear in depth. Volumes recompute the bottleneck output in
+the backward instead (``BlockSpec.recompute_bottleneck``): in 3D the first block's bottleneck outputs are about half
+of everything a DenseNet-121 step saves, and the 1×1 convs a few % of its work (benchmarks/NOTES.md). Running
+statistics are updated exactly once per forward.
 
 The same idea serves the stem and the transitions (:mod:`densenet.nn.recompute`).
 """
@@ -68,12 +70,15 @@ _PAD_ONE = 1
 @dataclass(frozen=True)
 class BlockSpec:
     """What the Function needs besides tensors: the layers' batch norms (for ε, momentum and running
-    statistics), the growth rate and the dropout rate. Without ``norms2`` the layers have no bottleneck."""
+    statistics), the growth rate and the dropout rate. Without ``norms2`` the layers have no bottleneck; with
+    ``recompute_bottleneck`` the backward recomputes each layer's 1×1 conv output ``z = W1 ∗ r1`` instead of saving
+    it."""
 
     norms1: tuple[BatchNorm, ...]
     norms2: tuple[BatchNorm, ...]
     growth_rate: int
     drop_rate: float
+    recompute_bottleneck: bool = False
 
     @property
     def bottleneck(self) -> bool:
@@ -141,7 +146,8 @@ def dense_block_forward(
     width = params[3].shape[0] if spec.bottleneck else 0
     # One slab for every layer's bottleneck output (kept for backward) and one scratch for σ(BN2(·)): a few
     # large allocations instead of two per layer, which would fragment the heap.
-    bottlenecks = x.new_empty((num_layers if keep else 1, m, width))
+    kept = keep and not spec.recompute_bottleneck  # every layer's bottleneck output saved, not recomputed
+    bottlenecks = x.new_empty((num_layers if kept else 1, m, width))
     relu2 = _image(x.new_empty((m, width)), n, spatial)
     stats2 = torch.empty((num_layers, 2, width), dtype=stat_dtype, device=x.device)
     masks: list[Tensor] = []
@@ -162,7 +168,7 @@ def dense_block_forward(
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
             norm2 = spec.norms2[index]
             # z = W1 ∗ r, the 1×1 bottleneck conv
-            bottleneck = _image(bottlenecks[index if keep else 0], n, spatial)  # (N, 4k, *spatial)
+            bottleneck = _image(bottlenecks[index if kept else 0], n, spatial)  # (N, 4k, *spatial)
             bottleneck.copy_(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
             z, out = _planar(bottleneck), _planar(relu2)
             if training:
@@ -191,6 +197,8 @@ def dense_block_forward(
 
     if not spec.bottleneck:
         bottlenecks, stats2 = bottlenecks[:0], stats2[:0]
+    elif spec.recompute_bottleneck:
+        bottlenecks = bottlenecks.new_empty((0, m, width))  # not a view: the scratch slab is freed
     return features, {"mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2, "masks": masks}
 
 
@@ -247,7 +255,8 @@ def dense_block_backward(
 
         if spec.bottleneck:
             gamma2, _, weight2 = params[offset + 3:offset + 6]
-            bottleneck = _image(saved["bottlenecks"][index], n, spatial)  # (N, 4k, *spatial)
+            bottleneck = (channels_last(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))  # z = W1 ∗ r1, again
+                          if spec.recompute_bottleneck else _image(saved["bottlenecks"][index], n, spatial))
             mean2, invstd2 = saved["stats2"][index]
             scale2, shift2 = affine(gamma2, params[offset + 4], mean2, invstd2)
             relu2 = _image(affine_relu(_rows(bottleneck), scale2, shift2, out=relu2_scratch), n, spatial)
