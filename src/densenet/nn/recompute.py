@@ -112,29 +112,34 @@ def _stem_backward_in_halves(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tens
     the network's largest tensor, and one pass over the batch holds three of them at once (``z``, ``δ`` and
     ``∂L/∂z``). BN's input gradient ``∂L/∂z = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` needs the whole batch's sums first, so:
     pass 1 recomputes each half's ``δ`` and sums ``Σδ = ∂L/∂β``, ``Σδx̂ = ∂L/∂γ`` (sums over the halves add up);
-    pass 2 recomputes each half's ``δ`` again, forms its ``∂L/∂z`` with the whole-batch sums and ``M``, and runs the
-    conv's backward on it, ``∂L/∂W = Σ_halves X ⋆ δ_z``. Three half-size maps at most instead of three full ones,
-    for one more ``W ∗ x`` (the 7³ conv, ≈ 5% of a 3-D step's work).
+    pass 2 forms each half's ``∂L/∂z`` with the whole-batch sums and ``M`` — the last half's from pass 1's ``z`` and
+    ``δ``, still at hand, the first half's recomputed again — and runs the conv's backward on it,
+    ``∂L/∂W = Σ_halves X ⋆ δ_z``. Three half-size maps at most instead of three full ones, for one more ``W ∗ x``
+    over half the batch (the 7³ conv: ≈ 2–3% of a 3-D step's work).
     """
-    halves = (slice(0, x.shape[0] // 2), slice(x.shape[0] // 2, x.shape[0]))
+    first, last = slice(0, x.shape[0] // 2), slice(x.shape[0] // 2, x.shape[0])
     grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
     count = 0  # M = N·D·H·W values per channel, the whole batch's
-    for half in halves:
+    for half in (first, last):
         z, grad_u = _recomputed_grad(ctx, grad_out[half], x[half], weight, bias, mean, invstd, conv_weight)
         part_weight, part_bias = parameter_grads(grad_u, z, weight, mean, invstd, True, ctx.eps)
         grad_weight += part_weight
         grad_bias += part_bias
         count += z.numel() // z.shape[1]
+        if half is first:
+            del z, grad_u  # (the last half's are kept for pass 2)
     grad_x = torch.empty_like(x) if ctx.needs_input_grad[3] else None
     grad_conv = torch.zeros_like(conv_weight) if ctx.needs_input_grad[6] else None
-    for half in halves:
-        z, grad_u = _recomputed_grad(ctx, grad_out[half], x[half], weight, bias, mean, invstd, conv_weight)
+    for half in (last, first):  # the last half's z and δ are still at hand: only the first's are recomputed
+        if half is first:
+            z, grad_u = _recomputed_grad(ctx, grad_out[half], x[half], weight, bias, mean, invstd, conv_weight)
         grad_z = input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True, count=count)
         del z, grad_u  # the conv's backward needs δ_z, x and W only
         # ∂L/∂X = Wᵀ ∗ δ_z, ∂L/∂W = X ⋆ δ_z   [F1b]
         part_x, part_conv, _ = nd.conv_backward(
             grad_z, x[half].to(ctx.dtype), conv_weight.to(ctx.dtype), False, *ctx.conv,
             needs=(grad_x is not None, grad_conv is not None, False))
+        del grad_z
         if grad_x is not None:
             grad_x[half] = part_x
         if grad_conv is not None:
