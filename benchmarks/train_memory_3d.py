@@ -1,7 +1,7 @@
 """3-D training memory and speed: our DenseNet-121 against MONAI's, and the largest cube each trains within 8 GiB.
 
     python benchmarks/train_memory_3d.py [--phases memory speed largest] [--sizes 96 128] [--batch 2] [--rounds 5]
-        [--budget-gib 8] [--allocator glibc-default | densenet-train | glibc-mmap-128k] [--repeats 1]
+        [--budget-gib 8] [--allocator densenet-train | glibc-default | glibc-mmap-128k] [--repeats 1]
         [--output train_memory_3d]
 
 DenseNet-121 with ``spatial_dims=3``, 1 input channel, 2 classes, batch 2, in three configurations: ours with the
@@ -212,7 +212,8 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=3, help="at most this many processes per largest-cube search")
     parser.add_argument("--start-side", type=int, help="first side the largest-cube search probes")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one worker may take")
-    parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc-default")
+    parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="densenet-train",
+                        help="malloc settings of every worker (default: what `densenet train` sets, keep_freed_memory)")
     parser.add_argument("--output", default="train_memory_3d", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     sizes = sorted(args.sizes)
