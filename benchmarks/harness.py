@@ -38,6 +38,9 @@ ALLOCATORS: dict[str, dict[str, str]] = {
     # A fixed threshold disables glibc's dynamic adjustment: allocations ≥ 128 KiB always use mmap and go back
     # to the system when freed, so peak RSS tracks live memory.
     "glibc-mmap-128k": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+    # What `densenet train` runs under on CPU (recipe `keep_freed_memory: true`, the default): the worker calls
+    # densenet.training.allocator.keep_freed_memory() before building the model.
+    "densenet-train": {"DENSENET_BENCH_KEEP_FREED_MEMORY": "1"},
 }
 
 
@@ -105,6 +108,11 @@ def peak_memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run inside the child: one training step of ``spec``; peak RSS above the baseline, in bytes."""
     import torch
 
+    if os.environ.get("DENSENET_BENCH_KEEP_FREED_MEMORY") == "1":
+        from densenet.training.allocator import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise RuntimeError("keep_freed_memory() was refused: the densenet-train allocator setting does not apply")
     torch.set_num_threads(spec.get("threads", 2))
     torch.manual_seed(0)
     model = build_model(spec)

@@ -66,8 +66,9 @@ class ActivationMemory:
 
     ``reference`` is the plain autograd implementation (``memory_efficient=False``): each layer keeps its
     concatenated input and its BN-ReLU output, so it grows with the square of the depth. ``memory_efficient`` is
-    the explicit path: per block the feature buffer, per layer the bottleneck output and the dropout mask, per
-    channel its batch statistics — linear in depth — and no BN-ReLU output in the stem or the transitions.
+    the explicit path: per block the feature buffer, per layer the bottleneck output (not in 3D, where it is
+    recomputed) and the dropout mask, per channel its batch statistics — linear in depth — and no BN-ReLU output in
+    the stem or the transitions.
     """
 
     reference: int
@@ -237,8 +238,10 @@ def _block_row(config: DenseNetConfig, block_index: int, num_layers: int, channe
         # reference: the torch.cat output (kept by norm1) and the BN-ReLU output (kept by conv1), μ and 1/σ
         memory.add(per_sample=2 * layer_channels * pixels * _F32, fixed=2 * layer_channels * _F32, only="reference")
         if config.bottleneck:
-            # both keep the conv1 output and BN2's μ and 1/σ; the reference also its BN-ReLU (kept by conv2)
-            memory.add(per_sample=width * pixels * _F32, fixed=2 * width * _F32)
+            # both keep BN2's μ and 1/σ and the conv1 output (the explicit block in 3D recomputes it); the reference
+            # also its BN-ReLU (kept by conv2)
+            memory.add(fixed=2 * width * _F32)
+            memory.add(per_sample=width * pixels * _F32, only="reference" if d == 3 else None)
             memory.add(per_sample=width * pixels * _F32, only="reference")
         if config.drop_rate > 0:
             memory.add(per_sample=k * pixels * _BOOL)  # the dropout mask

@@ -51,8 +51,8 @@ def test_every_configuration_and_export_agrees_and_children_reuse_the_exports(tm
     pytest.importorskip("onnxruntime")
     import densenet.deploy.export
 
-    def tiny(name):
-        return densenet.DenseNet(growth_rate=8, block_config=(2, 3), num_init_features=16, num_classes=5)
+    def tiny(name, **overrides):
+        return densenet.DenseNet(growth_rate=8, block_config=(2, 3), num_init_features=16, num_classes=5, **overrides)
 
     monkeypatch.setattr(runners_module, "create_model", tiny)
     monkeypatch.setattr(runners_module, "trained_like", randomize_batch_norm)  # γ of both signs, not only positive
@@ -206,8 +206,8 @@ def test_the_child_entry_point_without_a_spec_says_what_it_is(capsys):
 
 
 def _tiny_dtype_runners(tmp_path, monkeypatch, dtypes, peers=()):
-    def tiny(name: str) -> densenet.DenseNet:
-        return densenet.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=5)
+    def tiny(name: str, **overrides: object) -> densenet.DenseNet:
+        return densenet.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=5, **overrides)
 
     monkeypatch.setattr(runners_module, "create_model", tiny)
     monkeypatch.setattr(runners_module, "trained_like", randomize_batch_norm)

@@ -63,6 +63,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bench.add_argument("--peers", nargs="+", default=[], metavar="PEER",
                        help="other runtimes in the same dtypes: openvino, onnxruntime (skipped with a note when "
                             "not installed: pip install 'densenet[bench]')")
+    bench.add_argument("--spatial-dims", type=int, choices=(1, 2, 3), default=2,
+                       help="1 (signals) or 3 (volumes): the model built for that input, --input-size along every "
+                            "axis (default 96 for volumes), ours alone (torchvision's DenseNet is 2-D)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     bench.set_defaults(handler=cmd_bench)
 
@@ -127,6 +130,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = run_bench(args.model, batch=args.batch, input_size=args.input_size, train=args.train, onnx=args.onnx,
                        threads=args.threads, rounds=args.rounds, warmup=args.warmup,
                        memory=not args.no_memory, isolated=args.isolated, dtypes=tuple(args.dtypes),
-                       peers=tuple(args.peers))
+                       peers=tuple(args.peers), spatial_dims=args.spatial_dims)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -34,8 +34,10 @@ of dispatch), so per-layer vectors are computed once — BN1's affine in the for
 at once — and per-channel work on narrow rows runs on packed rows (:mod:`densenet.nn.rows`).
 
 Saved for backward: the feature buffer, each layer's bottleneck output (a 1×1 conv is not cheap to recompute),
-per-channel batch statistics, dropout masks — memory linear in depth. Running statistics are updated exactly
-once per forward.
+per-channel batch statistics, dropout masks — memory linear in depth. Volumes recompute the bottleneck output in
+the backward instead (``BlockSpec.recompute_bottleneck``): in 3D the first block's bottleneck outputs are about half
+of everything a DenseNet-121 step saves, and the 1×1 convs a few % of its work (benchmarks/NOTES.md). Running
+statistics are updated exactly once per forward.
 
 The same idea serves the stem and the transitions (:mod:`densenet.nn.recompute`).
 """
@@ -72,12 +74,15 @@ _PAD_ONE = 1
 @dataclass(frozen=True)
 class BlockSpec:
     """What the Function needs besides tensors: the layers' batch norms (for ε, momentum and running
-    statistics), the growth rate and the dropout rate. Without ``norms2`` the layers have no bottleneck."""
+    statistics), the growth rate and the dropout rate. Without ``norms2`` the layers have no bottleneck; with
+    ``recompute_bottleneck`` the backward recomputes each layer's 1×1 conv output ``z = W1 ∗ r1`` instead of saving
+    it."""
 
     norms1: tuple[BatchNorm, ...]
     norms2: tuple[BatchNorm, ...]
     growth_rate: int
     drop_rate: float
+    recompute_bottleneck: bool = False
 
     @property
     def bottleneck(self) -> bool:
@@ -125,7 +130,8 @@ def dense_block_forward(
     width = params[3].shape[0] if spec.bottleneck else 0
     # One slab for every layer's bottleneck output (kept for backward) and one scratch for σ(BN2(·)): a few
     # large allocations instead of two per layer, which would fragment the heap.
-    bottlenecks = x.new_empty((num_layers if keep else 1, m, width))
+    kept = keep and not spec.recompute_bottleneck  # every layer's bottleneck output saved, not recomputed
+    bottlenecks = x.new_empty((num_layers if kept else 1, m, width))
     relu2 = image(x.new_empty((m, width)), n, spatial)
     stats2 = torch.empty((num_layers, 2, width), dtype=stat_dtype, device=x.device)
     saves2 = [pair.unbind(0) for pair in stats2.unbind(0)]  # per layer: where BN2's μ and 1/σ go
@@ -152,7 +158,7 @@ def dense_block_forward(
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
             norm2, (save_mean, save_invstd) = spec.norms2[index], saves2[index]
             # z = W1 ∗ r, the 1×1 bottleneck conv
-            bottleneck = image(bottlenecks[index if keep else 0], n, spatial)  # (N, 4k, *spatial)
+            bottleneck = image(bottlenecks[index if kept else 0], n, spatial)  # (N, 4k, *spatial)
             bottleneck.copy_(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
             z, out = planar(bottleneck), planar(relu2)
             if training:
@@ -184,6 +190,8 @@ def dense_block_forward(
         update_running_stats_of(spec.norms1, mean, invstd, m)
     if not spec.bottleneck:
         bottlenecks, stats2 = bottlenecks[:0], stats2[:0]
+    elif spec.recompute_bottleneck:
+        bottlenecks = bottlenecks.new_empty((0, m, width))  # not a view: the scratch slab is freed
     return features, {"mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2, "masks": masks,
                       "affines1": affines1}
 
@@ -249,8 +257,11 @@ def dense_block_backward(
         relu1_rows = torch.addcmul(shift_x, inputs, scale_x, out=relu_scratch[:m * channels].view(m, channels))
         relu1 = image(relu1_rows.clamp_min_(0), n, spatial)
         if bottlenecks is not None:
+            # z = W1 ∗ r1 again when the forward did not keep it
+            recomputed = (channels_last(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
+                          if spec.recompute_bottleneck else None)
             grad_z = bottlenecks.backward(index, grad_new, params[offset + 5], needs_param_grad[offset + 5],
-                                          param_grads, offset)
+                                          param_grads, offset, recomputed)
             # ∂L/∂r1 = W1ᵀ ∗ δ_z, ∂L/∂W1 = r1 ⋆ δ_z for the 1×1 conv   [F1b]
             grad_relu1, param_grads[offset + 2], _ = conv_backward(
                 grad_z, relu1, weight1, False, _STRIDE_ONE, _PAD_ZERO, (True, needs_param_grad[offset + 2], False))
@@ -303,10 +314,12 @@ class _Bottlenecks:
         self.rows = slab.unbind(0)  # (M, 4k) each
 
     def backward(self, index: int, grad_new: Tensor, weight2: Tensor, needs_weight_grad: bool,
-                 param_grads: list[Tensor | None], offset: int) -> Tensor:
+                 param_grads: list[Tensor | None], offset: int, recomputed: Tensor | None = None) -> Tensor:
         """``∂L/∂z`` of layer ``index`` as ``(N, 4k, *spatial)`` (in the shared scratch); ``∂L/∂W2``, ``∂L/∂γ2`` and
-        ``∂L/∂β2`` into ``param_grads[offset + 5]``, ``[offset + 3]``, ``[offset + 4]``."""
-        factor, z_rows, scratch = self.factor, self.rows[index], self.scratch
+        ``∂L/∂β2`` into ``param_grads[offset + 5]``, ``[offset + 3]``, ``[offset + 4]``. ``recomputed``: the layer's
+        ``z`` as channels-last ``(N, 4k, *spatial)`` when the forward did not save it."""
+        factor, scratch = self.factor, self.scratch
+        z_rows = self.rows[index] if recomputed is None else rows_of(recomputed)  # (M, 4k)
         # r2 = σ(a2·z + b2), recomputed on packed rows
         torch.addcmul(self.packed_shift[index], packed(z_rows, factor), self.packed_scale[index],
                       out=packed(scratch, factor)).clamp_min_(0)

@@ -91,7 +91,9 @@ class DenseBlock(nn.ModuleDict):
         norms2 = tuple(layer.norm2 for layer in layers) if layers[0].bottleneck else ()
         if len({norm.eps for norm in norms1}) > 1:
             raise ValueError("the memory-efficient dense block needs one ε for all BN1 of a block")
-        return BlockSpec(norms1, norms2, self.growth_rate, self.drop_rate)
+        # volumes recompute the bottleneck output in the backward (densenet.nn.block)
+        return BlockSpec(norms1, norms2, self.growth_rate, self.drop_rate,
+                         recompute_bottleneck=nd.norm_dims(norms1[0]) == 3)
 
     def flat_parameters(self) -> list[Tensor]:
         """Per layer ``γ1, β1, W1`` (+ ``γ2, β2, W2``), the order :class:`DenseBlockFunction` takes them in."""

@@ -65,35 +65,86 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
             grads = differentiable_grads(out, [x, weight, bias, conv_weight], grad_out)
             return None, None, None, *grads
         with torch.autocast(x.device.type, enabled=False):
-            z = _conv(x, conv_weight, ctx.conv, ctx.dtype)  # recomputed
-            scale, shift = affine(weight, bias, mean, invstd)
-            dims = nd.spatial_dims(z)
-            # r = σ(BN(z)), recomputed
-            relu = affine_relu(z, nd.per_channel(scale, dims), nd.per_channel(shift, dims))
-            grad_out = nd.same_layout(grad_out.to(relu.dtype), relu)
-            if ctx.pool[0] == "max":
-                # the stem: σ' kept as a bool mask (a quarter of the map in float32) so that the max-pool's gradient
-                # can overwrite r — z, r and the mask are the most held at once (in 3D the stem's map is the
-                # network's largest); then through σ: δ ⊙ 1[r > 0]
-                active = relu > 0
-                grad_u = _pool_backward(grad_out, relu, ctx.pool, out=relu).mul_(active)
-                del active
-            else:
-                grad_relu = _pool_backward(grad_out, relu, ctx.pool)
-                # through σ: δ ⊙ 1[r > 0]
-                grad_u = torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
-            del relu
+            if ctx.conv is not None and nd.spatial_dims(x) == 3 and x.shape[0] > 1:
+                return (None, None, None, *_stem_backward_in_halves(ctx, grad_out, x, weight, bias, mean, invstd,
+                                                                    conv_weight))
+            z, grad_u = _recomputed_grad(ctx, grad_out, x, weight, bias, mean, invstd, conv_weight)
             grad_weight, grad_bias = parameter_grads(grad_u, z, weight, mean, invstd, True, ctx.eps)
             grad_z = input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True)
             if ctx.conv is None:
                 return None, None, None, grad_z.to(x.dtype), grad_weight, grad_bias, None
-            del z  # the conv's backward needs δ_z, x and W only
+            del z, grad_u  # the conv's backward needs δ_z, x and W only
             # ∂L/∂X = Wᵀ ∗ δ_z, ∂L/∂W = X ⋆ δ_z   [F1b]
             grad_x, grad_conv, _ = nd.conv_backward(
                 grad_z, x.to(ctx.dtype), conv_weight.to(ctx.dtype), False, *ctx.conv,
                 needs=(ctx.needs_input_grad[3], ctx.needs_input_grad[6], False))
         return (None, None, None, None if grad_x is None else grad_x.to(x.dtype), grad_weight, grad_bias,
                 None if grad_conv is None else grad_conv.to(conv_weight.dtype))
+
+
+def _recomputed_grad(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
+                     invstd: Tensor, conv_weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``z = W ∗ x`` (or ``x``) recomputed, and ``δ = ∂L/∂u`` at ``u = BN(z)``: the pool's backward, then σ'.
+
+    ``x`` and ``grad_out`` may be a part of the batch: the batch statistics ``μ, 1/σ`` are the whole batch's."""
+    z = _conv(x, conv_weight, ctx.conv, ctx.dtype)  # recomputed
+    scale, shift = affine(weight, bias, mean, invstd)
+    dims = nd.spatial_dims(z)
+    # r = σ(BN(z)), recomputed
+    relu = affine_relu(z, nd.per_channel(scale, dims), nd.per_channel(shift, dims))
+    grad_out = nd.same_layout(grad_out.to(relu.dtype), relu)
+    if ctx.pool[0] == "max":
+        # the stem: σ' kept as a bool mask (a quarter of the map in float32) so that the max-pool's gradient can
+        # overwrite r — z, r and the mask are the most held at once (in 3D the stem's map is the network's
+        # largest); then through σ: δ ⊙ 1[r > 0]
+        active = relu > 0
+        return z, _pool_backward(grad_out, relu, ctx.pool, out=relu).mul_(active)
+    grad_relu = _pool_backward(grad_out, relu, ctx.pool)
+    # through σ: δ ⊙ 1[r > 0]
+    return z, torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
+
+
+def _stem_backward_in_halves(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
+                             invstd: Tensor, conv_weight: Tensor) -> tuple[Tensor | None, ...]:
+    """The stem's backward [F1b, BN] over two halves of the batch, for volumes: ``(∂L/∂x, ∂L/∂γ, ∂L/∂β, ∂L/∂W)``.
+
+    In 3D the stem's map (``C_0`` channels at half the side per axis: 8 values per input voxel for ``C_0 = 64``) is
+    the network's largest tensor, and one pass over the batch holds three of them at once (``z``, ``δ`` and
+    ``∂L/∂z``). BN's input gradient ``∂L/∂z = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` needs the whole batch's sums first, so:
+    pass 1 recomputes each half's ``δ`` and sums ``Σδ = ∂L/∂β``, ``Σδx̂ = ∂L/∂γ`` (sums over the halves add up);
+    pass 2 forms each half's ``∂L/∂z`` with the whole-batch sums and ``M`` — the last half's from pass 1's ``z`` and
+    ``δ``, still at hand, the first half's recomputed again — and runs the conv's backward on it,
+    ``∂L/∂W = Σ_halves X ⋆ δ_z``. Three half-size maps at most instead of three full ones, for one more ``W ∗ x``
+    over half the batch (the 7³ conv: ≈ 2–3% of a 3-D step's work).
+    """
+    first, last = slice(0, x.shape[0] // 2), slice(x.shape[0] // 2, x.shape[0])
+    grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+    count = 0  # M = N·D·H·W values per channel, the whole batch's
+    for half in (first, last):
+        z, grad_u = _recomputed_grad(ctx, grad_out[half], x[half], weight, bias, mean, invstd, conv_weight)
+        part_weight, part_bias = parameter_grads(grad_u, z, weight, mean, invstd, True, ctx.eps)
+        grad_weight += part_weight
+        grad_bias += part_bias
+        count += z.numel() // z.shape[1]
+        if half is first:
+            del z, grad_u  # (the last half's are kept for pass 2)
+    grad_x = torch.empty_like(x) if ctx.needs_input_grad[3] else None
+    grad_conv = torch.zeros_like(conv_weight) if ctx.needs_input_grad[6] else None
+    for half in (last, first):  # the last half's z and δ are still at hand: only the first's are recomputed
+        if half is first:
+            z, grad_u = _recomputed_grad(ctx, grad_out[half], x[half], weight, bias, mean, invstd, conv_weight)
+        grad_z = input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True, count=count)
+        del z, grad_u  # the conv's backward needs δ_z, x and W only
+        # ∂L/∂X = Wᵀ ∗ δ_z, ∂L/∂W = X ⋆ δ_z   [F1b]
+        part_x, part_conv, _ = nd.conv_backward(
+            grad_z, x[half].to(ctx.dtype), conv_weight.to(ctx.dtype), False, *ctx.conv,
+            needs=(grad_x is not None, grad_conv is not None, False))
+        del grad_z
+        if grad_x is not None:
+            grad_x[half] = part_x
+        if grad_conv is not None:
+            grad_conv += part_conv
+    return grad_x, grad_weight, grad_bias, grad_conv
 
 
 def _conv(x: Tensor, weight: Tensor | None, conv: Conv | None, dtype: torch.dtype) -> Tensor:

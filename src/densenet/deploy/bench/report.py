@@ -73,8 +73,9 @@ def format_report(report: dict[str, Any]) -> str:
               "-" if row["minor_faults_per_batch"] is None else f"{row['minor_faults_per_batch']:.0f}"]
              for row in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=False)]
-    text = [f"{report['model']} {report['mode']}, batch {report['batch']}, {report['input_size']}×"
-            f"{report['input_size']}, {report['threads']} threads, torch {report['torch']}; ceiling (oneDNN "
+    shape = "×".join([str(report["input_size"])] * report.get("spatial_dims", 2))
+    text = [f"{report['model']} {report['mode']}, batch {report['batch']}, {shape}, {report['threads']} threads, "
+            f"torch {report['torch']}; ceiling (oneDNN "
             f"convolution, GFLOP/s; int8 GOP/s): "
             + ", ".join(f"{dtype} {value:.0f}" for dtype, value in ceilings.items())
             + f"; float32 matmul {report['matmul_peak_gflops']:.0f}; timed {report['timing']}, median of "

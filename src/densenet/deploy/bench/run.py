@@ -28,7 +28,7 @@ from densenet.registry import get_config
 def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: bool = False, onnx: bool = False,
               threads: int | None = None, rounds: int = 10, warmup: int = 3, memory: bool = True,
               isolated: bool = False, dtypes: tuple[str, ...] = ("float32",),
-              peers: tuple[str, ...] = ()) -> dict[str, Any]:
+              peers: tuple[str, ...] = (), spatial_dims: int = 2) -> dict[str, Any]:
     """Measure every configuration; returns a JSON-able report (see :func:`~densenet.deploy.bench.format_report`).
 
     ``isolated`` times each configuration in fresh processes of its own
@@ -37,11 +37,14 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     fresh process's first runs are slower, onnxruntime's most: benchmarks/NOTES.md). ``dtypes`` and ``peers``:
     ours in each dtype, and the other runtimes in the same dtypes (:mod:`~densenet.deploy.bench.peers`). Each row's
     share of the ceiling is against oneDNN's convolution in that row's dtype (:mod:`~densenet.deploy.bench.ceiling`).
+    ``spatial_dims`` 1 or 3 times the model built for signals or volumes (``input_size`` along every axis; its
+    default the model's, 96 for volumes): ours alone (torchvision's DenseNet is 2-D), with ``onnx`` also our ONNX
+    export; other runtimes (``peers``) are compared on images only.
 
     Raises:
         ValueError: ``batch``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0, ``input_size`` below the
             network's smallest; ``train`` with one value per channel at the last batch norm; an unknown dtype or
-            peer, or ``train`` with other dtypes or peers.
+            peer, or ``train`` with other dtypes or peers; ``spatial_dims`` not 1, 2 or 3, or peers with 1 or 3.
     """
     for label, value in (("batch", batch), ("input_size", input_size), ("threads", threads), ("rounds", rounds)):
         if value is not None and value < 1:
@@ -54,6 +57,10 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
             raise ValueError(f"unknown {label} {unknown[0]!r}; choose from {', '.join(known)}")
     if not dtypes:
         raise ValueError("at least one dtype is needed")
+    if spatial_dims not in (1, 2, 3):
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}")
+    if spatial_dims != 2 and peers:
+        raise ValueError("--peers compare image (2-D) models only; signals and volumes time ours (and --onnx)")
     if train and (tuple(dtypes) != ("float32",) or peers):
         raise ValueError("--train times float32 training steps against torchvision only: no --dtypes or --peers")
     previous = torch.get_num_threads()
@@ -61,28 +68,29 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     torch.set_num_threads(threads)
     try:
         return _run(name, batch, input_size, train, onnx, threads, rounds, warmup, memory, isolated, tuple(dtypes),
-                    tuple(peers))
+                    tuple(peers), spatial_dims)
     finally:
         torch.set_num_threads(previous)  # the caller's process keeps its own setting
 
 
 def _run(name: str, batch: int, input_size: int | None, train: bool, onnx: bool, threads: int, rounds: int,
-         warmup: int, memory: bool, isolated: bool, dtypes: tuple[str, ...], peers: tuple[str, ...]
-         ) -> dict[str, Any]:
+         warmup: int, memory: bool, isolated: bool, dtypes: tuple[str, ...], peers: tuple[str, ...],
+         spatial_dims: int = 2) -> dict[str, Any]:
     """:func:`run_bench` after its checks, on ``threads`` threads."""
-    config = get_config(name)
+    config = get_config(name, spatial_dims=spatial_dims)
     input_size = input_size if input_size is not None else config.default_input_size
-    config.check_input_size((input_size, input_size), name)
+    config.check_input_size((input_size,) * spatial_dims, name)
     if train:
         check_batch_statistics(config, batch, input_size)
     with tempfile.TemporaryDirectory() as workdir:
         runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir), dtypes=dtypes,
-                                       peers=peers)
+                                       peers=peers, spatial_dims=spatial_dims)
         macs = {label: label_macs for label, (_, label_macs) in runners.items()}
         if isolated:
             del runners  # the children build their own; this process only made the ONNX files they reuse
             spec = {"name": name, "batch": batch, "input_size": input_size, "train": train, "onnx": onnx,
-                    "threads": threads, "workdir": workdir, "dtypes": dtypes, "peers": peers}
+                    "threads": threads, "workdir": workdir, "dtypes": dtypes, "peers": peers,
+                    "spatial_dims": spatial_dims}
             timings = time_isolated(list(macs), spec, rounds, warmup)
         else:
             timings = time_interleaved(runners, rounds, warmup)
@@ -90,11 +98,12 @@ def _run(name: str, batch: int, input_size: int | None, train: bool, onnx: bool,
     ceilings = {dtype: conv_ceiling_gops(threads, dtype) for dtype in sorted({dtype_of(label) for label in macs})}
     measurements = []
     for label, label_macs in macs.items():
-        peak_mib = (peak_memory_mib(label, name, batch, input_size, train, threads, dtypes, peers)
+        peak_mib = (peak_memory_mib(label, name, batch, input_size, train, threads, dtypes, peers, spatial_dims)
                     if memory else None)
         measurements.append(Measurement.from_times(label, batch, label_macs, timings.seconds[label],
                                                    timings.minor_faults[label], peak_mib))
     return {"model": name, "mode": "train" if train else "inference", "batch": batch, "input_size": input_size,
+            "spatial_dims": spatial_dims,
             "threads": threads, "rounds": rounds, "warmup": warmup, "settle_seconds": SETTLE_SECONDS,
             "timing": f"isolated: each configuration in {min(ISOLATED_PASSES, rounds)} fresh processes of its own"
                       if isolated else "interleaved in one process",

@@ -43,7 +43,7 @@ def trained_like(model: M, seed: int = 0) -> M:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):  # BatchNorm1d/2d/3d
                 shape = module.weight.shape
                 module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)  # γ ~ U[0.5, 1.5)
                 module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)  # β ~ N(0, 0.1²)
@@ -61,7 +61,8 @@ def no_twin_reason(model: DenseNet) -> str | None:
     reasons = [text for failed, text in ((config.stem != "imagenet", f"{config.stem} stem"),
                                          (not config.bottleneck, "no bottleneck"),
                                          (config.compression != 0.5, f"compression {config.compression}"),
-                                         (config.in_chans != 3, f"{config.in_chans} input channels")) if failed]
+                                         (config.in_chans != 3, f"{config.in_chans} input channels"),
+                                         (config.spatial_dims != 2, f"{config.spatial_dims}-D")) if failed]
     return NO_TWIN.format(", ".join(reasons)) if reasons else None
 
 
@@ -92,7 +93,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: bool, threads: int,
                   workdir: Path, only: str | None = None, dtypes: tuple[str, ...] = ("float32",),
-                  peers: tuple[str, ...] = ()) -> tuple[Runners, list[str]]:
+                  peers: tuple[str, ...] = (), spatial_dims: int = 2) -> tuple[Runners, list[str]]:
     """The configurations to time: ``label → (run one batch, MACs per image)``, and notes for the user.
 
     Every configuration runs the registered model ``name`` with :func:`trained_like` weights on the same seeded
@@ -103,16 +104,18 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
     measurement (:func:`~densenet.deploy.bench.run_bench` makes a temporary one). ``dtypes`` and ``peers``:
     ours in each dtype and the other runtimes in the same dtypes (:mod:`~densenet.deploy.bench.peers`; float32 is
     ``ours`` and torchvision's twin, as without them); ``onnxruntime`` among the peers implies ``onnx``.
+    ``spatial_dims``: the model built for signals (1) or volumes (3), its batch ``(batch, in_chans, *[input_size]
+    * d)``; torchvision has no twin for it.
     """
     def wanted(label: str) -> bool:
         return only is None or label == only
 
     torch.manual_seed(0)
-    model = trained_like(create_model(name))
+    model = trained_like(create_model(name, spatial_dims=spatial_dims))
     summary = summarize(model.config, input_size)
     twin = torchvision_twin(model)
     notes = [reason] if (reason := no_twin_reason(model)) is not None else []
-    x = torch.randn(batch, model.config.in_chans, input_size, input_size)
+    x = torch.randn(batch, model.config.in_chans, *[input_size] * spatial_dims)
     if train:
         return _train_runners(model, twin, summary, x, wanted), notes
     float32 = "float32" in dtypes

@@ -125,13 +125,15 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def peak_memory_mib(label: str, name: str, batch: int, input_size: int, train: bool, threads: int,
-                    dtypes: tuple[str, ...] = ("float32",), peers: tuple[str, ...] = ()) -> float | None:
+                    dtypes: tuple[str, ...] = ("float32",), peers: tuple[str, ...] = (),
+                    spatial_dims: int = 2) -> float | None:
     """Peak resident memory (MiB above the baseline) of one batch of ``label``, in a fresh child process; None
     where it cannot be measured (no ``/proc/self/clear_refs``, or another runtime's session)."""
     if not Path("/proc/self/clear_refs").exists() or label.startswith(("onnxruntime", "openvino")):
         return None
     spec = {"task": "memory", "label": label, "name": name, "batch": batch, "input_size": input_size, "train": train,
-            "onnx": False, "threads": threads, "dtypes": list(dtypes), "peers": list(peers)}
+            "onnx": False, "threads": threads, "dtypes": list(dtypes), "peers": list(peers),
+            "spatial_dims": spatial_dims}
     return run_child(spec)["peak_mib"]
 
 
@@ -139,7 +141,8 @@ def _child_runner(spec: dict[str, Any], workdir: Path) -> Runner:
     torch.set_num_threads(spec["threads"])
     runners, _ = build_runners(spec["name"], spec["batch"], spec["input_size"], spec["train"], spec["onnx"],
                                spec["threads"], workdir, only=spec["label"],
-                               dtypes=tuple(spec.get("dtypes", ("float32",))), peers=tuple(spec.get("peers", ())))
+                               dtypes=tuple(spec.get("dtypes", ("float32",))), peers=tuple(spec.get("peers", ())),
+                               spatial_dims=spec.get("spatial_dims", 2))
     return runners[spec["label"]][0]
 
 
