@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from densenet.meta import MULTI_LABEL
 from densenet.model import DenseNet
 from densenet.training.checkpoint import EpochTotals
 from densenet.training.distributed import Context
@@ -25,11 +26,14 @@ def log_start(config: TrainConfig, context: Context, model: DenseNet, images: tu
     """The run's first line: model, parameters, data (``images`` = train, eval), input size and augmentation,
     processes, steps per epoch."""
     params = sum(p.numel() for p in model.parameters())
-    side = model.meta.input_preprocessing(model.config).crop
-    logger.info("training %s (%s parameters) on %s: %d train / %d eval images, %d classes, %d×%d input, "
+    preprocessing = model.meta.input_preprocessing(model.config)
+    shape = "×".join([str(preprocessing.crop)] * model.config.spatial_dims)  # 224×224, 32×32×32, 256
+    items = f"{getattr(preprocessing, 'kind', 'image')}s"
+    outputs = "labels" if model.meta.task == MULTI_LABEL else "classes"
+    logger.info("training %s (%s parameters) on %s: %d train / %d eval %s, %d %s, %s input, "
                 "augmentation %s, %s × %d process(es), %d steps/epoch; run directory %s",
-                model.meta.name or "a custom DenseNet", f"{params:,}", config.dataset, images[0], images[1], classes,
-                side, side, augment, context.device, context.world_size, steps_per_epoch, run_dir)
+                model.meta.name or "a custom DenseNet", f"{params:,}", config.dataset, images[0], images[1], items,
+                classes, outputs, shape, augment, context.device, context.world_size, steps_per_epoch, run_dir)
 
 
 def log_resume(epoch: int, step: int) -> None:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from densenet.data.csv_table import CSV_KINDS
 from densenet.data.datasets import DATASETS, DataSpec
 from densenet.data.transforms import AUGMENTATIONS
 from densenet.fileio import write_text
@@ -52,6 +53,8 @@ class TrainConfig:
     cache: bool = _field(False, "folder: decode every image once into memory (small images)")
     val_fraction: float | None = _field(None, "folder with train/ only: hold out this fraction of it (stratified "
                                               "by class, by --seed) as the validation split")
+    csv_kind: str = _field("auto", "csv: what the table's paths are (auto: images, or volumes when they are NIfTI; a "
+                                   "table of .npy files says volume or signal)", choices=CSV_KINDS)
     train_limit: int | None = _field(None, "use at most N training images (fixed random subset; synthetic: N images)")
     eval_limit: int | None = _field(None, "use at most N evaluation images")
     workers: int | None = _field(None, "loader worker processes for image files (default: half the CPUs, at most 8)")
@@ -153,7 +156,7 @@ class TrainConfig:
             name=self.dataset, data_dir=self.data_dir, download=self.download, image_size=self.image_size,
             augment=self.augment, cache=self.cache, in_chans=int(self.model_args.get("in_chans", 3)),
             train_limit=self.train_limit, eval_limit=self.eval_limit, seed=self.seed,
-            val_fraction=self.val_fraction,
+            val_fraction=self.val_fraction, csv_kind=self.csv_kind,
         )
 
     def to_dict(self) -> dict[str, Any]:
