@@ -15,6 +15,7 @@ from densenet.model import DenseNet
 from densenet.training.checkpoint import EpochTotals
 from densenet.training.distributed import Context
 from densenet.training.recipe import TrainConfig
+from densenet.training.signals import signal_name
 
 logger = logging.getLogger("densenet")
 
@@ -99,8 +100,9 @@ def log_early_stop(history: list[dict[str, float]], patience: int | None, column
                 history[-1]["epoch"], metric_name, patience, best[column], best["epoch"])
 
 
-def log_interrupted(epoch: int, step: int, steps_per_epoch: int, checkpoint: Path) -> None:
-    """The line after a stop by a signal: where the checkpoint was saved."""
-    logger.info("interrupted: checkpoint saved at epoch %d, step %d of %d in %s", epoch + 1, step, steps_per_epoch,
-                checkpoint)
+def log_interrupted(epoch: int, step: int, steps_per_epoch: int, checkpoint: Path, signum: int | None = None) -> None:
+    """A debug line after a stop by a signal: which signal, and where the checkpoint was saved (the commands print
+    their own one line, :func:`densenet.cli.train.stopped_line`)."""
+    logger.debug("stopped by %s: checkpoint saved at epoch %d, step %d of %d in %s",
+                "a signal" if signum is None else signal_name(signum), epoch + 1, step, steps_per_epoch, checkpoint)
 
