@@ -34,8 +34,8 @@ def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate
 
     That is ``run.steps_per_epoch`` when the epoch is complete, fewer when ``stop`` was requested (the caller
     saves); ``totals.skipped`` adds the unreadable images met. A step abandoned by a stop signal
-    (:class:`~densenet.training.signals.Stopped`) leaves no trace: its gradients are dropped and the random number
-    generators put back as they were before it, so that a resumed run takes the same step.
+    (:class:`~densenet.training.signals.Stopped`) leaves no trace (:class:`_StepStart`), so that a resumed run
+    takes the same step.
     ``diverged(step)`` describes the position for :class:`~densenet.training.step.TrainingDiverged`.
     """
     run.model.train()
@@ -69,17 +69,20 @@ def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate
 
 
 class _StepStart:
-    """What the forward pass of a step changes before its optimiser update, as it was when the step began: the
-    random number generators (dropout) and the model's buffers (batch-norm running statistics); a few kB to a few
+    """What a step changes before its optimiser update, as it was when the step began: the random number generators
+    (dropout), the model's buffers (batch-norm running statistics) and the unreadable files met; a few kB to a few
     MB, copied once per step so that an abandoned step can be undone."""
 
     def __init__(self, run: Run) -> None:
         self.rng = rng_state()
         self.buffers = [buffer.detach().clone() for buffer in run.model.buffers()]
+        self.skipped = len(run.train_loader.skipped)
 
     def restore(self, run: Run) -> None:
-        """Put the generators and buffers back and drop the step's gradients."""
+        """Put the generators, buffers and count of skipped files back and drop the step's gradients (a resumed run
+        reads the step's batch again)."""
         set_rng_state(self.rng)
+        del run.train_loader.skipped[self.skipped:]
         with torch.no_grad():
             for buffer, saved in zip(run.model.buffers(), self.buffers, strict=True):
                 buffer.copy_(saved)
