@@ -119,4 +119,8 @@ def test_missing_tables_and_directory(tmp_path):
 def test_data_spec_accepts_csv(tmp_path):
     with pytest.raises(ValueError, match="needs a data directory"):
         DataSpec(name="csv")
+    assert DataSpec(name="csv", data_dir=str(tmp_path), image_size=32, csv_kind="image").augment_kind == "cifar"
+    (tmp_path / "train.csv").write_text("path,label\na.png,x\n")  # csv_kind auto: the kind of the table's paths
     assert DataSpec(name="csv", data_dir=str(tmp_path), image_size=32).augment_kind == "cifar"
+    (tmp_path / "train.csv").write_text("path,label\na.nii.gz,x\n")
+    assert DataSpec(name="csv", data_dir=str(tmp_path), image_size=32).augment_kind == "volume"

@@ -13,7 +13,7 @@ import torch
 from densenet.training.checkpoint import CheckpointError, EpochTotals, TrainingCheckpoint
 from densenet.training.engine import train
 from densenet.training.recipe import TrainConfig
-from densenet.training.signals import StopRequest
+from densenet.training.signals import Stopped, StopRequest
 
 V0_1 = Path(__file__).parents[1] / "fixtures" / "v0_1_run" / "checkpoint.pt"
 TINY = {"dataset": "synthetic", "train_limit": 64, "eval_limit": 32, "image_size": 8, "model": "densenet_bc100_k12",
@@ -62,15 +62,25 @@ def test_a_missing_or_mistyped_field_is_named(field, value, message):
         TrainingCheckpoint.from_state(state, V0_1)
 
 
-def test_stop_request_takes_sigint_and_sigterm_and_a_second_ctrl_c_aborts():
-    stop = StopRequest(announce=False)
+def test_stop_request_takes_sigint_and_sigterm_and_a_second_signal_aborts():
+    stop = StopRequest()
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    log = []
     with stop.handling_signals():
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested
-        stop.requested = False
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(Stopped) as raised, stop.region(abortable=True):
+            os.kill(os.getpid(), signal.SIGTERM)  # an abortable region is left at once
+            log.append("not reached")
+        assert (raised.value.signum, raised.value.again, stop.signum) == (signal.SIGTERM, False, signal.SIGTERM)
+        stop.signum = None
+        with pytest.raises(Stopped) as raised, stop.region(abortable=True):
+            with stop.region(abortable=False):
+                os.kill(os.getpid(), signal.SIGINT)  # noted, acted on when the block ends into an abortable one
+                log.append("finished")
+            log.append("not reached")
+        assert log == ["finished"] and raised.value.signum == signal.SIGINT
+        with pytest.raises(Stopped) as raised:  # the second signal leaves anywhere
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert raised.value.again
+        with pytest.raises(Stopped), stop.region(abortable=True):  # a noted signal: the region is not entered
+            log.append("not reached")
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

@@ -97,11 +97,11 @@ def test_resume_after_kill_mid_epoch_gives_the_same_weights(tmp_path, uninterrup
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
-def test_signal_saves_mid_epoch_exits_130_and_resume_gives_the_same_weights(tmp_path, uninterrupted, sig):
+def test_signal_saves_mid_epoch_exits_128_plus_it_and_resume_gives_the_same_weights(tmp_path, uninterrupted, sig):
     out = tmp_path / "run"
     stopped = _start_and_stop(out, sig, after="epoch 2/3 step 2/32 ")
-    assert stopped.returncode == 130, stopped.stderr
-    assert "stopping after this step" in stopped.stderr
+    assert stopped.returncode == 128 + sig, stopped.stderr
+    assert f"stopped by {signal.Signals(sig).name} at epoch 2, step " in stopped.stderr
     assert f"continue with: densenet train --resume {out}" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     state = load_checkpoint(out / "checkpoint.pt")
@@ -113,9 +113,10 @@ def test_signal_saves_mid_epoch_exits_130_and_resume_gives_the_same_weights(tmp_
     assert_same_run_weights(out, uninterrupted)
 
 
-def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, log_lines):
-    """SIGTERM during step 6 of epoch 2 (of 8) lets that step finish, saves at step 6 and stops; the resumed run ends
-    with the weights of one that never stopped, and the process's own SIGTERM handler is back afterwards."""
+def test_sigterm_abandons_the_step_saves_and_resumes_exactly(tmp_path):
+    """SIGTERM at the end of the forward pass of step 6 of epoch 2 (of 8) abandons that step at once (its dropout
+    draws and the batch-norm statistics it updated put back), saves at step 5 and stops; the resumed run ends with
+    the weights of one that never stopped, and the process's own SIGTERM handler is back afterwards."""
     config = {**TINY, "train_limit": 256, "epochs": 3, "schedule": "cosine", "warmup_epochs": 0.5,
               "model_args": {"block_config": [2, 2], "growth_rate": 8, "drop_rate": 0.1}}
     signals: list[int] = []
@@ -130,23 +131,23 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, log_lines
                                       num_classes=10)
         calls = []
 
-        def terminate_during_step_14(module, inputs):
+        def terminate_during_step_14(module, inputs, output):
             if module.training:
                 calls.append(1)
                 if len(calls) == 8 + 6:
                     os.kill(os.getpid(), signal.SIGTERM)
 
-        model.register_forward_pre_hook(terminate_during_step_14)
+        model.register_forward_hook(terminate_during_step_14)  # batch-norm statistics updated, dropout drawn
         stopped = train(TrainConfig(**config, out=str(tmp_path / "stopped")), model=model)
         handler_after = signal.getsignal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert signals == [] and handler_after is ours  # train's handler took the signal, then put ours back
-    assert stopped.interrupted and (stopped.epoch, stopped.step) == (1, 6) and stopped.final is None
-    assert any("stopping after this step" in line for line in log_lines)
+    assert stopped.interrupted and (stopped.epoch, stopped.step) == (1, 5) and stopped.final is None
+    assert stopped.stop_signal == signal.SIGTERM and stopped.checkpoint == tmp_path / "stopped" / "checkpoint.pt"
     state = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
-    assert (state["epoch"], state["step"]) == (1, 6) and state["partial"]["seen"] == 6 * 32
-    assert state["scheduler"]["last_epoch"] == 8 + 6  # the interrupted step was taken
+    assert (state["epoch"], state["step"]) == (1, 5) and state["partial"]["seen"] == 5 * 32
+    assert state["scheduler"]["last_epoch"] == 8 + 5  # the interrupted step was not taken
 
     resumed = train(TrainConfig(**config, out=str(tmp_path / "stopped"), resume=True))
     straight = train(TrainConfig(**config, out=str(tmp_path / "straight")))
@@ -155,3 +156,27 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, log_lines
     for row, expected in zip(resumed.history, straight.history, strict=True):
         assert {k: v for k, v in row.items() if k not in ("train_seconds", "images_per_second")} == {
             k: v for k, v in expected.items() if k not in ("train_seconds", "images_per_second")}
+
+
+def test_sigterm_during_evaluation_saves_the_finished_steps_and_resume_evaluates(tmp_path):
+    """A signal while epoch 1 is being evaluated abandons the evaluation: the checkpoint holds all of the epoch's
+    steps (step = steps per epoch), and the resumed run evaluates it and goes on as one that never stopped."""
+    config = {**TINY, "train_limit": 64, "eval_limit": 64, "epochs": 2}
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet_bc100_k12", block_config=(2, 2), growth_rate=8, num_classes=10)
+    evaluated = []
+
+    def terminate_during_evaluation(module, inputs):
+        if not module.training:
+            evaluated.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    model.register_forward_pre_hook(terminate_during_evaluation)
+    stopped = train(TrainConfig(**config, out=str(tmp_path / "stopped")), model=model)
+    assert stopped.interrupted and (stopped.epoch, stopped.step) == (0, 2) and evaluated == [1]
+    assert not (tmp_path / "stopped" / "metrics.csv").exists()  # the epoch was not recorded unevaluated
+    resumed = train(TrainConfig(**config, out=str(tmp_path / "stopped"), resume=True))
+    straight = train(TrainConfig(**config, out=str(tmp_path / "straight")))
+    assert not resumed.interrupted and len(resumed.history) == 2
+    assert_same_run_weights(tmp_path / "stopped", tmp_path / "straight")
+    assert resumed.history[0]["eval_acc"] == straight.history[0]["eval_acc"]

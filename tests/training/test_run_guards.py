@@ -125,7 +125,7 @@ def test_early_stop_counts():
 def test_early_stop_ends_the_run_resume_safely_and_the_epoch_lr_is_its_mean(tmp_path, monkeypatch):
     scores = iter([0.5, 0.6, 0.6, 0.55, 0.9, 0.9, 0.9])
 
-    def scripted(run):  # evaluation top-1 of each epoch, then of the resumed run's final evaluation
+    def scripted(run, stop=None):  # evaluation top-1 of each epoch, then of the resumed run's final evaluation
         return EvalResult(16, 1.0, next(scores), 1.0, [0.0] * 10, [[0] * 10] * 10, run.class_names)
 
     monkeypatch.setattr(engine, "evaluate", scripted)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from densenet import __version__
 from densenet.cli import deploy, explain, inference, models, train
 from densenet.cli.common import Handler, OneLineErrorParser, log_to_stderr, usage_error
+from densenet.training.signals import Stopped
 
 __all__ = ["build_parser", "main"]
 
@@ -54,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`densenet predict DIR | head`): end quietly, as SIGPIPE would
         _silence_stdout()
         return 128 + signal.SIGPIPE
+    except Stopped as stopped:  # a stop signal before training started, or a second one
+        what = ("a second " + str(stopped) + ": left without saving (files written before are complete)"
+                if stopped.again else str(stopped) + " before training started: nothing to save")
+        print(f"densenet {args.command}: stopped by {what}", file=sys.stderr)
+        return 128 + stopped.signum
     except KeyboardInterrupt:
         print("densenet: interrupted", file=sys.stderr)
         return 130

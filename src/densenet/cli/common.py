@@ -33,9 +33,28 @@ def _int_at_least(text: str, minimum: int) -> int:
     return value
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help texts end with ``(default: X)`` where an option has a default worth showing (not ``None``, ``False`` or
+    suppressed) and its text does not already say what its default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text
+                or isinstance(action, argparse._HelpAction | argparse._VersionAction)):
+            return action.help
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown})" if shown else action.help
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, with a usage mistake (unknown flag, bad value, missing argument) reported as one line,
-    ``densenet train: error: … (see densenet train --help)``, and exit status 2."""
+    ``densenet train: error: … (see densenet train --help)``, and exit status 2; help texts show defaults
+    (:class:`DefaultsHelpFormatter`)."""
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, usage_error(self.prog, message))

@@ -21,7 +21,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evaluate.add_argument("--weights", required=True, help="save_pretrained directory (a run's best/ or last/)")
     evaluate.add_argument("--dataset", required=True, choices=DATASETS, help="data set whose evaluation split to use")
     evaluate.add_argument("--data-dir", default=None,
-                          help="root of cifar10/cifar100 or of an image, volume or signal folder")
+                          help="root of cifar10/cifar100, of an image, volume or signal folder, or of a csv data set")
     evaluate.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100")
     evaluate.add_argument("--eval-limit", type=positive_int, default=None, help="use at most N images")
     evaluate.add_argument("--batch-size", type=positive_int, default=None,
@@ -57,8 +57,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = load_model(args.weights, resolve_device(args.device))
     preprocessing = preprocessing_of(model)
+    kind = getattr(preprocessing, "kind", "image")  # a csv table is read as the files the weights take
     spec = DataSpec(name=args.dataset, data_dir=args.data_dir, download=args.download, image_size=preprocessing.crop,
-                    augment="none", in_chans=preprocessing.channels, eval_limit=args.eval_limit)
+                    augment="none", in_chans=preprocessing.channels, eval_limit=args.eval_limit,
+                    csv_kind=kind if args.dataset == "csv" else "auto")
     batch_size = args.batch_size or (VOLUME_BATCH if preprocessing.spatial_dims == 3 else 256)
     result = evaluate_dataset(model, spec, batch_size=batch_size, workers=args.workers)
     out = Path(args.out or args.weights)

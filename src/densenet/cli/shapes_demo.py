@@ -4,9 +4,9 @@ DenseNet-BC on it through the CSV data set, and predict held-out images against 
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
+from densenet.cli.train import stopped_line
 from densenet.data.shapes import LABELS, write_shapes_dataset
 from densenet.deploy.inference import load_model, predict
 from densenet.training.engine import BEST_DIR, train
@@ -31,8 +31,7 @@ def report_shapes_demo(config: TrainConfig, samples: int) -> int:
         write_shapes_dataset(data, train=TRAIN_IMAGES, val=VAL_IMAGES)
     run = train(config)
     if run.interrupted:
-        print(f"interrupted; continue with: densenet demo --multilabel --resume {run.run_dir}", file=sys.stderr)
-        return 130
+        return stopped_line(run, "demo --multilabel")
     assert run.final is not None
     print(f"multi-label shapes ({', '.join(LABELS)}): final {run.final.headline()} (best mean AUROC "
           f"{run.best_acc:.3f}) after {len(run.history)} epochs, {run.train_seconds:.1f} s of training")

@@ -6,13 +6,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from densenet.cli.common import positive_int
 from densenet.training.recipe import TrainConfig, field_kinds, load_config
+
+if TYPE_CHECKING:
+    from densenet.training.engine import TrainResult
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -113,17 +118,30 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def stopped_line(result: TrainResult, command: str) -> int:
+    """Print the one line of a run stopped by a signal (which, where it was, the checkpoint, how to continue) on
+    stderr; return the exit status, 128 + the signal number as a shell reports a process the signal ended."""
+    from densenet.training.signals import signal_name
+
+    signum = result.stop_signal or signal.SIGINT
+    if _is_main_process():
+        print(f"densenet {command.split()[0]}: stopped by {signal_name(signum)} at epoch {result.epoch + 1}, step "
+              f"{result.step}; checkpoint saved in {result.checkpoint}; continue with: densenet {command} --resume "
+              f"{result.run_dir}", file=sys.stderr)
+    return 128 + signum
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """``densenet train``: train, writing the run directory; Ctrl-C saves a checkpoint and exits with 130."""
+    """``densenet train``: train, writing the run directory; SIGINT (Ctrl-C) or SIGTERM saves a checkpoint and exits
+    with 128 + the signal number (130, 143)."""
     from densenet.training.engine import train
     from densenet.training.multilabel import MultiLabelResult
 
     result = train(train_config(args))
-    if not _is_main_process():
-        return 130 if result.interrupted else 0
     if result.interrupted:
-        print(f"interrupted; continue with: densenet train --resume {result.run_dir}", file=sys.stderr)
-        return 130
+        return stopped_line(result, "train")
+    if not _is_main_process():
+        return 0
     assert result.final is not None
     if isinstance(result.final, MultiLabelResult):
         print(f"final eval {result.final.headline()} (best mean AUROC {result.best_acc:.3f}) after "
@@ -157,9 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run = demo.run
     what = "volumes" if args.volumes else "digits"
     if run.interrupted:
-        flag = " --volumes" if args.volumes else ""
-        print(f"interrupted; continue with: densenet demo{flag} --resume {run.run_dir}", file=sys.stderr)
-        return 130
+        return stopped_line(run, "demo --volumes" if args.volumes else "demo")
     assert run.final is not None
     final = run.final
     print(f"test accuracy {final.top1:.2%} ({round(final.top1 * final.samples)}/{final.samples} held-out {what}) "

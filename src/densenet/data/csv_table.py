@@ -8,8 +8,11 @@ The table: a ``path`` column (relative to ``ROOT``; an absolute path stays as it
   column; the label names are the column names, in the file's order (the evaluation table must have the same).
 
 Reading a table is separate from reading its files: :func:`read_table` gives paths and targets, and
-:data:`SPLIT_MAKERS` turns them into a split by the kind of file the paths name (today 2-D images, read by
-:mod:`densenet.data.images`); another input kind (volumes, signals) plugs in by adding its maker there.
+:data:`SPLIT_MAKERS` turns them into a split of the table's input kind: 2-D images (:mod:`densenet.data.images`),
+volumes or signals (:class:`~densenet.data.arrays.ArrayFiles`, read, resampled and augmented as the ``volumes`` and
+``signals`` folder data sets are). The kind is declared (``csv_kind``) or, by default (``auto``), read from the
+training table's paths (:func:`input_kind_of`): image extensions are images, NIfTI (``.nii``, ``.nii.gz``) volumes;
+a ``.npy`` file may hold either a volume or a signal, so a table of them must declare which.
 
 Targets of a multi-label split are ``float32 (L,)`` vectors per sample, ``nan`` where the label is unknown; the
 training loss masks those out (:mod:`densenet.training.multilabel`).
@@ -25,8 +28,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from densenet.data.arrays import ArraySplit, ArrayTensors
-from densenet.data.images import ImageFiles, ImageTensors, Split, is_image
+from densenet.data.arrays import EXTENSIONS, ArrayFiles, ArraySplit, ArrayTensors
+from densenet.data.images import IMAGE_EXTENSIONS, ImageFiles, ImageTensors, Split, is_image
+from densenet.data.signals import is_signal
+from densenet.data.volumes import NIFTI_EXTENSIONS, is_volume
 
 PATH_COLUMN = "path"
 LABEL_COLUMN = "label"
@@ -55,11 +60,15 @@ class Table:
     multi_label: bool
 
 
-SplitMaker = Callable[[Path, list[tuple[str, object]], list[str]], Split]
-# file kind → the split of such files; a kind's ``accepts`` says which paths it reads
+SplitMaker = Callable[[Path, list[tuple[str, object]], list[str]], Split | ArraySplit]
+# input kind → which paths it reads and the split of such files
 SPLIT_MAKERS: dict[str, tuple[Callable[[str], bool], SplitMaker]] = {
     "image": (is_image, lambda root, samples, names: ImageFiles(root, samples, names)),
+    "volume": (is_volume, lambda root, samples, names: ArrayFiles(root, samples, names, "volume")),
+    "signal": (is_signal, lambda root, samples, names: ArrayFiles(root, samples, names, "signal")),
 }
+CSV_KINDS = ("auto", *SPLIT_MAKERS)  # what ``csv_kind`` may say
+KIND_EXTENSIONS = {"image": IMAGE_EXTENSIONS, **EXTENSIONS}
 
 
 def table_path(root: str | Path, train: bool) -> Path:
@@ -209,27 +218,69 @@ def _sorted_classes(values: Sequence[str]) -> list[str]:
     return sorted(distinct)
 
 
-def csv_split(root: str | Path, train: bool) -> Split:
-    """The training or evaluation split of the CSV data set in ``root``, made by the reader of its files' kind.
+def csv_split(root: str | Path, train: bool, kind: str = "auto") -> Split | ArraySplit:
+    """The training or evaluation split of the CSV data set in ``root``, as files of ``kind`` (``auto``: the kind
+    :func:`input_kind_of` reads from the training table's paths).
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`read_table`; ``ValueError`` also for a file no reader takes or a
-            table that mixes kinds of file.
+        FileNotFoundError, ValueError: as :func:`read_table`; ``ValueError`` also for a path ``kind`` does not read
+            (or, with ``auto``, a table whose kind cannot be told).
     """
     table = read_table(root, train)
-    kinds = {_kind(table.source, path) for path in table.paths}
-    if len(kinds) > 1:
-        raise ValueError(f"{table.source} mixes kinds of file ({', '.join(sorted(kinds))}); one kind per data set")
-    _, make = SPLIT_MAKERS[kinds.pop()]
+    resolved = table_kind(root) if kind == "auto" else kind
+    input_kind_of(table.source, table.paths, resolved)  # every path of this table is of that kind
+    _, make = SPLIT_MAKERS[resolved]
     return make(table.source.parent, list(zip(table.paths, table.targets, strict=True)), table.names)
 
 
-def _kind(table: Path, path: str) -> str:
-    kind = next((name for name, (accepts, _) in SPLIT_MAKERS.items() if accepts(path)), None)
-    if kind is None:
-        raise ValueError(f"{table}: no reader for {path} (readable kinds: {', '.join(SPLIT_MAKERS)}; images end in "
-                         "an image extension such as .png or .jpg)")
-    return kind
+def table_kind(root: str | Path) -> str:
+    """The input kind of the CSV data set in ``root``, read from its training table's paths (:func:`input_kind_of`).
+
+    Raises:
+        FileNotFoundError, ValueError: no training table, no ``path`` column, or a kind that cannot be told.
+    """
+    path = table_path(root, train=True)
+    header, rows = read_rows(path)
+    label_columns(path, header)
+    return input_kind_of(path, [row[PATH_COLUMN] for _, row in rows], "auto")
+
+
+def input_kind_of(table: Path, paths: Sequence[str], declared: str = "auto") -> str:
+    """The input kind of ``table``'s ``paths``: ``declared``, checked against every path, or (``auto``) the one kind
+    that reads them all: images by their extensions, NIfTI files as volumes, ``.csv`` files as signals.
+
+    Raises:
+        ValueError: a path ``declared`` does not read; with ``auto``, a path no kind reads, a table that mixes kinds,
+            or ``.npy`` files only (a volume or a signal: the table must say which).
+    """
+    if declared not in CSV_KINDS:
+        raise ValueError(f"csv_kind must be one of {', '.join(CSV_KINDS)}, got {declared!r}")
+    kinds = [name for name in SPLIT_MAKERS if declared in ("auto", name)]
+    for path in paths:
+        readers = [name for name in kinds if SPLIT_MAKERS[name][0](path)]
+        if not readers:
+            raise ValueError(_unreadable_path(table, path, declared, kinds))
+        kinds = readers
+    if len(kinds) > 1:  # .npy files only
+        raise ValueError(f"{table}: its files hold {' or '.join(k + 's' for k in kinds)} ({Path(paths[0]).suffix} "
+                         "files); say which with --csv-kind " + " or --csv-kind ".join(kinds) +
+                         " (csv_kind in a recipe)")
+    return kinds[0]
+
+
+def _unreadable_path(table: Path, path: str, declared: str, kinds: list[str]) -> str:
+    """Why ``path`` fits none of ``kinds`` (what is left of ``declared`` after the table's earlier paths)."""
+    own = [name for name in SPLIT_MAKERS if SPLIT_MAKERS[name][0](path)]
+    if declared != "auto":
+        guess = f" (a {' or '.join(own)} file)" if own else ""
+        article = "an" if declared == "image" else "a"
+        return (f"{table}: {path} is not {article} {declared} file{guess}; --csv-kind {declared} reads "
+                f"{' '.join(KIND_EXTENSIONS[declared])}")
+    if own:
+        return (f"{table} mixes kinds of file: {path} is a {' or '.join(own)} file, earlier rows are "
+                f"{' or '.join(k + 's' for k in kinds)}; one kind per data set")
+    return (f"{table}: no reader for {path} (images: {' '.join(IMAGE_EXTENSIONS[:3])} …; volumes: "
+            f"{' '.join(NIFTI_EXTENSIONS)} .npy; signals: .npy .csv)")
 
 
 def label_matrix(split: Split | ArraySplit) -> Tensor | None:

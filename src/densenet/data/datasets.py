@@ -5,7 +5,10 @@ training run on them saves with its weights."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from densenet.data.arrays import (
     ArraySplit,
     first_channels,
 )
-from densenet.data.csv_table import csv_split
+from densenet.data.csv_table import CSV_KINDS, csv_split, table_kind
 from densenet.data.holdout import held_out
 from densenet.data.images import (
     IMAGE_EXTENSIONS,
@@ -51,6 +54,7 @@ SYNTHETIC_SIZES = (1024, 256)
 SHAPES3D_SIZES = (512, 128)
 
 MAX_SYNTHETIC_IMAGES = 10_000_000  # the synthetic set is generated in memory
+_Limitable = typing.TypeVar("_Limitable", ImageTensors, ImageFiles, ArrayFiles)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class DataSpec:
         seed: seed of the subsets and of the synthetic data.
         val_fraction: ``folder`` with ``train/`` only: hold out this fraction of it, stratified by class, as the
             evaluation split (:func:`~densenet.data.holdout.held_out`).
+        csv_kind: ``csv`` only: what the table's paths are, one of :data:`~densenet.data.csv_table.CSV_KINDS`
+            (``auto``: read from the training table's paths when the data is first needed).
     """
 
     name: str = "digits"
@@ -84,6 +90,7 @@ class DataSpec:
     eval_limit: int | None = None
     seed: int = 0
     val_fraction: float | None = None
+    csv_kind: str = "auto"
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -105,7 +112,11 @@ class DataSpec:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.val_fraction is not None and self.name not in ("folder", "volumes", "signals"):
             raise ValueError(f"val_fraction holds out part of a folder's train/; {self.name} has its own split")
-        if self.name in ARRAY_DATASETS:
+        if self.csv_kind not in CSV_KINDS:
+            raise ValueError(f"unknown csv_kind {self.csv_kind!r}; known: {', '.join(CSV_KINDS)}")
+        if self.csv_kind != "auto" and self.name != "csv":
+            raise ValueError(f"csv_kind says what a csv table's paths are; dataset {self.name} does not read one")
+        if self.name in ARRAY_DATASETS or self.csv_kind in ("volume", "signal"):
             self._check_arrays()
             return
         if self.in_chans not in (1, 3):
@@ -115,30 +126,43 @@ class DataSpec:
         if self.cache and self.name not in FILE_DATASETS:
             raise ValueError("cache applies to the folder and csv datasets only (the others are held in memory "
                              "already)")
-        if self.augment_kind == "imagenet" and self.name not in FILE_DATASETS:
+        if self.name not in FILE_DATASETS and self.augment_kind == "imagenet":
             raise ValueError(f"augment 'imagenet' needs the folder or csv dataset, not {self.name}")
-        if self.augment_kind == "imagenet" and self.cache:
+        if self.cache and self.augment_kind == "imagenet":
             raise ValueError("augment 'imagenet' crops full-size images; it cannot run on a cached folder")
 
     def _check_arrays(self) -> None:
         """Volumes and signals: a data directory (but for the synthetic shapes), their own augmentation or none."""
         if self.name != "shapes3d" and not self.data_dir:
-            raise ValueError(f"dataset {self.name} needs a data directory (--data-dir) with train/ and val/ or test/")
+            holds = "train.csv and val.csv or test.csv" if self.name == "csv" else "train/ and val/ or test/"
+            raise ValueError(f"dataset {self.name} needs a data directory (--data-dir) with {holds}")
         if self.augment not in ("auto", "none"):
             raise ValueError(f"dataset {self.name} takes augment auto (flips, crop/pad, intensity) or none, not "
                              f"{self.augment}")
         if self.cache:
-            raise ValueError("cache applies to the folder dataset only")
+            raise ValueError("cache applies to images read from files only (the folder dataset, a csv of images)")
+
+    @functools.cached_property
+    def input_kind(self) -> str:
+        """What the data set holds: ``image``, ``volume`` or ``signal`` (``csv``: its ``csv_kind``, or with ``auto``
+        the kind of its training table's paths).
+
+        Raises:
+            FileNotFoundError, ValueError: ``csv`` with ``auto`` and a table whose kind cannot be read.
+        """
+        if self.name == "csv":
+            return table_kind(self.data_dir or "") if self.csv_kind == "auto" else self.csv_kind
+        return ARRAY_DATASETS.get(self.name, "image")
 
     @property
-    def input_kind(self) -> str:
-        """What the data set holds: ``image``, ``volume`` or ``signal``."""
-        return ARRAY_DATASETS.get(self.name, "image")
+    def reads_arrays(self) -> bool:
+        """Whether the data set holds volumes or signals rather than images."""
+        return self.input_kind != "image"
 
     @property
     def augment_kind(self) -> str:
         """The augmentation ``auto`` resolves to."""
-        if self.name in ARRAY_DATASETS:
+        if self.reads_arrays:
             return "none" if self.augment == "none" else self.input_kind
         if self.augment != "auto":
             return self.augment
@@ -152,7 +176,7 @@ class DataSpec:
     @property
     def crop(self) -> int:
         """Side of the network input."""
-        if self.name in ARRAY_DATASETS:
+        if self.reads_arrays:
             return self.image_size or DEFAULT_SIZES[self.input_kind]
         if self.name == "digits":
             return self.image_size or 8
@@ -185,6 +209,8 @@ def load_split(spec: DataSpec, split: str,
         kind = spec.input_kind
         files = _limited(_folder(spec, train, FILE_TESTS[kind], EXTENSIONS[kind], kind), limit, spec.seed)
         return ArrayFiles(files.root, files.samples, files.class_names, kind)
+    if spec.name == "csv" and spec.reads_arrays:
+        return _limited(csv_split(spec.data_dir or "", train, spec.input_kind), limit, spec.seed)
     if spec.name == "digits":
         data: Split = _digits(train)
     elif spec.name in ("cifar10", "cifar100"):
@@ -193,8 +219,8 @@ def load_split(spec: DataSpec, split: str,
         size = limit or SYNTHETIC_SIZES[0 if train else 1]
         return _synthetic(size, spec.in_chans, spec.crop, spec.seed + (0 if train else 1))
     else:
-        data = _limited(_folder(spec, train) if spec.name == "folder" else csv_split(spec.data_dir or "", train),
-                        limit, spec.seed)
+        data = _limited(_folder(spec, train) if spec.name == "folder" else csv_split(spec.data_dir or "", train,
+                                                                                     "image"), limit, spec.seed)
         if not spec.cache:
             return data
         mode = preprocessing.image_mode if preprocessing else ("L" if spec.in_chans == 1 else "RGB")
@@ -202,13 +228,13 @@ def load_split(spec: DataSpec, split: str,
     return _limited(data, limit, spec.seed)
 
 
-def _limited(data: Split, limit: int | None, seed: int) -> Split:
+def _limited(data: _Limitable, limit: int | None, seed: int) -> _Limitable:
     if limit is None or limit >= len(data):
         return data
     chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
     if isinstance(data, ImageTensors):
         return data.subset(chosen)
-    return ImageFiles(data.root, [data.samples[i] for i in chosen.tolist()], data.class_names)
+    return dataclasses.replace(data, samples=[data.samples[i] for i in chosen.tolist()])  # files of any kind
 
 
 def _digits(train: bool) -> ImageTensors:

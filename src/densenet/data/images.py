@@ -136,9 +136,15 @@ def collate(items: list[Any]) -> tuple[Tensor, Tensor, list[Unreadable]]:
 
 
 def ignore_sigint(_: int) -> None:
+    """A loader worker's start: SIGINT and SIGTERM are ignored. Ctrl-C reaches every process of the terminal's
+    group, and a service manager's SIGTERM (systemd, ``kill -- -PGID``) every process of the group too: the main
+    process handles them (saving a checkpoint) and ends its workers itself; a worker that died of the signal first
+    would fail the main process's next batch. A worker whose main process is gone exits by itself (PyTorch's
+    watchdog)."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def decode_all(files: ImageFiles, mode: str, side: int, workers: int | None = None) -> ImageTensors:

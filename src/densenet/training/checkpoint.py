@@ -102,7 +102,7 @@ class EpochTotals:
         seen: images trained on so far in this epoch.
         seconds: training time of the epoch so far (evaluation excluded).
         lr: the mean learning rate of the steps taken so far in the epoch.
-        skipped: unreadable images left out of the epoch (set when the epoch ends).
+        skipped: unreadable images left out of the epoch so far.
     """
 
     loss_sum: float = 0.0

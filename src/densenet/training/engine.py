@@ -40,7 +40,7 @@ from densenet.training.rundir import checkpoint_to_use, run_directory, run_recor
 from densenet.training.runlock import run_lock
 from densenet.training.runlog import RunLog
 from densenet.training.schedule import lr_factor
-from densenet.training.signals import StopRequest
+from densenet.training.signals import Stopped, StopRequest
 from densenet.training.splitrecord import record_val_split
 from densenet.training.step import TrainingDiverged
 from densenet.training.task import Result
@@ -66,6 +66,8 @@ class TrainResult:
         interrupted: stopped by Ctrl-C / SIGTERM; the checkpoint lets ``resume`` continue.
         epoch: finished epochs; step: optimiser steps done in the unfinished epoch.
         stopped_early: ended by ``early_stop`` before ``epochs``.
+        stop_signal: the signal that interrupted the run (``None``: not interrupted).
+        checkpoint: the run's checkpoint file.
     """
 
     run_dir: Path
@@ -78,6 +80,8 @@ class TrainResult:
     epoch: int
     step: int
     stopped_early: bool = field(default=False)
+    stop_signal: int | None = None
+    checkpoint: Path | None = None
 
 
 def train(config: TrainConfig, model: DenseNet | None = None) -> TrainResult:
@@ -91,17 +95,27 @@ def train(config: TrainConfig, model: DenseNet | None = None) -> TrainResult:
         model: a network to train instead of building ``config.model``; its classes and input channels must
             fit the data.
 
+    SIGINT and SIGTERM end the run promptly (:mod:`~densenet.training.signals`): during training it saves a
+    checkpoint of the last finished step and returns (``interrupted``); before training starts it raises
+    :class:`~densenet.training.signals.Stopped` (nothing to save; a run directory it created is removed).
+
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
         ValueError: a bad recipe, data or checkpoint (the message says which).
         FileNotFoundError: missing data or checkpoint.
+        Stopped: a stop signal before training started, or a second one (which leaves without saving).
     """
     context = distributed.setup(config.device)
+    stop = StopRequest(immediate=not context.distributed)
     try:
-        config = with_image_size(config)
-        run_dir = run_directory(config, context)
-        with run_lock(run_dir, context.is_main):
-            return _Trainer(config, context, model, run_dir).fit()
+        with stop.handling_signals():
+            with stop.region(abortable=True):  # until training starts, there is nothing to lose
+                config = with_image_size(config)
+                run_dir = run_directory(config, context)
+            with run_lock(run_dir, context.is_main):
+                with stop.region(abortable=True):
+                    trainer = _Trainer(config, context, model, run_dir, stop)
+                return trainer.fit()
     finally:
         distributed.cleanup(context)
 
@@ -110,7 +124,8 @@ class _Trainer:
     """A run's position (epoch, step, the unfinished epoch's totals, history, best accuracy) and the loop over
     epochs: train, evaluate, save; a signal saves mid-epoch and stops."""
 
-    def __init__(self, config: TrainConfig, context: Context, model: DenseNet | None, run_dir: Path) -> None:
+    def __init__(self, config: TrainConfig, context: Context, model: DenseNet | None, run_dir: Path,
+                 stop: StopRequest) -> None:
         self.config = config
         self.context = context
         micro_batch = check_recipe(config, context)
@@ -125,7 +140,7 @@ class _Trainer:
         self.rng_states: list[Any] | None = None
         if config.resume:
             self._restore(TrainingCheckpoint.load(self.checkpoint_path))
-        self.stop = StopRequest(announce=context.is_main)
+        self.stop = stop
 
     def _restore(self, checkpoint: TrainingCheckpoint) -> None:
         run = self.run
@@ -159,23 +174,35 @@ class _Trainer:
                                    self.run_dir, self.run.train_loader.augment)
                 if config.resume:
                     progress.log_resume(self.epoch, self.step)
-            with self.stop.handling_signals():
-                while self.epoch < config.epochs and not self.stopped_early:
-                    if not self._train_epoch():
-                        interrupted = True
-                        self._save_checkpoint()
-                        break
-                    final = evaluate(self.run)
-                    self._end_epoch(final, runlog)
-                if not interrupted and final is None:
-                    final = evaluate(self.run)  # resumed a finished run
+            while self.epoch < config.epochs and not self.stopped_early:
+                final = self._evaluate() if self._train_epoch() else None
+                if final is None:
+                    interrupted = True
+                    self._save_checkpoint()
+                    break
+                self._end_epoch(final, runlog)
+            if not interrupted and final is None:
+                final = self._evaluate()  # resumed a finished run
+                interrupted = final is None
             if runlog and not interrupted:
                 runlog.write_plots(self.history, final)
         if interrupted and context.is_main:
-            progress.log_interrupted(self.epoch, self.step, self.run.steps_per_epoch, self.checkpoint_path)
+            progress.log_interrupted(self.epoch, self.step, self.run.steps_per_epoch, self.checkpoint_path,
+                                     self.stop.signum)
         return TrainResult(self.run_dir, self.run.model, self.history, None if interrupted else final,
                            max(self.best_acc, 0.0), sum(row["train_seconds"] for row in self.history),
-                           interrupted, self.epoch, self.step, self.stopped_early)
+                           interrupted, self.epoch, self.step, self.stopped_early,
+                           self.stop.signum if interrupted else None, self.checkpoint_path)
+
+    def _evaluate(self) -> Result | None:
+        """:func:`evaluate`, abandoned (``None``) on a stop signal in one process."""
+        try:
+            with self.stop.step_region():
+                return evaluate(self.run, self.stop)
+        except Stopped as stopped:
+            if stopped.again:
+                raise
+            return None
 
     @property
     def stopped_early(self) -> bool:

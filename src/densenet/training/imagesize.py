@@ -4,7 +4,8 @@
 (:func:`~densenet.data.sizes.typical_side`), at most :data:`MAX_DEFAULT_SIDE` (larger photos are resized, as
 ImageNet training does) and at least the model's smallest input
 (:attr:`~densenet.config.DenseNetConfig.min_input_size`); the other data sets: their own size (8 digits, 32 CIFAR
-and synthetic). The resolved size goes into the run's ``config.yaml``, so a resumed run keeps it.
+and synthetic; 32 per axis volumes, 256 signals). The resolved size goes into the run's ``config.yaml``, so a resumed
+run keeps it; so does the input kind of a ``csv`` table (``csv_kind: auto`` resolved from its paths).
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ MAX_DEFAULT_SIDE = 224
 
 
 def with_image_size(config: TrainConfig) -> TrainConfig:
-    """``config`` with ``image_size`` filled in (unchanged when it names one).
+    """``config`` with ``image_size`` filled in (unchanged when it names one), and a ``csv`` table's ``csv_kind``.
 
     Raises:
         FileNotFoundError, ValueError: the folder or the model cannot be read (as loading them would).
     """
+    if config.dataset == "csv" and config.csv_kind == "auto":  # a table of volumes takes their checks and size
+        config = dataclasses.replace(config, csv_kind=config.data_spec().input_kind)
     if config.image_size is not None:
         return config
     spec = config.data_spec()
-    if spec.name not in ("folder", "csv") or config.resume:  # a run recorded without a size predates this rule
+    # (resume: a run recorded without a size predates this rule)
+    if spec.name not in ("folder", "csv") or spec.reads_arrays or config.resume:
         return dataclasses.replace(config, image_size=spec.crop)
-    files = folder_files(spec) if spec.name == "folder" else csv_split(spec.data_dir, train=True)
-    if not isinstance(files, ImageFiles):  # a table of other files: their own size
-        return dataclasses.replace(config, image_size=spec.crop)
+    files = folder_files(spec) if spec.name == "folder" else csv_split(spec.data_dir or "", True, "image")
+    assert isinstance(files, ImageFiles)
     side = typical_side(files) or MAX_DEFAULT_SIDE  # none readable: loading the data says so
     smallest = get_config(config.model, **config.model_args).min_input_size
     return dataclasses.replace(config, image_size=max(smallest, min(side, MAX_DEFAULT_SIDE)))

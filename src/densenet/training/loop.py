@@ -11,10 +11,10 @@ import torch
 from densenet.data.seeds import mix_seed
 from densenet.training import distributed
 from densenet.training.build import Run
-from densenet.training.checkpoint import EpochTotals, set_rng_state
+from densenet.training.checkpoint import EpochTotals, rng_state, set_rng_state
 from densenet.training.finetune import set_backbone_frozen
 from densenet.training.progress import StepReporter
-from densenet.training.signals import StopRequest
+from densenet.training.signals import Stopped, StopRequest
 from densenet.training.step import optimisation_step
 from densenet.training.task import Result
 
@@ -32,9 +32,11 @@ def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate
                 report: StepReporter, diverged: Callable[[int], str]) -> int:
     """Train epoch ``epoch`` from step ``step`` on, adding to ``totals``; return the step reached.
 
-    That is ``run.steps_per_epoch`` when the epoch is complete (``totals.skipped`` then counts the unreadable
-    images left out), fewer when ``stop`` was requested (the caller saves). ``diverged(step)`` describes the
-    position for :class:`~densenet.training.step.TrainingDiverged`.
+    That is ``run.steps_per_epoch`` when the epoch is complete, fewer when ``stop`` was requested (the caller
+    saves); ``totals.skipped`` adds the unreadable images met. A step abandoned by a stop signal
+    (:class:`~densenet.training.signals.Stopped`) leaves no trace (:class:`_StepStart`), so that a resumed run
+    takes the same step.
+    ``diverged(step)`` describes the position for :class:`~densenet.training.step.TrainingDiverged`.
     """
     run.model.train()
     if run.freeze_epochs:
@@ -42,9 +44,17 @@ def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate
     run.train_loader.set_epoch(epoch, step * accumulate)
     skipped_before = len(run.train_loader.skipped)
     started = time.perf_counter() - totals.seconds
-    batches = iter(run.train_loader)
+    batches = stop.fetching(run.train_loader)
     while step < run.steps_per_epoch:
-        taken = optimisation_step(run, batches, accumulate, stop, lambda at=step: diverged(at))
+        before = _StepStart(run) if stop.immediate else None
+        try:
+            taken = optimisation_step(run, batches, accumulate, stop, lambda at=step: diverged(at))
+        except Stopped as stopped:
+            if stopped.again or before is None:
+                raise
+            before.restore(run)
+            stop.agreed = True
+            break
         totals.loss_sum += taken.loss_sum
         totals.correct += taken.correct
         totals.seen += taken.seen
@@ -53,19 +63,40 @@ def train_epoch(run: Run, epoch: int, step: int, totals: EpochTotals, accumulate
         totals.seconds = time.perf_counter() - started
         report(step, totals)
         if stop.agreed:
-            return step
-    totals.skipped = float(len(run.train_loader.skipped) - skipped_before)
+            break
+    totals.skipped += float(len(run.train_loader.skipped) - skipped_before)
     return step
 
 
-def evaluate(run: Run) -> Result:
+class _StepStart:
+    """What a step changes before its optimiser update, as it was when the step began: the random number generators
+    (dropout), the model's buffers (batch-norm running statistics) and the unreadable files met; a few kB to a few
+    MB, copied once per step so that an abandoned step can be undone."""
+
+    def __init__(self, run: Run) -> None:
+        self.rng = rng_state()
+        self.buffers = [buffer.detach().clone() for buffer in run.model.buffers()]
+        self.skipped = len(run.train_loader.skipped)
+
+    def restore(self, run: Run) -> None:
+        """Put the generators, buffers and count of skipped files back and drop the step's gradients (a resumed run
+        reads the step's batch again)."""
+        set_rng_state(self.rng)
+        del run.train_loader.skipped[self.skipped:]
+        with torch.no_grad():
+            for buffer, saved in zip(run.model.buffers(), self.buffers, strict=True):
+                buffer.copy_(saved)
+        run.optimizer.zero_grad(set_to_none=True)
+
+
+def evaluate(run: Run, stop: StopRequest | None = None) -> Result:
     """The task's metrics (top-1/top-5 accuracy, loss and confusion; multi-label: AUROC, AP) of the plain model on
-    the evaluation split, over all processes."""
+    the evaluation split, over all processes (``stop``: its batches fetched outside the abortable region)."""
     run.model.eval()
     accumulator = run.task.accumulator(run.class_names)
     run.eval_loader.set_epoch(0)
     with torch.inference_mode():
-        for images, targets in run.eval_loader:
+        for images, targets in run.eval_loader if stop is None else stop.fetching(run.eval_loader):
             images = images.to(run.device, non_blocking=True, memory_format=run.memory_format)
             targets = targets.to(run.device, non_blocking=True)
             with run.autocast():

@@ -163,7 +163,8 @@ def check_memory(config: TrainConfig, context: Context, model: DenseNetConfig, s
         ([f"--image-size {size}"] if size else [])
     advice = ("would fit: " + " or ".join(choices)) if choices else "not even 1 image at the smallest input fits: " \
                                                                    "use a smaller model"
-    raise ValueError(f"a training step of {config.model} at {side}×{side}, {micro_batch} image(s) per process needs "
+    shape = "×".join([str(side)] * model.spatial_dims)  # 224×224, 64×64×64
+    raise ValueError(f"a training step of {config.model} at {shape}, {micro_batch} image(s) per process needs "
                      f"more than {_gib(int(PEAK_FLOOR * need))} ({PEAK_FLOOR}× the closed form's {_gib(need)}) but "
                      f"{_gib(available.bytes)} is available ({available.source}); {advice}")
 

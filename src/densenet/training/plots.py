@@ -65,13 +65,16 @@ def _save(figure: plt.Figure, path: str | Path) -> Path:
     return path
 
 
-def plot_roc_curves(result: MultiLabelResult, path: str | Path, title: str = "ROC curves") -> Path:
+def plot_roc_curves(result: MultiLabelResult, path: str | Path, title: str = "ROC curves",
+                    columns: Sequence[int] | None = None) -> Path:
     """One ROC curve per label (scikit-learn's ``roc_curve`` over the label's known entries), its AUROC in the
-    legend, and the chance diagonal; a label whose known entries hold one class is listed without a curve."""
+    legend, and the chance diagonal; a label whose known entries hold one class is listed without a curve.
+    ``columns``: the labels to draw (default: all)."""
     from sklearn.metrics import roc_curve
 
     figure, axis = plt.subplots(figsize=(7, 6))
-    for column, (name, auroc) in enumerate(zip(result.class_names, result.auroc, strict=True)):
+    for column in range(len(result.class_names)) if columns is None else columns:
+        name, auroc = result.class_names[column], result.auroc[column]
         scores, labels = known_column(result.probabilities, result.targets, column)
         if math.isnan(auroc):
             axis.plot([], [], label=f"{name} (no AUROC: one class only)")

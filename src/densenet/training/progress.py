@@ -10,10 +10,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from densenet.meta import MULTI_LABEL
 from densenet.model import DenseNet
 from densenet.training.checkpoint import EpochTotals
 from densenet.training.distributed import Context
 from densenet.training.recipe import TrainConfig
+from densenet.training.signals import signal_name
 
 logger = logging.getLogger("densenet")
 
@@ -25,11 +27,14 @@ def log_start(config: TrainConfig, context: Context, model: DenseNet, images: tu
     """The run's first line: model, parameters, data (``images`` = train, eval), input size and augmentation,
     processes, steps per epoch."""
     params = sum(p.numel() for p in model.parameters())
-    side = model.meta.input_preprocessing(model.config).crop
-    logger.info("training %s (%s parameters) on %s: %d train / %d eval images, %d classes, %d×%d input, "
+    preprocessing = model.meta.input_preprocessing(model.config)
+    shape = "×".join([str(preprocessing.crop)] * model.config.spatial_dims)  # 224×224, 32×32×32, 256
+    items = f"{getattr(preprocessing, 'kind', 'image')}s"
+    outputs = "labels" if model.meta.task == MULTI_LABEL else "classes"
+    logger.info("training %s (%s parameters) on %s: %d train / %d eval %s, %d %s, %s input, "
                 "augmentation %s, %s × %d process(es), %d steps/epoch; run directory %s",
-                model.meta.name or "a custom DenseNet", f"{params:,}", config.dataset, images[0], images[1], classes,
-                side, side, augment, context.device, context.world_size, steps_per_epoch, run_dir)
+                model.meta.name or "a custom DenseNet", f"{params:,}", config.dataset, images[0], images[1], items,
+                classes, outputs, shape, augment, context.device, context.world_size, steps_per_epoch, run_dir)
 
 
 def log_resume(epoch: int, step: int) -> None:
@@ -95,8 +100,9 @@ def log_early_stop(history: list[dict[str, float]], patience: int | None, column
                 history[-1]["epoch"], metric_name, patience, best[column], best["epoch"])
 
 
-def log_interrupted(epoch: int, step: int, steps_per_epoch: int, checkpoint: Path) -> None:
-    """The line after a stop by a signal: where the checkpoint was saved."""
-    logger.info("interrupted: checkpoint saved at epoch %d, step %d of %d in %s", epoch + 1, step, steps_per_epoch,
-                checkpoint)
+def log_interrupted(epoch: int, step: int, steps_per_epoch: int, checkpoint: Path, signum: int | None = None) -> None:
+    """A debug line after a stop by a signal: which signal, and where the checkpoint was saved (the commands print
+    their own one line, :func:`densenet.cli.train.stopped_line`)."""
+    logger.debug("stopped by %s: checkpoint saved at epoch %d, step %d of %d in %s",
+                "a signal" if signum is None else signal_name(signum), epoch + 1, step, steps_per_epoch, checkpoint)
 

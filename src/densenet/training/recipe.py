@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from densenet.data.csv_table import CSV_KINDS
 from densenet.data.datasets import DATASETS, DataSpec
 from densenet.data.transforms import AUGMENTATIONS
 from densenet.fileio import write_text
@@ -49,9 +50,11 @@ class TrainConfig:
                                           "csv: the median shorter side of 64 of its images, at most 224, at least "
                                           "the model's smallest input; 32 per axis volumes, 256 signals)")
     augment: str = _field("auto", "training augmentation (auto: by data set)", choices=AUGMENTATIONS)
-    cache: bool = _field(False, "folder: decode every image once into memory (small images)")
-    val_fraction: float | None = _field(None, "folder with train/ only: hold out this fraction of it (stratified "
-                                              "by class, by --seed) as the validation split")
+    cache: bool = _field(False, "folder or csv of images: decode every image once into memory (small images)")
+    val_fraction: float | None = _field(None, "folder, volumes or signals with train/ only: hold out this fraction "
+                                              "of it (stratified by class, by --seed) as the validation split")
+    csv_kind: str = _field("auto", "csv: what the table's paths are (auto: images, or volumes when they are NIfTI; a "
+                                   "table of .npy files says volume or signal)", choices=CSV_KINDS)
     train_limit: int | None = _field(None, "use at most N training images (fixed random subset; synthetic: N images)")
     eval_limit: int | None = _field(None, "use at most N evaluation images")
     workers: int | None = _field(None, "loader worker processes for image files (default: half the CPUs, at most 8)")
@@ -85,8 +88,8 @@ class TrainConfig:
     pos_weight: str = _field("none", "multi-label (CSV label columns): positive weight of each label's BCE; auto: "
                                      "negatives/positives of the training labels", choices=POS_WEIGHTS)
     accumulate: int = _field(1, "micro-batches per optimiser step (gradient accumulation)")
-    early_stop: int | None = _field(None, "stop after this many epochs without a better evaluation top-1 (default: "
-                                          "none, train every epoch)")
+    early_stop: int | None = _field(None, "stop after this many epochs without a better evaluation top-1 (multi-"
+                                          "label: mean AUROC) (default: none, train every epoch)")
     # execution
     amp: str = _field("off", "autocast: bf16 (CPU or CUDA) or fp16 (CUDA, with gradient scaling)", choices=AMP_MODES)
     channels_last: bool = _field(False, "channels-last memory format")
@@ -153,7 +156,7 @@ class TrainConfig:
             name=self.dataset, data_dir=self.data_dir, download=self.download, image_size=self.image_size,
             augment=self.augment, cache=self.cache, in_chans=int(self.model_args.get("in_chans", 3)),
             train_limit=self.train_limit, eval_limit=self.eval_limit, seed=self.seed,
-            val_fraction=self.val_fraction,
+            val_fraction=self.val_fraction, csv_kind=self.csv_kind,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,7 +37,9 @@ def optimisation_step(run: Run, batches: Iterator[tuple[Tensor, Tensor]], accumu
 
     The loss of each micro-batch is divided by ``accumulate``, so the step follows the mean gradient of the
     whole batch. Every process learns whether any of them saw a non-finite loss or was asked to stop (then
-    ``stop.agreed`` is set on all of them, so that they stop at the same step).
+    ``stop.agreed`` is set on all of them, so that they stop at the same step). In one process the forward and
+    backward passes are abortable (:meth:`~densenet.training.signals.StopRequest.step_region`): a stop signal there
+    raises :class:`~densenet.training.signals.Stopped` before the optimiser update, the weights untouched.
 
     Args:
         diverged: says where the step is and what was kept (``"at epoch E, step S: training stopped; …"``), for
@@ -46,7 +48,29 @@ def optimisation_step(run: Run, batches: Iterator[tuple[Tensor, Tensor]], accumu
     Raises:
         TrainingDiverged: the loss is NaN or infinite (no optimiser step was taken).
         ValueError: the loader ran out of batches (every image of a batch unreadable).
+        Stopped: a stop signal during the forward and backward passes (one process).
     """
+    with stop.step_region():
+        loss_sum, correct, seen = _forward_backward(run, batches, accumulate)
+        flags = torch.stack([(~torch.isfinite(loss_sum)).float(), torch.tensor(float(stop.requested),
+                                                                                 device=run.device)])
+        nonfinite, stopping = distributed.all_reduce(flags, run.context, torch.distributed.ReduceOp.MAX).tolist()
+    if nonfinite:
+        raise TrainingDiverged(f"loss is {loss_sum.item() / max(seen, 1)} {diverged()}. Lower the learning rate or "
+                               "check the data")
+    stop.agreed = bool(stopping)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    return StepTotals(loss_sum.item(), correct.item(), float(seen), lr)
+
+
+def _forward_backward(run: Run, batches: Iterator[tuple[Tensor, Tensor]], accumulate: int) -> tuple[Tensor, Tensor,
+                                                                                                      int]:
+    """The micro-batches' forward and backward passes, gradients summed into the parameters' ``.grad``: the summed
+    loss and correct count (device scalars) and the images seen."""
     device = run.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -67,15 +91,4 @@ def optimisation_step(run: Run, batches: Iterator[tuple[Tensor, Tensor]], accumu
         loss_sum += loss.detach() * len(targets)
         correct += run.task.correct(logits.detach().float(), targets)
         seen += len(targets)
-    flags = torch.stack([(~torch.isfinite(loss_sum)).float(), torch.tensor(float(stop.requested), device=device)])
-    nonfinite, stopping = distributed.all_reduce(flags, run.context, torch.distributed.ReduceOp.MAX).tolist()
-    if nonfinite:
-        raise TrainingDiverged(f"loss is {loss_sum.item() / max(seen, 1)} {diverged()}. Lower the learning rate or "
-                               "check the data")
-    stop.agreed = bool(stopping)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
-    lr = run.optimizer.param_groups[0]["lr"]
-    run.scheduler.step()
-    return StepTotals(loss_sum.item(), correct.item(), float(seen), lr)
+    return loss_sum, correct, seen
