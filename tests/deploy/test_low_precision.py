@@ -203,3 +203,31 @@ def test_cli_export_int8_runs_in_onnxruntime_like_ours(digits_weights, trained_d
     _one_line_error(capsys, ["export", "--int8", "--weights", str(digits_weights), "--format", "onnx", "--output",
                              str(tmp_path / "x.onnx")], "holds no int8 model: make one with densenet quantize")
     assert not (tmp_path / "x.onnx").exists()
+
+
+@needs_int8
+def test_bench_takes_a_quantized_directory_and_times_its_own_int8_model(digits_weights, trained_digits, tmp_path,
+                                                                         capsys, monkeypatch):
+    import densenet.deploy.bench.run
+    from densenet.deploy.bench import build_runners
+    from densenet.deploy.bench.runners import bench_input
+
+    model = densenet.from_pretrained(digits_weights)
+    quantized_dir = save_quantized(model, quantize(model, [trained_digits[1][:64]]), tmp_path / "int8")
+    runners, _ = build_runners(str(quantized_dir), 4, 8, False, False, 1, tmp_path, dtypes=("float32", "int8"))
+    x = bench_input(model.config, 4, 8)
+    with torch.inference_mode():
+        assert torch.equal(runners["ours-int8"][0](), load_quantized(quantized_dir)(x))  # its calibration, not bench's
+        assert torch.equal(runners["ours"][0](), optimize_for_inference(model.eval())(x))  # the saved weights
+
+    monkeypatch.setattr(densenet.deploy.bench.run, "matmul_peak_gflops", lambda threads: 100.0)
+    monkeypatch.setattr(densenet.deploy.bench.run, "conv_ceiling_gops", lambda threads, dtype: 100.0)
+    assert main(["bench", str(quantized_dir), "--rounds", "1", "--warmup", "0", "--no-memory", "--threads", "1",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == str(quantized_dir) and report["input_size"] == 8  # the saved crop
+    assert report["dtypes"] == ["float32", "int8"]  # a quantized directory's default
+    assert {row["label"] for row in report["measurements"]} == {"ours", "ours-int8"}
+    assert main(["bench", str(digits_weights), "--rounds", "1", "--warmup", "0", "--no-memory", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dtypes"] == ["float32"]  # a float directory's default
+    _one_line_error(capsys, ["bench", str(tmp_path), "--no-memory"], "holds no config.json")
