@@ -7,7 +7,8 @@ OpenVINO's (its per-layer performance counters, by layer type), same weights and
 Ours: ``densenet bench``'s configurations (:func:`densenet.deploy.bench.peers.ours_runners`: trained-like weights,
 int8 calibrated with min/max on four random batches), ``--runs`` forwards under ``torch.profiler`` after warm-up;
 per operator its self CPU time per forward and call count. OpenVINO: ``PERF_COUNT`` on, the same number of
-inferences, real time per forward summed by ``node_type`` / ``exec_type``. Writes
+inferences, real time per forward summed by ``node_type`` / ``exec_type``. For both, ``cores_busy``: CPU seconds
+of the process per wall second over the unprofiled runs (how many of the threads asked for did work). Writes
 ``benchmarks/results/low_precision_profile_b{batch}.json`` and prints the top rows.
 """
 
@@ -47,17 +48,19 @@ def ours(model: torch.nn.Module, x: torch.Tensor, dtypes: list[str], runs: int) 
         for _ in range(3):
             run()
         walls = []
+        cpu = time.process_time()
         for _ in range(runs):
             start = time.perf_counter()
             run()
             walls.append(time.perf_counter() - start)
+        cores = (time.process_time() - cpu) / sum(walls)  # CPU seconds per wall second: the threads at work
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(runs):
                 run()
         rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
         total = sum(e.self_cpu_time_total for e in rows) / runs / 1000
         results[label] = {
-            "wall_ms": 1000 * statistics.median(walls), "profiled_self_ms": total,
+            "wall_ms": 1000 * statistics.median(walls), "cores_busy": cores, "profiled_self_ms": total,
             "ops": [{"op": e.key, "self_ms": e.self_cpu_time_total / runs / 1000, "calls": e.count // runs}
                     for e in rows if e.self_cpu_time_total / runs / 1000 > 0.05]}
     return results
@@ -84,11 +87,15 @@ def openvino(model: torch.nn.Module, x: torch.Tensor, dtypes: list[str], runs: i
         for _ in range(3):
             request.infer({0: array})
         walls = []
-        by_type: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+        cpu = time.process_time()
         for _ in range(runs):
             start = time.perf_counter()
             request.infer({0: array})
             walls.append(time.perf_counter() - start)
+        cores = (time.process_time() - cpu) / sum(walls)
+        by_type: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+        for _ in range(runs):
+            request.infer({0: array})
             for info in request.get_profiling_info():
                 if info.status == info.Status.EXECUTED:
                     key = f"{info.node_type} [{info.exec_type}]"
@@ -96,7 +103,9 @@ def openvino(model: torch.nn.Module, x: torch.Tensor, dtypes: list[str], runs: i
                     by_type[key][1] += 1
         rows = sorted(by_type.items(), key=lambda kv: -kv[1][0])
         results[f"openvino-{dtype}"] = {
-            "wall_ms": 1000 * statistics.median(walls), "layers_ms": sum(v[0] for _, v in rows),
+            "wall_ms": 1000 * statistics.median(walls), "cores_busy": cores,
+            "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "layers_ms": sum(v[0] for _, v in rows),
             "layers": [{"type": key, "ms": ms, "count": count // runs} for key, (ms, count) in rows]}
     return results
 
@@ -121,7 +130,7 @@ def main() -> None:
     for label, result in results.items():
         if label == "notes":
             continue
-        print(f"== {label}: {result['wall_ms']:.1f} ms per forward")
+        print(f"== {label}: {result['wall_ms']:.1f} ms per forward, {result['cores_busy']:.2f} cores busy")
         for row in (result.get("ops") or result.get("layers"))[:12]:
             print("   " + "  ".join(f"{value:.2f}" if isinstance(value, float) else str(value)
                                     for value in row.values()))
