@@ -4,7 +4,8 @@ dispatcher, and oneDNN's per-call setup (primitive descriptor, scales, reorders)
 
     flock /work/bench.lock env OMP_NUM_THREADS=2 python benchmarks/conv_call_overhead.py [--threads 2]
 
-- ``qconv_pointwise``: ``torch.ops.onednn.qconv_pointwise`` (what :class:`densenet.deploy.int8.QConv` calls);
+- ``qconv_pointwise``: ``torch.ops.onednn.qconv_pointwise`` as :class:`densenet.deploy.int8.QConv` calls it
+  (module call, then without the module call, then the bare operator with its arguments built once);
 - ``quantized.conv2d_relu (onednn engine)``: the older quantized-tensor API, whose packed weight keeps the oneDNN
   primitive of the last input shape (PyTorch's ``PrimitiveCache``), for comparison;
 - ``mkldnn._convolution_pointwise`` float32 / bfloat16 (:class:`densenet.deploy.optimize.FrozenConv`);
@@ -79,8 +80,13 @@ def main() -> None:
     scratch = torch.empty_like(codes)
     buffer = torch.empty(1, 1, 1, c + 32, dtype=torch.uint8).permute(0, 3, 1, 2)
     new = codes[:, :32].clone(memory_format=torch.channels_last)
+    packed = qconv._packed_weight(codes)
+    prebuilt = (codes, 1.0, 0, packed, qconv.weight_scale, qconv.weight_zero, qconv.bias, [1, 1], [0, 0], [1, 1], 1,
+                0.05, 0, None, "relu", [], "")
     cases = {
         "qconv_pointwise": lambda: qconv(codes),
+        "qconv_pointwise, QConv.forward (no module call)": lambda: qconv.forward(codes),
+        "qconv_pointwise.default, arguments prebuilt": lambda: torch.ops.onednn.qconv_pointwise.default(*prebuilt),
         "quantized.conv2d_relu (onednn engine)": quantized_tensor_conv(weight, codes),
         "mkldnn._convolution_pointwise float32": lambda: float32(floats),
         "mkldnn._convolution_pointwise bfloat16": lambda: bfloat16(floats.bfloat16()),
