@@ -137,22 +137,15 @@ class QConv(nn.Module):
         self.x_scale, self.out, self.stride, self.padding, self.relu = float(x_scale), out, stride, padding, relu
         self.x_zero_point = int(x_zero_point)
         self.packed = PackCache()
+        # the operator's stride, padding and post-op arguments, built once (~120 calls a forward)
+        self._arguments = ([stride] * 2, [padding] * 2, "relu" if relu else "none")
 
     def forward(self, x: Tensor) -> Tensor:
         """u8 codes ``(N, C_in, H, W)`` → u8 codes ``(N, C_out, H', W')``, channels-last."""
-        stride, padding, attr = self._call
+        stride, padding, attr = self._arguments
         return _QCONV(x, self.x_scale, self.x_zero_point, self._packed_weight(x), self.weight_scale,
                       self.weight_zero, self.bias, stride, padding, _DILATION, 1, self.out.scale, self.out.zero_point,
                       None, attr, _NO_SCALARS, "")
-
-    @property
-    def _call(self) -> tuple[list[int], list[int], str]:
-        """The operator's stride, padding and post-op arguments (built once: this runs ~120 times a forward)."""
-        call = self.__dict__.get("_call_arguments")
-        if call is None:
-            call = self.__dict__["_call_arguments"] = ([self.stride] * 2, [self.padding] * 2,
-                                                       "relu" if self.relu else "none")
-        return call
 
     def _packed_weight(self, x: Tensor) -> Tensor:
         return self.packed.get(x.shape, lambda: torch.ops.onednn.qconv_prepack(
