@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import densenet
 from densenet.cli import main
 from densenet.deploy import int8
-from densenet.deploy.int8 import QConv, QParams, code_bound, quantize_weight
+from densenet.deploy.int8 import CodePool, QConv, QParams, code_bound, max_pool_codes, quantize_weight
 from densenet.deploy.optimize import optimize_for_inference
 from densenet.deploy.quantize import (
     Int8UnavailableError,
@@ -87,6 +87,33 @@ def test_int8_convolution_equals_its_definition(kernel, stride, padding, relu, z
 
 
 @needs_int8
+def test_stem_convolution_subtracts_the_image_zero_point_and_pads_with_a_real_zero():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(16, 3, 7, 7) * 0.1, torch.randn(16)
+    x = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    out = QParams(0.05, 3)
+    conv = QConv(weight, bias, 0.02, out, stride=2, padding=3, relu=True, x_zero_point=100)
+    codes, scale = quantize_weight(weight)
+    # q_y = clamp(round(σ(Σ q_w·s_w · s_x·(q_x − 100) + b)/s_y) + 3): F.conv2d pads s_x·(q_x − 100) with real zeros
+    y = F.conv2d(0.02 * (x.double() - 100), codes.double() * scale.double().view(-1, 1, 1, 1), bias.double(), 2, 3)
+    expected = torch.clamp(torch.round(y.relu() / out.scale) + out.zero_point, 0, 255)
+    got = conv(x)
+    assert (got.double() - expected).abs().max().item() <= 1
+    assert (got.double() != expected).float().mean().item() < 0.01
+
+
+@needs_int8
+@pytest.mark.parametrize("side", [7, 8])
+def test_pools_of_codes_equal_their_definitions(side):
+    x = torch.randint(0, 256, (2, 24, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)
+    pooled = CodePool(24)(x)
+    assert pooled.dtype == torch.uint8
+    assert torch.equal(pooled.double(), torch.round(F.avg_pool2d(x.double(), 2, 2)))  # Σq/4 exact; half to even
+    assert torch.equal(max_pool_codes(x).double(), F.max_pool2d(x.double(), 3, 2, 1))
+
+
+@needs_int8
 def test_int8_keeps_the_trained_accuracy(trained_digits):
     model, train_images, _, images, labels = trained_digits
     quantized = quantize(model, train_images[:256].split(64))
@@ -122,6 +149,10 @@ def test_saved_directory_loads_the_same_int8_model(trained_digits, tmp_path):
     loaded = load_quantized(tmp_path / "int8")
     assert torch.equal(loaded(images), quantized(images))
     assert densenet.from_pretrained(tmp_path / "int8").config == model.config  # still a float model too
+    saved = json.loads((tmp_path / "int8" / "quantization.json").read_text())
+    (tmp_path / "int8" / "quantization.json").write_text(json.dumps({**saved, "format_version": 1}))
+    with pytest.raises(ValueError, match="format version 1 .this densenet reads 2: run densenet quantize again"):
+        load_quantized(tmp_path / "int8")
     (tmp_path / "int8" / "quantization.json").write_text("{}")
     with pytest.raises(ValueError, match="not a valid int8 quantization file"):
         load_quantized(tmp_path / "int8")
@@ -203,3 +234,31 @@ def test_cli_export_int8_runs_in_onnxruntime_like_ours(digits_weights, trained_d
     _one_line_error(capsys, ["export", "--int8", "--weights", str(digits_weights), "--format", "onnx", "--output",
                              str(tmp_path / "x.onnx")], "holds no int8 model: make one with densenet quantize")
     assert not (tmp_path / "x.onnx").exists()
+
+
+@needs_int8
+def test_bench_takes_a_quantized_directory_and_times_its_own_int8_model(digits_weights, trained_digits, tmp_path,
+                                                                         capsys, monkeypatch):
+    import densenet.deploy.bench.run
+    from densenet.deploy.bench import build_runners
+    from densenet.deploy.bench.runners import bench_input
+
+    model = densenet.from_pretrained(digits_weights)
+    quantized_dir = save_quantized(model, quantize(model, [trained_digits[1][:64]]), tmp_path / "int8")
+    runners, _ = build_runners(str(quantized_dir), 4, 8, False, False, 1, tmp_path, dtypes=("float32", "int8"))
+    x = bench_input(model.config, 4, 8)
+    with torch.inference_mode():
+        assert torch.equal(runners["ours-int8"][0](), load_quantized(quantized_dir)(x))  # its calibration, not bench's
+        assert torch.equal(runners["ours"][0](), optimize_for_inference(model.eval())(x))  # the saved weights
+
+    monkeypatch.setattr(densenet.deploy.bench.run, "matmul_peak_gflops", lambda threads: 100.0)
+    monkeypatch.setattr(densenet.deploy.bench.run, "conv_ceiling_gops", lambda threads, dtype: 100.0)
+    assert main(["bench", str(quantized_dir), "--rounds", "1", "--warmup", "0", "--no-memory", "--threads", "1",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == str(quantized_dir) and report["input_size"] == 8  # the saved crop
+    assert report["dtypes"] == ["float32", "int8"]  # a quantized directory's default
+    assert {row["label"] for row in report["measurements"]} == {"ours", "ours-int8"}
+    assert main(["bench", str(digits_weights), "--rounds", "1", "--warmup", "0", "--no-memory", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dtypes"] == ["float32"]  # a float directory's default
+    _one_line_error(capsys, ["bench", str(tmp_path), "--no-memory"], "holds no config.json")

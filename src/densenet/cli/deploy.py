@@ -43,7 +43,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     bench = commands.add_parser("bench", help="images/s, latency and peak memory, ours against torchvision and "
                                 "other runtimes, per dtype")
-    bench.add_argument("model", help="registered model name")
+    bench.add_argument("model", help="registered model name (trained-like weights), or a weights directory "
+                       "(save_pretrained or densenet quantize's)")
     bench.add_argument("--batch", type=positive_int, default=8, help="images per batch")
     bench.add_argument("--input-size", type=positive_int, default=None,
                        help="input side (default 224, CIFAR models 32)")
@@ -58,8 +59,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bench.add_argument("--no-memory", action="store_true", help="skip the per-configuration peak-memory runs")
     bench.add_argument("--isolated", action="store_true",
                        help="time each configuration in fresh processes of its own (as deployed), not all in one")
-    bench.add_argument("--dtypes", nargs="+", default=["float32"], metavar="DTYPE",
-                       help="ours in each of float32, bfloat16, int8 (default: float32)")
+    bench.add_argument("--dtypes", nargs="+", default=None, metavar="DTYPE",
+                       help="ours in each of float32, bfloat16, int8 (default: float32; and int8 for a densenet "
+                            "quantize directory)")
     bench.add_argument("--peers", nargs="+", default=[], metavar="PEER",
                        help="other runtimes in the same dtypes: openvino, onnxruntime (skipped with a note when "
                             "not installed: pip install 'densenet[bench]')")
@@ -129,7 +131,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--batch and --rounds must be at least 1")
     report = run_bench(args.model, batch=args.batch, input_size=args.input_size, train=args.train, onnx=args.onnx,
                        threads=args.threads, rounds=args.rounds, warmup=args.warmup,
-                       memory=not args.no_memory, isolated=args.isolated, dtypes=tuple(args.dtypes),
+                       memory=not args.no_memory, isolated=args.isolated,
+                       dtypes=None if args.dtypes is None else tuple(args.dtypes),
                        peers=tuple(args.peers), spatial_dims=args.spatial_dims)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

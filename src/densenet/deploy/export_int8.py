@@ -6,9 +6,11 @@ convolution is ``DequantizeLinear(u8 codes) → Conv(DequantizeLinear(s8 weight,
 (s32 bias)) [→ Relu] → QuantizeLinear(u8)``, the pattern ONNX Runtime fuses into one ``QLinearConv``; the clamp of
 the codes is ``Max``/``Min`` on u8 with per-channel bounds; a block's buffer is a ``Concat`` of u8 maps, each with
 its own code (which the 1×1 conv's folded weights read, [Q1] in docs/MATH.md — so no ``QLinearConcat``, the op
-onnxruntime's own quantizer fails on for DenseNet). The stem's conv and the head are float32, as in ours. The
-bias is rounded to int32 at the scale ``s_x·σ_o`` (what the QDQ pattern asks for; ours keeps it in float32): the
-logits differ from ours by that rounding and by ONNX Runtime's requantization rounding.
+onnxruntime's own quantizer fails on for DenseNet). The image is quantized with its code, the stem's conv is int8
+(the image's zero point as the ``DequantizeLinear`` offset: padding stays a real zero), its max pool on u8; a
+transition's average pool of the codes is a depthwise QDQ conv, as ours; the head is float32, as in ours. The bias
+is rounded to int32 at the scale ``s_x·σ_o`` (what the QDQ pattern asks for; ours keeps it in float32): the logits
+differ from ours by that rounding and by ONNX Runtime's requantization rounding.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _codes(graph: _Graph, x: str, code: QParams) -> str:
 def _qconv(graph: _Graph, x: str, conv: QConv) -> str:
     """u8 codes → u8 codes: DQ → Conv(DQ weight, DQ bias) [→ Relu] → Q."""
     x_scale = graph.constant("x_scale", np.array(conv.x_scale, dtype=np.float32))
-    zero_u8 = graph.constant("x_zero", np.array(0, dtype=np.uint8))
+    zero_u8 = graph.constant("x_zero", np.array(conv.x_zero_point, dtype=np.uint8))
     inputs = graph.node("DequantizeLinear", [x, x_scale, zero_u8])
     weight_scale = conv.weight_scale.numpy().astype(np.float32)
     weight = graph.node("DequantizeLinear", [
@@ -91,6 +93,21 @@ def _clamp(graph: _Graph, x: str, lo: torch.Tensor, hi: torch.Tensor) -> str:
     return graph.node("Min", [low, graph.constant("hi", hi.numpy())])
 
 
+def _pool(graph: _Graph, x: str, channels: int) -> str:
+    """u8 codes → their 2×2 stride-2 average, rounded to u8 codes, as ours (:class:`~densenet.deploy.int8.CodePool`):
+    a depthwise QDQ conv, weight code 1 at scale ¼, input and output at scale 1 (ONNX Runtime: one ``QLinearConv``).
+    """
+    one = graph.constant("one", np.array(1.0, dtype=np.float32))
+    zero = graph.constant("zero", np.array(0, dtype=np.uint8))
+    weight = graph.node("DequantizeLinear", [
+        graph.constant("pool_w", np.ones((channels, 1, 2, 2), dtype=np.int8)),
+        graph.constant("pool_scale", np.full(channels, 0.25, dtype=np.float32)),
+        graph.constant("pool_zero", np.zeros(channels, dtype=np.int8))], axis=0)
+    pooled = graph.node("Conv", [graph.node("DequantizeLinear", [x, one, zero]), weight], strides=[2, 2],
+                        group=channels)
+    return graph.node("QuantizeLinear", [pooled, one, zero])
+
+
 def _block(graph: _Graph, x: str, block: QuantizedDenseBlock) -> str:
     maps = [x]
     for index in range(block.num_layers):
@@ -105,23 +122,16 @@ def int8_onnx_model(model: QuantizedDenseNet, input_size: int) -> onnx.ModelProt
     from onnx import TensorProto, helper
 
     graph = _Graph()
-    conv0 = model.conv0
-    weight0 = conv0.weight.float().contiguous().numpy()
-    inputs = ["image", graph.constant("conv0_w", weight0)]
-    if conv0.bias is not None:
-        inputs.append(graph.constant("conv0_b", conv0.bias.float().numpy()))
-    x = graph.node("Conv", inputs, strides=list(conv0.stride), pads=list(conv0.padding) * 2)
-    if conv0.relu:
-        x = graph.node("Relu", [x])
-    if model.imagenet_stem:
+    # the image's codes, the stem's int8 conv, the max pool on the codes (MaxPool takes u8)
+    x = _qconv(graph, _codes(graph, "image", model.stem.image), model.stem.conv)
+    if model.stem.max_pool:
         x = graph.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    x = _codes(graph, x, model.stem)
     for stage in model.stages:
         if isinstance(stage, QuantizedDenseBlock):
             x = _block(graph, x, stage)
         else:
             assert isinstance(stage, QuantizedTransition)
-            x = _qconv(graph, _clamp(graph, x, stage.lo, stage.hi), stage.conv)
+            x = _qconv(graph, _pool(graph, _clamp(graph, x, stage.lo, stage.hi), stage.pool.channels), stage.conv)
     # σ((a·s)·q + (b − a·s·z)), then the global average and the classifier [F4, F5]
     x = graph.node("Cast", [x], to=TensorProto.FLOAT)
     x = graph.node("Add", [graph.node("Mul", [x, graph.constant("scale5", model.scale5.numpy())]),

@@ -12,16 +12,18 @@ That is exact algebra for the 1×1 convolutions that read the buffer [Q1]::
 
 per input channel (the BN-ReLU folded into a clamp, :mod:`densenet.deploy.folding`, works on the codes directly);
 the input scales go into the weights before those are quantized per output channel. A 3×3 convolution reads the
-bottleneck's ReLU output (``z = 0``: zero padding is a real zero). A transition (average pool, then 1×1 conv) runs
-as one 2×2 stride-2 convolution with the weight ``W/4`` in each tap, which is the same function [F3].
+bottleneck's ReLU output (``z = 0``: zero padding is a real zero). A transition averages the clamped codes over
+2×2 (the pool commutes with each channel's affine code), then runs its 1×1 convolution on the pooled codes [F3].
 
-Kept in float32: the stem's convolution (3 input channels, the image itself; ~4.5% of densenet121's MACs) and the
-final BN-ReLU, pooling and classifier.
+The stem: the image is encoded with its own calibrated code and the stem's convolution runs in int8 (oneDNN
+subtracts the image's zero point, so its zero padding stays a real zero), the max pool on the codes. Kept in
+float32: the final BN-ReLU, pooling and classifier.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,9 @@ from densenet.model import check_input
 from densenet.nn.batchnorm import affine_relu
 
 CODE_MIN, CODE_MAX = 0, 255  # u8 activation codes
+# the overload itself: calling the packet resolves it among its overloads on every call (~5 µs, 120 calls a forward)
+_QCONV = torch.ops.onednn.qconv_pointwise.default if hasattr(torch.ops.onednn, "qconv_pointwise") else None
+_DILATION, _NO_SCALARS = [1, 1], []  # read only by the operator
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,29 @@ def encode(x: Tensor, code: QParams) -> Tensor:
     return torch.round(x / code.scale).add_(code.zero_point).clamp_(CODE_MIN, CODE_MAX).to(torch.uint8)
 
 
+class PackCache:
+    """oneDNN's packed int8 weights of one convolution, per input shape, built once under a lock. Copies and
+    pickles start empty (a cache)."""
+
+    def __init__(self) -> None:
+        self._packed: dict[tuple[int, ...], Tensor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, ...], pack: Callable[[], Tensor]) -> Tensor:
+        """The packed weight for input shape ``key``, ``pack()`` on first use."""
+        packed = self._packed.get(key)
+        if packed is None:
+            with self._lock:
+                packed = self._packed[key] = pack()
+        return packed
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+
 class QConv(nn.Module):
     """``q_y = clamp(round(σ(Σ (s_x·s_w,o)·q_x·q_w + b)/s_y) + z_y, 0, 255)``: one oneDNN int8 convolution with
     the bias, the ReLU (σ, optional) and the requantization fused; int8 weights per output channel
@@ -87,11 +115,13 @@ class QConv(nn.Module):
 
     ``x_zero`` (per input channel, optional): the input codes' offsets, for a convolution without padding; their
     term ``Σ W_q·z`` goes into the bias [Q1], computed with the *quantized* weights (the float weights would leave
-    ``Σ (W_q − W)·z`` in every output: weight rounding times offsets near 128).
+    ``Σ (W_q − W)·z`` in every output: weight rounding times offsets near 128). ``x_zero_point`` (one for all
+    channels): an offset oneDNN subtracts itself, ``s_x·(q_x − z_x)``, zero padding then being a real zero (the
+    image's code, for the stem's padded convolution).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, x_scale: float, out: QParams, stride: int = 1,
-                 padding: int = 0, relu: bool = False, x_zero: Tensor | None = None) -> None:
+                 padding: int = 0, relu: bool = False, x_zero: Tensor | None = None, x_zero_point: int = 0) -> None:
         super().__init__()
         codes, scale = quantize_weight(weight)  # (C_out, C_in, kh, kw) int8, (C_out,)
         bias = torch.zeros(len(scale), dtype=torch.float64) if bias is None else bias.detach().double()
@@ -105,33 +135,22 @@ class QConv(nn.Module):
         self.register_buffer("weight_zero", torch.zeros(len(scale), dtype=torch.int32))
         self.register_buffer("bias", bias.float())
         self.x_scale, self.out, self.stride, self.padding, self.relu = float(x_scale), out, stride, padding, relu
-        self._packed: dict[tuple[int, ...], Tensor] = {}
-        self._lock = threading.Lock()
+        self.x_zero_point = int(x_zero_point)
+        self.packed = PackCache()
+        # the operator's stride, padding and post-op arguments, built once (~120 calls a forward)
+        self._arguments = ([stride] * 2, [padding] * 2, "relu" if relu else "none")
 
     def forward(self, x: Tensor) -> Tensor:
         """u8 codes ``(N, C_in, H, W)`` → u8 codes ``(N, C_out, H', W')``, channels-last."""
-        stride, padding = [self.stride] * 2, [self.padding] * 2
-        return torch.ops.onednn.qconv_pointwise(
-            x, self.x_scale, 0, self._packed_weight(x), self.weight_scale, self.weight_zero, self.bias, stride,
-            padding, [1, 1], 1, self.out.scale, self.out.zero_point, None, "relu" if self.relu else "none", [], "")
+        stride, padding, attr = self._arguments
+        return _QCONV(x, self.x_scale, self.x_zero_point, self._packed_weight(x), self.weight_scale,
+                      self.weight_zero, self.bias, stride, padding, _DILATION, 1, self.out.scale, self.out.zero_point,
+                      None, attr, _NO_SCALARS, "")
 
     def _packed_weight(self, x: Tensor) -> Tensor:
-        key = tuple(x.shape)
-        packed = self._packed.get(key)
-        if packed is None:
-            with self._lock:
-                packed = self._packed[key] = torch.ops.onednn.qconv_prepack(
-                    self.weight, self.weight_scale, self.x_scale, 0, [self.stride] * 2, [self.padding] * 2, [1, 1],
-                    1, list(key))
-        return packed
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles leave the packed weights (a cache) and the lock out."""
-        return {**self.__dict__, "_packed": {}, "_lock": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        return self.packed.get(x.shape, lambda: torch.ops.onednn.qconv_prepack(
+            self.weight, self.weight_scale, self.x_scale, self.x_zero_point, [self.stride] * 2, [self.padding] * 2,
+            [1, 1], 1, list(x.shape)))
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
@@ -180,38 +199,96 @@ class QuantizedDenseBlock(nn.Module):
         features = buffer.permute(0, 3, 1, 2)  # (N, C_0 + L·k, H, W) view
         features[:, :c0].copy_(x)
         scratch = self.workspace.get("scratch", n * h * w * (total - k), x)
-        for index in range(self.num_layers):
+        # the convolutions' forward called directly: nn.Module's call machinery costs µs a call, 2 calls a layer
+        for index, (conv1, conv2) in enumerate(zip(self.conv1, self.conv2, strict=True)):
             channels = c0 + index * k
             out = scratch[:n * h * w * channels].view(n, h, w, channels).permute(0, 3, 1, 2)
             clamped = torch.clamp(features[:, :channels], getattr(self, f"lo{index}"), getattr(self, f"hi{index}"),
                                   out=out)
-            features[:, channels:channels + k].copy_(self.conv2[index](self.conv1[index](clamped)))
+            features[:, channels:channels + k].copy_(conv2.forward(conv1.forward(clamped)))
         return features
 
 
+class CodePool(nn.Module):
+    """2×2 stride-2 average of u8 codes per channel, rounded: ``round(Σ_{2×2} q / 4)`` (half to even), as one
+    depthwise int8 convolution (weight code 1 in every tap at scale ¼: exact sums, one rounding). Average pooling
+    commutes with the per-channel affine code (``s·(q − z)`` is linear in ``q``), so the pooled codes keep their
+    channel's ``(s, z)``; the rounding adds at most half a code."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.ones(channels, 1, 2, 2, dtype=torch.int8).contiguous(
+            memory_format=torch.channels_last))
+        self.register_buffer("weight_scale", torch.full((channels,), 0.25))
+        self.register_buffer("weight_zero", torch.zeros(channels, dtype=torch.int32))
+        self.channels = channels
+        self.packed = PackCache()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """u8 ``(N, C, H, W)`` → u8 ``(N, C, ⌊H/2⌋, ⌊W/2⌋)``."""
+        packed = self.packed.get(tuple(x.shape), lambda: torch.ops.onednn.qconv_prepack(
+            self.weight, self.weight_scale, 1.0, 0, [2, 2], [0, 0], [1, 1], self.channels, list(x.shape)))
+        return _QCONV(x, 1.0, 0, packed, self.weight_scale, self.weight_zero, None, [2, 2], [0, 0], [1, 1],
+                      self.channels, 1.0, 0, None, "none", [], "")
+
+
 class QuantizedTransition(nn.Module):
-    """:class:`~densenet.deploy.optimize.FrozenTransition` on u8 codes: ``clamp`` of the codes, then the average
-    pool and the 1×1 conv as one 2×2 stride-2 int8 convolution (weight ``W/4`` in every tap) [F3]."""
+    """:class:`~densenet.deploy.optimize.FrozenTransition` on u8 codes: ``clamp`` of the codes, their 2×2 average
+    (:class:`CodePool`), then the 1×1 int8 conv that reads each channel's code [F3, Q1] — pool first, a quarter of
+    the MACs of the conv at full resolution."""
 
     def __init__(self, transition: FrozenTransition, scale: Tensor, zero: Tensor, out: QParams) -> None:
         super().__init__()
         self.register_buffer("lo", code_bound(transition.lo, scale, zero, CODE_MIN))
         self.register_buffer("hi", code_bound(transition.hi, scale, zero, CODE_MAX))
-        weight = scale_inputs(transition.conv.weight, scale) / 4
-        self.conv = QConv(weight.expand(-1, -1, 2, 2), transition.conv.bias, 1.0, out, stride=2, x_zero=zero)
+        self.pool = CodePool(len(scale))
+        self.conv = QConv(scale_inputs(transition.conv.weight, scale), transition.conv.bias, 1.0, out, x_zero=zero)
         self.workspace = Workspace()
 
     def forward(self, x: Tensor) -> Tensor:
         """u8 ``(N, C, H, W)`` → u8 ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
         n, c, h, w = x.shape
         out = self.workspace.get("clamped", x.numel(), x).view(n, h, w, c).permute(0, 3, 1, 2)
-        return self.conv(torch.clamp(x, self.lo, self.hi, out=out))
+        return self.conv(self.pool(torch.clamp(x, self.lo, self.hi, out=out)))
+
+
+def max_pool_codes(q: Tensor) -> Tensor:
+    """3×3 stride-2 max pool with padding 1 of u8 codes ``(N, C, H, W)`` (a monotone code: the max of the codes is
+    the code of the max), separable — rows, then columns — over strided views of the codes padded with 0 (below or
+    equal to every window's maximum, as each window holds at least one real code). ATen's channels-last max pool
+    rejects 8-bit integers (torch 2.14)."""
+    h, w = q.shape[2:]
+    padded = F.pad(q, (1, 1, 1, 1))
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    rows = torch.maximum(torch.maximum(padded[:, :, 0:2 * ho - 1:2], padded[:, :, 1:2 * ho:2]),
+                         padded[:, :, 2:2 * ho + 1:2])  # (N, C, ho, W + 2)
+    return torch.maximum(torch.maximum(rows[..., 0:2 * wo - 1:2], rows[..., 1:2 * wo:2]), rows[..., 2:2 * wo + 1:2])
+
+
+class QuantizedStem(nn.Module):
+    """The stem on codes: the image encoded to u8 with its calibrated code, the stem's convolution in int8 (its
+    folded BN, ReLU and the requantization to the stem's code fused; oneDNN subtracts the image's zero point, so
+    the padding is a real zero), then (ImageNet stem) the max pool on the codes (:func:`max_pool_codes`)."""
+
+    def __init__(self, conv0: FrozenConv, image: QParams, out: QParams, max_pool: bool) -> None:
+        super().__init__()
+        self.image, self.max_pool = image, max_pool
+        self.conv = QConv(conv0.weight, conv0.bias, image.scale, out, stride=conv0.stride[0],
+                          padding=conv0.padding[0], relu=conv0.relu, x_zero_point=image.zero_point)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float32 ``(N, in_chans, H, W)`` → u8 codes ``(N, C_0, H', W')``."""
+        q = self.conv(encode(x.contiguous(memory_format=torch.channels_last), self.image))
+        return max_pool_codes(q) if self.max_pool else q
+
+
+INPUT = "input"  # the quantization point of the image
 
 
 def quantization_points(model: OptimizedDenseNet) -> list[str]:
-    """The names of the maps stored as u8 codes, one per :class:`FrozenConv` (its output; ``conv0``: after the
-    stem's max pool), in forward order."""
-    return [name for name, module in model.named_modules() if isinstance(module, FrozenConv)]
+    """The names of the maps stored as u8 codes: ``input`` (the image), then one per :class:`FrozenConv` (its
+    output; ``conv0``: after the stem's max pool), in forward order."""
+    return [INPUT] + [name for name, module in model.named_modules() if isinstance(module, FrozenConv)]
 
 
 class QuantizedDenseNet(nn.Module):
@@ -225,9 +302,8 @@ class QuantizedDenseNet(nn.Module):
             raise ValueError(f"no activation range for {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
         self.config, self.meta, self.qparams = model.config, model.meta, dict(qparams)
         self.imagenet_stem = model.imagenet_stem
-        self.conv0 = model.conv0  # float32 (the image)
-        self.stem = qparams["conv0"]
-        current = self.stem
+        current = qparams["conv0"]
+        self.stem = QuantizedStem(model.conv0, qparams[INPUT], current, model.imagenet_stem)
         scale = zero = torch.empty(0)
         stages = []
         for index, stage in enumerate(model.stages):
@@ -255,10 +331,7 @@ class QuantizedDenseNet(nn.Module):
         if x.device.type != "cpu":
             raise ValueError(f"the int8 model runs on the CPU, got an input on {x.device}")
         with torch.autocast("cpu", enabled=False):
-            x = self.conv0(x.contiguous(memory_format=torch.channels_last))
-            if self.imagenet_stem:
-                x = F.max_pool2d(x, 3, 2, 1)
-            q = encode(x, self.stem)
+            q = self.stem(x)
             for stage in self.stages:
                 q = stage(q)
             features = affine_relu(q.float(), self.scale5, self.shift5)  # (N, C, h, w)

@@ -4,10 +4,10 @@ calibration images into a :class:`~densenet.deploy.int8.QuantizedDenseNet` (floa
 
 - Weights: symmetric int8 per output channel, from their exact range (weights are fixed; ``PerChannelMinMaxObserver``)
   — after the folded batch norms and the input codes' scales are multiplied in (:mod:`densenet.deploy.int8`).
-- Activations: one affine u8 code per map (each dense layer's new map, each bottleneck output, each transition
-  output, the stem output), its range from torch's ``HistogramObserver``: it picks the clipping range that minimises
-  the histogram's squared quantization error, so a few outlying values do not stretch the code over a range the
-  rest of the map never uses (benchmarks/NOTES.md compares it with the min/max range).
+- Activations: one affine u8 code per map (the image, each dense layer's new map, each bottleneck output, each
+  transition output, the stem output), its range from torch's ``HistogramObserver``: it picks the clipping range
+  that minimises the histogram's squared quantization error, so a few outlying values do not stretch the code over
+  a range the rest of the map never uses (benchmarks/NOTES.md compares it with the min/max range).
 
 A quantized directory is an ordinary ``save_pretrained`` directory (the float32 weights, so it still loads as a
 float model) plus ``quantization.json`` with the calibrated activation codes; the int8 weights are derived at load
@@ -29,7 +29,7 @@ from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, Ob
 
 from densenet.data.datasets import DataSpec, load_split
 from densenet.data.loader import EpochBatches, Loader
-from densenet.deploy.int8 import QParams, QuantizedDenseNet, int8_supported, quantization_points
+from densenet.deploy.int8 import INPUT, QParams, QuantizedDenseNet, int8_supported, quantization_points
 from densenet.deploy.optimize import OptimizedDenseNet, optimize_for_inference
 from densenet.fileio import write_text
 from densenet.model import DenseNet
@@ -38,6 +38,7 @@ from densenet.weights import from_pretrained, save_pretrained
 MIN_CALIBRATION_IMAGES = 32
 QUANTIZATION_FILE = "quantization.json"
 FORMAT = "densenet-int8"
+FORMAT_VERSION = 2  # 2: the image's code too (the stem in int8); 1 had a float32 stem
 OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
 
 
@@ -100,7 +101,11 @@ def calibrate(model: OptimizedDenseNet, calibration: Iterable[Any], observer: st
             observers[name](output.float())
         return observe
 
-    handles = [modules[name].register_forward_hook(hook(name)) for name in observers]
+    def observe_input(_module: torch.nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        observers[INPUT](inputs[0].float())
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in observers if name != INPUT]
+    handles.append(model.register_forward_pre_hook(observe_input))
     images = 0
     try:
         with torch.no_grad():
@@ -148,8 +153,9 @@ def save_quantized(model: DenseNet, quantized: QuantizedDenseNet, directory: str
     """Write ``model``'s weights (``save_pretrained``) and ``quantized``'s activation codes (``quantization.json``)
     into ``directory``, each file atomically. Returns the directory."""
     directory = save_pretrained(model, directory)
-    saved = {"format": FORMAT, "format_version": 1, "weights": "int8 symmetric per output channel, from the float32 "
-             "weights at load", "calibration": getattr(quantized, "calibration", None),
+    saved = {"format": FORMAT, "format_version": FORMAT_VERSION,
+             "weights": "int8 symmetric per output channel, from the float32 weights at load",
+             "calibration": getattr(quantized, "calibration", None),
              "activations": {name: {"scale": q.scale, "zero_point": q.zero_point}
                              for name, q in quantized.qparams.items()}}
     write_text(directory / QUANTIZATION_FILE, json.dumps(saved, indent=2) + "\n")
@@ -185,6 +191,9 @@ def load_quantized(directory: str | Path) -> QuantizedDenseNet:
         saved = json.loads(path.read_text())
         if saved.get("format") != FORMAT:
             raise ValueError(f"format is {saved.get('format')!r}, not {FORMAT!r}")
+        if saved.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format version {saved.get('format_version')!r} (this densenet reads "
+                             f"{FORMAT_VERSION}: run densenet quantize again)")
         qparams = {name: QParams(float(q["scale"]), int(q["zero_point"])) for name, q in saved["activations"].items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise ValueError(f"{path} is not a valid int8 quantization file: {error}") from error

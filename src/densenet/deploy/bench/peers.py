@@ -11,6 +11,9 @@ weights, batch and calibration data.
   int8 model's QDQ export (:mod:`densenet.deploy.export_int8`: the same codes and weights); bfloat16 is noted, not
   timed (ONNX Runtime has no bfloat16 convolution on the CPU).
 
+With a ``densenet quantize`` directory as the model, ``ours-int8`` (and its ONNX export) is that directory's int8
+model with its own calibration; NNCF still calibrates on :func:`bench_calibration`'s batches (speed only).
+
 A peer or dtype that cannot run here (package missing, CPU without int8 dot products) is left out with a note.
 """
 
@@ -46,10 +49,22 @@ def bench_calibration(x: torch.Tensor, batches: int = CALIBRATION_BATCHES) -> li
     return [torch.randn(x.shape, generator=generator) for _ in range(batches)]
 
 
+def ours_int8(model: DenseNet, calibration: list[torch.Tensor], quantized: str | Path | None) -> torch.nn.Module:
+    """Our int8 model of ``model``: the one saved in the directory ``quantized`` (``densenet quantize``'s, its own
+    calibration), else calibrated with min/max on ``calibration``."""
+    from densenet.deploy.quantize import load_quantized, quantize
+
+    if quantized is not None:
+        return load_quantized(quantized)
+    return quantize(model, calibration, observer="minmax", min_images=1)
+
+
 def ours_runners(model: DenseNet, x: torch.Tensor, dtypes: tuple[str, ...], calibration: list[torch.Tensor],
-                 wanted: Callable[[str], bool]) -> tuple[dict[str, Runner], list[str]]:
-    """``ours-bfloat16`` and ``ours-int8`` (``ours``, float32, is built with the torchvision runners)."""
-    from densenet.deploy.quantize import check_int8_model, quantize
+                 wanted: Callable[[str], bool], quantized: str | Path | None = None
+                 ) -> tuple[dict[str, Runner], list[str]]:
+    """``ours-bfloat16`` and ``ours-int8`` (``ours``, float32, is built with the torchvision runners); ``quantized``:
+    a ``densenet quantize`` directory of ``model`` whose int8 model ``ours-int8`` is (:func:`ours_int8`)."""
+    from densenet.deploy.quantize import check_int8_model
 
     runners: dict[str, Runner] = {}
     notes: list[str] = []
@@ -61,7 +76,7 @@ def ours_runners(model: DenseNet, x: torch.Tensor, dtypes: tuple[str, ...], cali
         except (ValueError, OSError) as error:
             notes.append(f"ours-int8 not measured: {error}")
         else:
-            runners["ours-int8"] = _inference(quantize(model, calibration, observer="minmax", min_images=1), x)
+            runners["ours-int8"] = _inference(ours_int8(model, calibration, quantized), x)
     return runners, notes
 
 
@@ -101,15 +116,15 @@ def openvino_runners(model: DenseNet, x: torch.Tensor, dtypes: tuple[str, ...], 
 
 
 def onnxruntime_runners(model: DenseNet, x: torch.Tensor, dtypes: tuple[str, ...], calibration: list[torch.Tensor],
-                        threads: int, workdir: Path, wanted: Callable[[str], bool]
-                        ) -> tuple[dict[str, Runner], list[str]]:
+                        threads: int, workdir: Path, wanted: Callable[[str], bool],
+                        quantized: str | Path | None = None) -> tuple[dict[str, Runner], list[str]]:
     """``onnxruntime-int8``: our int8 model's QDQ export (:mod:`densenet.deploy.export_int8`, written into
-    ``workdir`` once) under ONNX Runtime; a note for bfloat16 (float32: the ``--onnx`` pair)."""
+    ``workdir`` once; :func:`ours_int8`) under ONNX Runtime; a note for bfloat16 (float32: the ``--onnx`` pair)."""
     notes = [NO_ONNXRUNTIME_BF16] if "bfloat16" in dtypes else []
     if "int8" not in dtypes or not wanted("onnxruntime-int8"):
         return {}, notes
     from densenet.deploy.export_int8 import export_int8_onnx
-    from densenet.deploy.quantize import check_int8_model, quantize
+    from densenet.deploy.quantize import check_int8_model
     from densenet.deploy.runtime import onnx_feed, onnx_session
 
     try:
@@ -118,7 +133,7 @@ def onnxruntime_runners(model: DenseNet, x: torch.Tensor, dtypes: tuple[str, ...
         return {}, [*notes, f"onnxruntime-int8 not measured: {error}"]
     path = workdir / "ours-int8.onnx"
     if not path.exists():
-        export_int8_onnx(quantize(model, calibration, observer="minmax", min_images=1), path, x.shape[-1], threads)
+        export_int8_onnx(ours_int8(model, calibration, quantized), path, x.shape[-1], threads)
     session = onnx_session(path, threads)
     feed = onnx_feed(session, x)
     return {"onnxruntime-int8": lambda: torch.from_numpy(session.run(None, feed)[0])}, notes
@@ -130,9 +145,11 @@ def dtype_of(label: str) -> str:
 
 
 def macs_of(label: str, summary: Summary) -> int:
-    """MACs per image a configuration executes: ours in float pools before the transitions' 1×1 convs; the int8
-    path runs pool and conv as one 2×2 stride-2 conv, the others conv then pool — the paper's count."""
-    return summary.macs_executed if label in ("ours", "ours-float32", "ours-bfloat16") else summary.macs
+    """MACs per image a configuration executes: ours in every dtype, and ONNX Runtime on our int8 graph, pool before
+    the transitions' 1×1 convs (``macs_executed``; int8 averages the codes first,
+    :class:`~densenet.deploy.int8.CodePool`); OpenVINO convolves then pools — the paper's count."""
+    pool_first = label == "ours" or label.startswith("ours-") or label == "onnxruntime-int8"
+    return summary.macs_executed if pool_first else summary.macs
 
 
 def _inference(model: torch.nn.Module, x: torch.Tensor) -> Runner:

@@ -13,7 +13,7 @@ import torch
 from densenet.deploy.bench.ceiling import conv_ceiling_gops
 from densenet.deploy.bench.peers import DTYPES, PEERS, dtype_of
 from densenet.deploy.bench.report import Measurement, matmul_peak_gflops
-from densenet.deploy.bench.runners import build_runners
+from densenet.deploy.bench.runners import bench_config, build_runners, is_weights_directory
 from densenet.deploy.bench.timing import (
     ISOLATED_PASSES,
     SETTLE_SECONDS,
@@ -21,13 +21,14 @@ from densenet.deploy.bench.timing import (
     time_interleaved,
     time_isolated,
 )
+from densenet.deploy.quantize import is_quantized
 from densenet.model import check_batch_statistics
-from densenet.registry import get_config
+from densenet.weights import read_pretrained_config
 
 
 def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: bool = False, onnx: bool = False,
               threads: int | None = None, rounds: int = 10, warmup: int = 3, memory: bool = True,
-              isolated: bool = False, dtypes: tuple[str, ...] = ("float32",),
+              isolated: bool = False, dtypes: tuple[str, ...] | None = None,
               peers: tuple[str, ...] = (), spatial_dims: int = 2) -> dict[str, Any]:
     """Measure every configuration; returns a JSON-able report (see :func:`~densenet.deploy.bench.format_report`).
 
@@ -40,6 +41,9 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     ``spatial_dims`` 1 or 3 times the model built for signals or volumes (``input_size`` along every axis; its
     default the model's, 96 for volumes): ours alone (torchvision's DenseNet is 2-D), with ``onnx`` also our ONNX
     export; other runtimes (``peers``) are compared on images only.
+    ``name``: a registered model (trained-like weights) or a weights directory (``save_pretrained`` or ``densenet
+    quantize``'s; default input size: its preprocessing's crop). ``dtypes`` default: float32, and int8 too for a
+    ``densenet quantize`` directory (its own int8 model: :func:`~densenet.deploy.bench.peers.ours_int8`).
 
     Raises:
         ValueError: ``batch``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0, ``input_size`` below the
@@ -51,6 +55,8 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
             raise ValueError(f"{label} must be at least 1, got {value}")
     if warmup < 0:
         raise ValueError(f"warmup must be at least 0, got {warmup}")
+    if dtypes is None:
+        dtypes = ("float32", "int8") if is_weights_directory(name) and is_quantized(name) else ("float32",)
     for label, values, known in (("dtype", dtypes, DTYPES), ("peer", peers, PEERS)):
         unknown = [value for value in values if value not in known]
         if unknown:
@@ -77,8 +83,10 @@ def _run(name: str, batch: int, input_size: int | None, train: bool, onnx: bool,
          warmup: int, memory: bool, isolated: bool, dtypes: tuple[str, ...], peers: tuple[str, ...],
          spatial_dims: int = 2) -> dict[str, Any]:
     """:func:`run_bench` after its checks, on ``threads`` threads."""
-    config = get_config(name, spatial_dims=spatial_dims)
-    input_size = input_size if input_size is not None else config.default_input_size
+    config = bench_config(name, spatial_dims)
+    if input_size is None:
+        input_size = (read_pretrained_config(name)[1].input_preprocessing(config).crop if is_weights_directory(name)
+                      else config.default_input_size)
     config.check_input_size((input_size,) * spatial_dims, name)
     if train:
         check_batch_statistics(config, batch, input_size)

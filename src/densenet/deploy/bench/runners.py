@@ -18,11 +18,14 @@ import torch
 from torch import nn
 
 from densenet.analysis import Summary, summarize
+from densenet.config import DenseNetConfig
 from densenet.deploy.bench import peers as peers_module
 from densenet.deploy.optimize import optimize_for_inference
+from densenet.deploy.quantize import is_quantized
 from densenet.deploy.runtime import onnx_feed, onnx_session
 from densenet.model import DenseNet
-from densenet.registry import create_model
+from densenet.registry import create_model, get_config
+from densenet.weights import from_pretrained, read_pretrained_config
 
 Runner = Callable[[], Any]
 Runners = dict[str, tuple[Runner, int]]  # label → (run one batch, MACs per image)
@@ -30,6 +33,43 @@ M = TypeVar("M", bound=nn.Module)
 NO_TORCHVISION = "torchvision is not installed: measuring ours alone"
 NO_TWIN = "torchvision's DenseNet cannot express this architecture ({}): measuring ours alone"
 NO_ONNXRUNTIME = "onnxruntime is not installed (pip install 'densenet[export]'): no ONNX comparison"
+
+
+def is_weights_directory(name: str) -> bool:
+    """Whether ``densenet bench``'s model argument names a weights directory rather than a registered model."""
+    return Path(name).is_dir()
+
+
+def bench_config(name: str, spatial_dims: int = 2) -> DenseNetConfig:
+    """The architecture ``densenet bench`` times: a registered model's in ``spatial_dims``, or a weights directory's
+    ``config.json``.
+
+    Raises:
+        ValueError: an unknown name, an invalid directory, or a directory whose network has other spatial dimensions.
+    """
+    if not is_weights_directory(name):
+        return get_config(name, spatial_dims=spatial_dims)
+    config, _ = read_pretrained_config(name)
+    if config.spatial_dims != spatial_dims:
+        raise ValueError(f"{name} holds a network with spatial_dims {config.spatial_dims}; "
+                         f"pass --spatial-dims {config.spatial_dims}")
+    return config
+
+
+def bench_model(name: str, spatial_dims: int = 2) -> DenseNet:
+    """The float32 network every configuration runs: a registered model in ``spatial_dims`` with
+    :func:`trained_like` weights, or the weights saved in directory ``name`` (``save_pretrained``, or ``densenet
+    quantize``'s: its float32 weights)."""
+    if is_weights_directory(name):
+        bench_config(name, spatial_dims)  # its dimensions are the ones asked for
+        return from_pretrained(name).float().eval()
+    return trained_like(create_model(name, spatial_dims=spatial_dims))
+
+
+def bench_input(config: DenseNetConfig, batch: int, input_size: int) -> torch.Tensor:
+    """The batch every configuration runs: ``(batch, in_chans, *[input_size] * d)`` standard normal, seeded."""
+    shape = (batch, config.in_chans, *[input_size] * config.spatial_dims)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
 
 def trained_like(model: M, seed: int = 0) -> M:
@@ -96,33 +136,35 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
                   peers: tuple[str, ...] = (), spatial_dims: int = 2) -> tuple[Runners, list[str]]:
     """The configurations to time: ``label → (run one batch, MACs per image)``, and notes for the user.
 
-    Every configuration runs the registered model ``name`` with :func:`trained_like` weights on the same seeded
-    batch ``(batch, in_chans, input_size, input_size)``. ``only`` builds that one configuration's runner alone (what
-    a child process measures); the model, its summary and the torchvision twin it is compared with are built first
-    either way, so every child starts from the same heap. The ONNX files are exported into ``workdir`` once: a file
-    already there is reused, so children time the parent's exports — ``workdir`` must belong to this one
-    measurement (:func:`~densenet.deploy.bench.run_bench` makes a temporary one). ``dtypes`` and ``peers``:
-    ours in each dtype and the other runtimes in the same dtypes (:mod:`~densenet.deploy.bench.peers`; float32 is
-    ``ours`` and torchvision's twin, as without them); ``onnxruntime`` among the peers implies ``onnx``.
-    ``spatial_dims``: the model built for signals (1) or volumes (3), its batch ``(batch, in_chans, *[input_size]
-    * d)``; torchvision has no twin for it.
+    Every configuration runs the same weights (:func:`bench_model`: the registered model ``name`` with
+    :func:`trained_like` weights, or the weights directory ``name``; an int8 directory's ``ours-int8`` is its own
+    saved calibration) on the same seeded batch ``(batch, in_chans, *[input_size] * spatial_dims)``. ``only`` builds
+    that one configuration's runner alone (what a child process measures); the model, its summary and the
+    torchvision twin it is compared with are built first either way, so every child starts from the same heap. The
+    ONNX files are exported into ``workdir`` once: a file already there is reused, so children time the parent's
+    exports — ``workdir`` must belong to this one measurement (:func:`~densenet.deploy.bench.run_bench` makes a
+    temporary one). ``dtypes`` and ``peers``: ours in each dtype and the other runtimes in the same dtypes
+    (:mod:`~densenet.deploy.bench.peers`; float32 is ``ours`` and torchvision's twin, as without them);
+    ``onnxruntime`` among the peers implies ``onnx``. ``spatial_dims``: the model built for signals (1) or volumes
+    (3); torchvision has no twin for it.
     """
     def wanted(label: str) -> bool:
         return only is None or label == only
 
     torch.manual_seed(0)
-    model = trained_like(create_model(name, spatial_dims=spatial_dims))
+    model = bench_model(name, spatial_dims)
+    quantized = name if is_weights_directory(name) and is_quantized(name) else None
     summary = summarize(model.config, input_size)
     twin = torchvision_twin(model)
     notes = [reason] if (reason := no_twin_reason(model)) is not None else []
-    x = torch.randn(batch, model.config.in_chans, *[input_size] * spatial_dims)
+    x = bench_input(model.config, batch, input_size)
     if train:
         return _train_runners(model, twin, summary, x, wanted), notes
     float32 = "float32" in dtypes
     runners = _inference_runners(model, twin if float32 else None, summary, x,
                                  lambda label: wanted(label) and (float32 or label != "ours"))
     calibration = peers_module.bench_calibration(x)
-    _add(runners, notes, summary, *peers_module.ours_runners(model, x, dtypes, calibration, wanted))
+    _add(runners, notes, summary, *peers_module.ours_runners(model, x, dtypes, calibration, wanted, quantized))
     if "openvino" in peers:
         _add(runners, notes, summary, *peers_module.openvino_runners(model, x, dtypes, calibration, threads, wanted))
     if onnx or "onnxruntime" in peers:
@@ -133,7 +175,7 @@ def build_runners(name: str, batch: int, input_size: int, train: bool, onnx: boo
             runners.update(_onnx_runners(model, twin, summary, x, threads, workdir, wanted))
         if "onnxruntime" in peers:
             _add(runners, notes, summary, *peers_module.onnxruntime_runners(model, x, dtypes, calibration, threads,
-                                                                            workdir, wanted))
+                                                                            workdir, wanted, quantized))
     return runners, notes
 
 
