@@ -69,3 +69,18 @@ def test_bench_nd_refuses_what_it_cannot_compare():
         run_bench("densenet121", spatial_dims=4)
     with pytest.raises(ValueError, match="input 16×16×16 is too small for densenet121"):
         run_bench("densenet121", spatial_dims=3, input_size=16)
+
+
+def test_bench_nd_int8_alone_is_one_line_not_an_empty_report(capsys, quick_peak):
+    assert main(["bench", "densenet_bc100_k12", "--spatial-dims", "3", "--input-size", "8", "--batch", "1",
+                 "--dtypes", "int8", "--rounds", "1", "--warmup", "0", "--no-memory"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("densenet bench: error: nothing to measure:") and "the int8 path runs images" in err
+    assert "\n" not in err
+
+
+def test_bench_directory_of_other_dimensions_names_the_option(tmp_path):
+    model = densenet.create_model("densenet_bc100_k12", spatial_dims=3, in_chans=1, num_classes=2)
+    model.save_pretrained(tmp_path / "volume")
+    with pytest.raises(ValueError, match="holds a network with spatial_dims 3; pass --spatial-dims 3"):
+        run_bench(str(tmp_path / "volume"), input_size=8)

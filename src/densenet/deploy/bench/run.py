@@ -48,7 +48,8 @@ def run_bench(name: str, batch: int = 8, input_size: int | None = None, train: b
     Raises:
         ValueError: ``batch``, ``threads`` or ``rounds`` below 1, ``warmup`` below 0, ``input_size`` below the
             network's smallest; ``train`` with one value per channel at the last batch norm; an unknown dtype or
-            peer, or ``train`` with other dtypes or peers; ``spatial_dims`` not 1, 2 or 3, or peers with 1 or 3.
+            peer, or ``train`` with other dtypes or peers; ``spatial_dims`` not 1, 2 or 3, or peers with 1 or 3;
+            no configuration left to measure (each one's reason in the message).
     """
     for label, value in (("batch", batch), ("input_size", input_size), ("threads", threads), ("rounds", rounds)):
         if value is not None and value < 1:
@@ -94,6 +95,8 @@ def _run(name: str, batch: int, input_size: int | None, train: bool, onnx: bool,
         runners, notes = build_runners(name, batch, input_size, train, onnx, threads, Path(workdir), dtypes=dtypes,
                                        peers=peers, spatial_dims=spatial_dims)
         macs = {label: label_macs for label, (_, label_macs) in runners.items()}
+        if not macs:
+            raise ValueError("nothing to measure: " + "; ".join(notes))
         if isolated:
             del runners  # the children build their own; this process only made the ONNX files they reuse
             spec = {"name": name, "batch": batch, "input_size": input_size, "train": train, "onnx": onnx,
