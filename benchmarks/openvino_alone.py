@@ -55,21 +55,25 @@ def time_all(out: Path, batch: int, threads: int, rounds: int) -> dict[str, dict
             compiled = core.compile_model(str(out / f"{ir}_b{batch}.xml"), "CPU", {
                 "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_PRECISION_HINT": precision, "ENABLE_CPU_PINNING": pinning})
-            request = compiled.create_infer_request()
-            for _ in range(3):
-                request.infer({0: x})
-            walls = []
-            cpu = time.process_time()
-            for _ in range(rounds):
-                start = time.perf_counter()
-                request.infer({0: x})
-                walls.append(time.perf_counter() - start)
             key = f"openvino-{label}{'' if pinning else ' (no pinning)'}"
-            results[key] = {"median_ms": 1000 * statistics.median(walls),
-                            "cores_busy": (time.process_time() - cpu) / sum(walls)}
+            results[key] = _time_request(compiled, x, rounds)
             print(f"{key:32s} {results[key]['median_ms']:8.1f} ms  {results[key]['cores_busy']:.2f} cores busy",
                   flush=True)
     return results
+
+
+def _time_request(compiled: object, x: object, rounds: int) -> dict[str, float]:
+    """Median wall milliseconds of ``rounds`` inferences of ``x`` (after 3 warm-up ones), and the cores kept busy."""
+    request = compiled.create_infer_request()
+    for _ in range(3):
+        request.infer({0: x})
+    walls = []
+    cpu = time.process_time()
+    for _ in range(rounds):
+        start = time.perf_counter()
+        request.infer({0: x})
+        walls.append(time.perf_counter() - start)
+    return {"median_ms": 1000 * statistics.median(walls), "cores_busy": (time.process_time() - cpu) / sum(walls)}
 
 
 SETTINGS = {  # other ways to ask OpenVINO for 2 threads, tried on the int8 IR (`settings` step)
@@ -92,17 +96,7 @@ def time_settings(out: Path, batch: int, threads: int, rounds: int) -> dict[str,
     for name, extra in SETTINGS.items():
         compiled = core.compile_model(str(out / f"int8_b{batch}.xml"), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, **extra})
-        request = compiled.create_infer_request()
-        for _ in range(3):
-            request.infer({0: x})
-        walls = []
-        cpu = time.process_time()
-        for _ in range(rounds):
-            start = time.perf_counter()
-            request.infer({0: x})
-            walls.append(time.perf_counter() - start)
-        results[f"openvino-int8, {name}"] = {"median_ms": 1000 * statistics.median(walls),
-                                             "cores_busy": (time.process_time() - cpu) / sum(walls)}
+        results[f"openvino-int8, {name}"] = _time_request(compiled, x, rounds)
         print(f"{name:42s} {results[f'openvino-int8, {name}']['median_ms']:8.1f} ms  "
               f"{results[f'openvino-int8, {name}']['cores_busy']:.2f} cores busy", flush=True)
     return results
