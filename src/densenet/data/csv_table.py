@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from densenet.data.arrays import EXTENSIONS, ArrayFiles, ArraySplit, ArrayTensors
+from densenet.data.holdout import held_out
 from densenet.data.images import IMAGE_EXTENSIONS, ImageFiles, ImageTensors, Split, is_image
 from densenet.data.signals import is_signal
 from densenet.data.volumes import NIFTI_EXTENSIONS, is_volume
@@ -87,8 +88,10 @@ def table_path(root: str | Path, train: bool) -> Path:
     names = (TRAIN_TABLE,) if train else EVAL_TABLES
     found = next((root / name for name in names if (root / name).is_file()), None)
     if found is None:
+        hint = "" if train or not (root / TRAIN_TABLE).is_file() else f"; or hold out part of {TRAIN_TABLE} with " \
+            "--val-fraction F"
         raise FileNotFoundError(f"data directory {root} has no {' or '.join(names)} (a CSV data set needs "
-                                f"{TRAIN_TABLE} and {EVAL_TABLES[0]} or {EVAL_TABLES[1]})")
+                                f"{TRAIN_TABLE} and {EVAL_TABLES[0]} or {EVAL_TABLES[1]}{hint})")
     return found
 
 
@@ -218,19 +221,30 @@ def _sorted_classes(values: Sequence[str]) -> list[str]:
     return sorted(distinct)
 
 
-def csv_split(root: str | Path, train: bool, kind: str = "auto") -> Split | ArraySplit:
+def csv_split(root: str | Path, train: bool, kind: str = "auto", val_fraction: float | None = None,
+              seed: int = 0) -> Split | ArraySplit:
     """The training or evaluation split of the CSV data set in ``root``, as files of ``kind`` (``auto``: the kind
-    :func:`input_kind_of` reads from the training table's paths).
+    :func:`input_kind_of` reads from the training table's paths). With ``val_fraction`` the root holds
+    ``train.csv`` only and the evaluation split is that fraction of its rows
+    (:func:`~densenet.data.holdout.held_out`: stratified by class, multi-label rows at random; fixed by ``seed``).
 
     Raises:
         FileNotFoundError, ValueError: as :func:`read_table`; ``ValueError`` also for a path ``kind`` does not read
-            (or, with ``auto``, a table whose kind cannot be told).
+            (or, with ``auto``, a table whose kind cannot be told), or ``val_fraction`` beside an evaluation table.
     """
-    table = read_table(root, train)
+    if val_fraction is not None:
+        found = [name for name in EVAL_TABLES if (Path(root).expanduser() / name).is_file()]
+        if found:
+            raise ValueError(f"{Path(root).expanduser()} has {found[0]} already; --val-fraction holds out part of "
+                             f"{TRAIN_TABLE} only when there is no {' or '.join(EVAL_TABLES)}")
+    table = read_table(root, train or val_fraction is not None)
     resolved = table_kind(root) if kind == "auto" else kind
     input_kind_of(table.source, table.paths, resolved)  # every path of this table is of that kind
+    samples: list[tuple[str, object]] = list(zip(table.paths, table.targets, strict=True))
+    if val_fraction is not None:
+        samples = held_out(ImageFiles(table.source.parent, samples, table.names), val_fraction, seed, train).samples
     _, make = SPLIT_MAKERS[resolved]
-    return make(table.source.parent, list(zip(table.paths, table.targets, strict=True)), table.names)
+    return make(table.source.parent, samples, table.names)
 
 
 def table_kind(root: str | Path) -> str:

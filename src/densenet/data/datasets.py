@@ -73,8 +73,8 @@ class DataSpec:
         train_limit: use at most this many training images (a fixed random subset; ``synthetic``: generate this many).
         eval_limit: the same for the evaluation split.
         seed: seed of the subsets and of the synthetic data.
-        val_fraction: ``folder`` with ``train/`` only: hold out this fraction of it, stratified by class, as the
-            evaluation split (:func:`~densenet.data.holdout.held_out`).
+        val_fraction: ``folder`` with ``train/`` only (``csv`` with ``train.csv`` only): hold out this fraction of it,
+            stratified by class, as the evaluation split (:func:`~densenet.data.holdout.held_out`).
         csv_kind: ``csv`` only: what the table's paths are, one of :data:`~densenet.data.csv_table.CSV_KINDS`
             (``auto``: read from the training table's paths when the data is first needed).
     """
@@ -110,8 +110,9 @@ class DataSpec:
                                  f"{MAX_SYNTHETIC_IMAGES:,}, got {value:,}")
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.val_fraction is not None and self.name not in ("folder", "volumes", "signals"):
-            raise ValueError(f"val_fraction holds out part of a folder's train/; {self.name} has its own split")
+        if self.val_fraction is not None and self.name not in ("folder", "volumes", "signals", "csv"):
+            raise ValueError(f"val_fraction holds out part of a folder's train/ or a csv's train.csv; {self.name} has "
+                             "its own split")
         if self.csv_kind not in CSV_KINDS:
             raise ValueError(f"unknown csv_kind {self.csv_kind!r}; known: {', '.join(CSV_KINDS)}")
         if self.csv_kind != "auto" and self.name != "csv":
@@ -210,7 +211,8 @@ def load_split(spec: DataSpec, split: str,
         files = _limited(_folder(spec, train, FILE_TESTS[kind], EXTENSIONS[kind], kind), limit, spec.seed)
         return ArrayFiles(files.root, files.samples, files.class_names, kind)
     if spec.name == "csv" and spec.reads_arrays:
-        return _limited(csv_split(spec.data_dir or "", train, spec.input_kind), limit, spec.seed)
+        return _limited(csv_split(spec.data_dir or "", train, spec.input_kind, spec.val_fraction, spec.seed), limit,
+                        spec.seed)
     if spec.name == "digits":
         data: Split = _digits(train)
     elif spec.name in ("cifar10", "cifar100"):
@@ -219,8 +221,8 @@ def load_split(spec: DataSpec, split: str,
         size = limit or SYNTHETIC_SIZES[0 if train else 1]
         return _synthetic(size, spec.in_chans, spec.crop, spec.seed + (0 if train else 1))
     else:
-        data = _limited(_folder(spec, train) if spec.name == "folder" else csv_split(spec.data_dir or "", train,
-                                                                                     "image"), limit, spec.seed)
+        data = _limited(_folder(spec, train) if spec.name == "folder" else csv_split(
+            spec.data_dir or "", train, "image", spec.val_fraction, spec.seed), limit, spec.seed)
         if not spec.cache:
             return data
         mode = preprocessing.image_mode if preprocessing else ("L" if spec.in_chans == 1 else "RGB")
@@ -310,8 +312,11 @@ def _folder(spec: DataSpec, train: bool, is_valid: Callable[[str], bool] = is_im
     return _class_folders(split_dir, is_valid, extensions, what)
 
 
-def folder_files(spec: DataSpec, train: bool = True) -> ImageFiles:
-    """The files of a ``folder`` data set's training (or evaluation) split, before any ``*_limit``."""
+def folder_files(spec: DataSpec, train: bool = True) -> ImageFiles | ArrayFiles:
+    """The files of a ``folder`` (or ``csv``) data set's training (or evaluation) split, before any ``*_limit``."""
+    if spec.name == "csv":
+        return typing.cast(ImageFiles | ArrayFiles, csv_split(spec.data_dir or "", train, spec.input_kind,
+                                                              spec.val_fraction, spec.seed))
     return _folder(spec, train)
 
 

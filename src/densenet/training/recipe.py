@@ -51,8 +51,9 @@ class TrainConfig:
                                           "the model's smallest input; 32 per axis volumes, 256 signals)")
     augment: str = _field("auto", "training augmentation (auto: by data set)", choices=AUGMENTATIONS)
     cache: bool = _field(False, "folder or csv of images: decode every image once into memory (small images)")
-    val_fraction: float | None = _field(None, "folder, volumes or signals with train/ only: hold out this fraction "
-                                              "of it (stratified by class, by --seed) as the validation split")
+    val_fraction: float | None = _field(None, "folder, volumes or signals with train/ only (csv: train.csv only): "
+                                              "hold out this fraction of it (stratified by class; multi-label rows at "
+                                              "random; by --seed) as the validation split")
     csv_kind: str = _field("auto", "csv: what the table's paths are (auto: images, or volumes when they are NIfTI; a "
                                    "table of .npy files says volume or signal)", choices=CSV_KINDS)
     train_limit: int | None = _field(None, "use at most N training images (fixed random subset; synthetic: N images)")
