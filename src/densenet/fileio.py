@@ -1,11 +1,17 @@
-"""Atomic file writes: a file is either absent, the old version, or complete — never half-written."""
+"""Writing files: atomically (a file is either absent, the old version, or complete — never half-written), under
+names that any file system takes."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+MAX_STEM = 100  # characters of a name kept in a file name (most file systems allow 255 bytes)
+# names Windows reserves whatever the extension
+RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
 @contextmanager
@@ -38,6 +44,15 @@ def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def safe_file_stem(name: str) -> str:
+    """``name`` (a class or label name) as a file-name stem: ASCII letters, digits, ``.``, ``_`` and ``-`` kept, every
+    other run of characters (``/``, blanks, ``:``, non-ASCII …) one ``_``; no leading dot or ``-``; at most
+    :data:`MAX_STEM` characters; ``label`` for a name with nothing left; a reserved device name (``NUL``) followed by
+    ``_``. Distinct names may give the same stem: callers that write several keep them apart."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".-")[:MAX_STEM] or "label"
+    return stem + "_" if stem.split(".")[0].upper() in RESERVED else stem
 
 
 def _umask() -> int:

@@ -265,3 +265,19 @@ def test_multi_label_models_explain_each_label_present(tmp_path):
     write_explanations(explanations, tmp_path, "gradcam", multi_label=True)
     assert {p.name for p in tmp_path.iterdir()} == {f"image{i}_{NAMES[c]}.{ext}" for i, c in present
                                                     for ext in ("png", "npy")}
+
+
+def test_multi_label_file_names_take_labels_no_file_system_would(tmp_path):
+    """A label such as ``effusion/left`` (a ``/``) or ``Pleural Effusion`` names a file as ``eval``'s ROC curves do:
+    ``image0_effusion_left.png``, not a file inside a directory ``image0_effusion`` that does not exist."""
+    from densenet.explain.write import write_explanations
+
+    model = _tiny()
+    model.meta = ModelMeta(None, ("effusion/left", "Pleural Effusion", "dog"), task=MULTI_LABEL)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([5.0, 5.0, -5.0]))
+    explanations = densenet.explain(model, torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(7)))
+    write_explanations(explanations, tmp_path, "gradcam", multi_label=True)
+    assert {p.name for p in tmp_path.iterdir()} == {f"image0_{stem}.{ext}" for stem in ("effusion_left",
+                                                                                        "Pleural_Effusion")
+                                                    for ext in ("png", "npy")}

@@ -6,8 +6,9 @@ import math
 
 import torch
 
+from densenet.fileio import MAX_STEM
 from densenet.training.multilabel import MultiLabelResult
-from densenet.training.roc_files import MAX_STEM, label_file_stems, plot_label_rocs
+from densenet.training.roc_files import label_file_stems, plot_label_rocs
 
 
 def test_label_file_stems_are_safe_and_distinct():

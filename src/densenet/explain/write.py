@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from densenet.explain.cam import Explanation
-from densenet.fileio import atomic_path
+from densenet.fileio import atomic_path, safe_file_stem
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, weight: float = 0.5) -> np.ndarray:
@@ -59,8 +59,8 @@ def file_stem(path: Path) -> str:
 
 
 def output_stems(explanations: Sequence[Explanation], multi_label: bool) -> list[str]:
-    """File stems: the input's name (``<stem>``), ``<stem>_<class>`` for a multi-label model, ``image<N>`` for a
-    tensor row.
+    """File stems: the input's name (``<stem>``), ``<stem>_<label>`` for a multi-label model (the label's name made
+    safe for a file name: :func:`~densenet.fileio.safe_file_stem`), ``image<N>`` for a tensor row.
 
     Raises:
         ValueError: two inputs would write the same files.
@@ -68,7 +68,7 @@ def output_stems(explanations: Sequence[Explanation], multi_label: bool) -> list
     stems = []
     for e in explanations:
         stem = file_stem(e.path) if e.path is not None else f"image{e.index}"
-        stems.append(f"{stem}_{e.class_name}" if multi_label else stem)
+        stems.append(f"{stem}_{safe_file_stem(e.class_name)}" if multi_label else stem)
     seen: dict[str, Explanation] = {}
     for stem, e in zip(stems, explanations, strict=True):
         if stem in seen and seen[stem].index != e.index:

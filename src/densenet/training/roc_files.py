@@ -3,29 +3,21 @@ names made safe for any file system."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from densenet.fileio import safe_file_stem
 from densenet.training.multilabel import MultiLabelResult
 from densenet.training.plots import plot_roc_curves
 
-MAX_STEM = 100  # characters of a label kept in its file name (most file systems allow 255 bytes)
-# names Windows reserves whatever the extension
-RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-
 
 def label_file_stems(names: Sequence[str]) -> list[str]:
-    """A file-name stem per label: ASCII letters, digits, ``.``, ``_`` and ``-`` kept, every other run of characters
-    (``/``, blanks, ``:``, non-ASCII …) one ``_``; no leading dot or ``-``; at most :data:`MAX_STEM` characters;
-    ``label`` for a name with nothing left; a reserved device name (``NUL``) followed by ``_``; and distinct even
-    where case is ignored (macOS, Windows): a stem already taken gets ``-2``, ``-3`` …"""
+    """A file-name stem per label (:func:`~densenet.fileio.safe_file_stem`), distinct even where case is ignored
+    (macOS, Windows): a stem already taken gets ``-2``, ``-3`` …"""
     stems: list[str] = []
     taken: set[str] = set()
     for name in names:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".-")[:MAX_STEM] or "label"
-        if stem.split(".")[0].upper() in RESERVED:
-            stem += "_"
+        stem = safe_file_stem(name)
         unique, number = stem, 1
         while unique.lower() in taken:
             number += 1
