@@ -80,7 +80,7 @@ def main() -> None:
     scratch = torch.empty_like(codes)
     buffer = torch.empty(1, 1, 1, c + 32, dtype=torch.uint8).permute(0, 3, 1, 2)
     new = codes[:, :32].clone(memory_format=torch.channels_last)
-    packed = qconv._packed_weight(codes)
+    packed = qconv.packed_weight(tuple(codes.shape))
     prebuilt = (codes, 1.0, 0, packed, qconv.weight_scale, qconv.weight_zero, qconv.bias, [1, 1], [0, 0], [1, 1], 1,
                 0.05, 0, None, "relu", [], "")
     cases = {

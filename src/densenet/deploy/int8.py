@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
+from densenet.deploy.layer_loop import compiled, hooked, int8_layers
 from densenet.deploy.optimize import FrozenConv, FrozenDenseBlock, FrozenTransition, OptimizedDenseNet, Workspace
 from densenet.model import check_input
 from densenet.nn.batchnorm import affine_relu
@@ -85,21 +86,21 @@ def encode(x: Tensor, code: QParams) -> Tensor:
     return torch.round(x / code.scale).add_(code.zero_point).clamp_(CODE_MIN, CODE_MAX).to(torch.uint8)
 
 
-class PackCache:
-    """oneDNN's packed int8 weights of one convolution, per input shape, built once under a lock. Copies and
-    pickles start empty (a cache)."""
+class ShapeCache:
+    """Values built once per input shape under a lock (oneDNN's packed int8 weights of one convolution, a block's
+    layer-loop arguments). Copies and pickles start empty (a cache)."""
 
     def __init__(self) -> None:
-        self._packed: dict[tuple[int, ...], Tensor] = {}
+        self._values: dict[tuple[int, ...], Any] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, ...], pack: Callable[[], Tensor]) -> Tensor:
-        """The packed weight for input shape ``key``, ``pack()`` on first use."""
-        packed = self._packed.get(key)
-        if packed is None:
+    def get(self, key: tuple[int, ...], build: Callable[[], Any]) -> Any:
+        """The value for input shape ``key``, ``build()`` on first use."""
+        value = self._values.get(key)
+        if value is None:
             with self._lock:
-                packed = self._packed[key] = pack()
-        return packed
+                value = self._values[key] = build()
+        return value
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
@@ -136,21 +137,22 @@ class QConv(nn.Module):
         self.register_buffer("bias", bias.float())
         self.x_scale, self.out, self.stride, self.padding, self.relu = float(x_scale), out, stride, padding, relu
         self.x_zero_point = int(x_zero_point)
-        self.packed = PackCache()
+        self.packed = ShapeCache()
         # the operator's stride, padding and post-op arguments, built once (~120 calls a forward)
         self._arguments = ([stride] * 2, [padding] * 2, "relu" if relu else "none")
 
     def forward(self, x: Tensor) -> Tensor:
         """u8 codes ``(N, C_in, H, W)`` → u8 codes ``(N, C_out, H', W')``, channels-last."""
         stride, padding, attr = self._arguments
-        return _QCONV(x, self.x_scale, self.x_zero_point, self._packed_weight(x), self.weight_scale,
+        return _QCONV(x, self.x_scale, self.x_zero_point, self.packed_weight(tuple(x.shape)), self.weight_scale,
                       self.weight_zero, self.bias, stride, padding, _DILATION, 1, self.out.scale, self.out.zero_point,
                       None, attr, _NO_SCALARS, "")
 
-    def _packed_weight(self, x: Tensor) -> Tensor:
-        return self.packed.get(x.shape, lambda: torch.ops.onednn.qconv_prepack(
+    def packed_weight(self, shape: tuple[int, ...]) -> Tensor:
+        """oneDNN's packed int8 weight for input shape ``shape``, packed on first use."""
+        return self.packed.get(shape, lambda: torch.ops.onednn.qconv_prepack(
             self.weight, self.weight_scale, self.x_scale, self.x_zero_point, [self.stride] * 2, [self.padding] * 2,
-            [1, 1], 1, list(x.shape)))
+            [1, 1], 1, list(shape)))
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={tuple(self.weight.shape[2:])}, "
@@ -179,6 +181,7 @@ class QuantizedDenseBlock(nn.Module):
         self.register_buffer("channel_scale", torch.cat([torch.full((n,), q.scale) for n, q in segments]))
         self.register_buffer("channel_zero", torch.cat([torch.full((n,), float(q.zero_point)) for n, q in segments]))
         self.workspace = Workspace()
+        self.plans = ShapeCache()  # the layer loop's arguments per input shape
         self.conv1, self.conv2 = nn.ModuleList(), nn.ModuleList()
         for index in range(self.num_layers):
             channels = c0 + index * self.growth_rate
@@ -193,20 +196,38 @@ class QuantizedDenseBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """u8 ``(N, C_0, H, W)`` → u8 ``(N, C_0 + L·k, H, W)`` (channels-last strides)."""
         n, c0, h, w = x.shape
+        total = c0 + self.num_layers * self.growth_rate
+        buffer = self.workspace.get("buffer", n * h * w * total, x)
+        scratch = self.workspace.get("scratch", n * h * w * (total - self.growth_rate), x)
+        if not hooked([*self.conv1, *self.conv2]):
+            # the layer loop in C++ (densenet.deploy.layer_loop): ~120 operator calls a forward without Python's share
+            arguments = self.plans.get(tuple(x.shape), lambda: self._arguments(tuple(x.shape)))
+            return compiled(int8_layers)(x, buffer, scratch, self.growth_rate, *arguments)
         k = self.growth_rate
-        total = c0 + self.num_layers * k
-        buffer = self.workspace.get("buffer", n * h * w * total, x).view(n, h, w, total)
-        features = buffer.permute(0, 3, 1, 2)  # (N, C_0 + L·k, H, W) view
+        features = buffer.view(n, h, w, total).permute(0, 3, 1, 2)  # (N, C_0 + L·k, H, W) view
         features[:, :c0].copy_(x)
-        scratch = self.workspace.get("scratch", n * h * w * (total - k), x)
-        # the convolutions' forward called directly: nn.Module's call machinery costs µs a call, 2 calls a layer
         for index, (conv1, conv2) in enumerate(zip(self.conv1, self.conv2, strict=True)):
             channels = c0 + index * k
             out = scratch[:n * h * w * channels].view(n, h, w, channels).permute(0, 3, 1, 2)
             clamped = torch.clamp(features[:, :channels], getattr(self, f"lo{index}"), getattr(self, f"hi{index}"),
                                   out=out)
-            features[:, channels:channels + k].copy_(conv2.forward(conv1.forward(clamped)))
+            features[:, channels:channels + k].copy_(conv2(conv1(clamped)))
         return features
+
+    def _arguments(self, shape: tuple[int, ...]) -> tuple[list[Any], ...]:
+        """The layer loop's per-layer arguments for the block input's shape (the packed weights depend on it)."""
+        n, c0, h, w = shape
+        k, width = self.growth_rate, self.conv2[0].weight.shape[1]
+        conv1, conv2 = list(self.conv1), list(self.conv2)
+        return ([getattr(self, f"lo{index}") for index in range(self.num_layers)],
+                [getattr(self, f"hi{index}") for index in range(self.num_layers)],
+                [conv.packed_weight((n, c0 + index * k, h, w)) for index, conv in enumerate(conv1)],
+                [conv.weight_scale for conv in conv1], [conv.weight_zero for conv in conv1],
+                [conv.bias for conv in conv1], [conv.out.scale for conv in conv1],
+                [conv.out.zero_point for conv in conv1],
+                [conv.packed_weight((n, width, h, w)) for conv in conv2],
+                [conv.weight_scale for conv in conv2], [conv.weight_zero for conv in conv2],
+                [conv.out.scale for conv in conv2], [conv.out.zero_point for conv in conv2])
 
 
 class CodePool(nn.Module):
@@ -222,7 +243,7 @@ class CodePool(nn.Module):
         self.register_buffer("weight_scale", torch.full((channels,), 0.25))
         self.register_buffer("weight_zero", torch.zeros(channels, dtype=torch.int32))
         self.channels = channels
-        self.packed = PackCache()
+        self.packed = ShapeCache()
 
     def forward(self, x: Tensor) -> Tensor:
         """u8 ``(N, C, H, W)`` → u8 ``(N, C, ⌊H/2⌋, ⌊W/2⌋)``."""

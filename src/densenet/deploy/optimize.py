@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from densenet.deploy.folding import batch_norm_affine, fold_batch_norm, fold_relu_affine
+from densenet.deploy.layer_loop import compiled, fused_layers, hooked
 from densenet.model import DenseNet, check_input
 from densenet.nn import dims as nd
 from densenet.nn.batchnorm import affine_relu
@@ -41,6 +43,11 @@ from densenet.nn.layers import DenseBlock, Transition
 _FUSED_CONV = (hasattr(torch.ops.mkldnn, "_convolution_pointwise")
                and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight") and torch.backends.mkldnn.is_available())
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)  # what oneDNN's fused convolution takes
+
+
+def fused_conv(x: Tensor) -> bool:
+    """Whether convolutions on ``x`` run as oneDNN's fused CPU convolution on packed weights."""
+    return _FUSED_CONV and x.device.type == "cpu" and x.dtype in _FUSED_DTYPES
 
 
 def clamp_bound(bound: Tensor) -> Tensor | None:
@@ -87,21 +94,23 @@ class FrozenConv(nn.Module):
         return self._conv(x)
 
     def _conv(self, x: Tensor) -> Tensor:
-        if _FUSED_CONV and x.device.type == "cpu" and x.dtype in _FUSED_DTYPES:
-            return torch.ops.mkldnn._convolution_pointwise(x, self._packed_weight(x), self.bias, self.padding,
-                                                           self.stride, [1] * len(self.stride), 1,
+        if fused_conv(x):
+            return torch.ops.mkldnn._convolution_pointwise(x, self.packed_weight(x.shape, x.dtype), self.bias,
+                                                           self.padding, self.stride, [1] * len(self.stride), 1,
                                                            "relu" if self.relu else "none", [], "")
         out = nd.conv(x, self.weight, self.bias, self.stride, self.padding)
         return out.relu_() if self.relu else out
 
-    def _packed_weight(self, x: Tensor) -> Tensor:
+    def packed_weight(self, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """oneDNN's blocked copy of ``weight`` for inputs of ``shape`` and ``dtype`` (CPU), repacked when either or
+        the weight changes (see the class docstring)."""
         weight = self.weight
         # a weight made under torch.inference_mode() has no version counter: only replacing it is seen
-        key = (tuple(x.shape), x.dtype, None if weight.is_inference() else weight._version)
+        key = (tuple(shape), dtype, None if weight.is_inference() else weight._version)
         packed = self._packed
         if packed is None or packed[0] is not weight or packed[1] != key:
             packed = self._packed = (weight, key, torch.ops.mkldnn._reorder_convolution_weight(
-                weight, self.padding, self.stride, [1] * len(self.stride), 1, list(x.shape)))
+                weight, self.padding, self.stride, [1] * len(self.stride), 1, list(shape)))
         return packed[2]
 
     def clear_cache(self) -> None:
@@ -176,10 +185,19 @@ class FrozenDenseBlock(nn.Module):
         n, c0, *spatial = x.shape
         k = self.growth_rate
         total, m = c0 + self.num_layers * k, x.numel() // c0  # M = N·∏ spatial
-        buffer = self.workspace.get("buffer", m * total, x).view(n, *spatial, total)  # [x_0, …, x_L]
-        features = buffer.movedim(-1, 1)  # (N, C_0 + L·k, *spatial) view
-        features[:, :c0].copy_(x)
+        buffer = self.workspace.get("buffer", m * total, x)  # [x_0, …, x_L], channels-last
         scratch = self.workspace.get("scratch", m * (total - k), x)
+        if self.bottleneck and fused_conv(x) and not self.conv1[0].planar and not hooked([*self.conv1, *self.conv2]):
+            # the layer loop in C++ (densenet.deploy.layer_loop): ~120 operator calls a forward without Python's share
+            width, dims, layers = self.conv2[0].weight.shape[1], len(spatial), range(self.num_layers)
+            return compiled(fused_layers)(
+                x, buffer, scratch, k, [getattr(self, f"lo{i}") for i in layers],
+                [getattr(self, f"hi{i}") for i in layers],
+                [conv.packed_weight((n, c0 + index * k, *spatial), x.dtype) for index, conv in enumerate(self.conv1)],
+                [conv.bias for conv in self.conv1],
+                [conv.packed_weight((n, width, *spatial), x.dtype) for conv in self.conv2], [1] * dims, [0] * dims)
+        features = buffer.view(n, *spatial, total).movedim(-1, 1)  # (N, C_0 + L·k, *spatial) view
+        features[:, :c0].copy_(x)
         for index in range(self.num_layers):
             channels = c0 + index * k
             inputs = features[:, :channels]  # [x_0, …, x_{l−1}]

@@ -1,0 +1,86 @@
+"""The compiled layer loop (densenet.deploy.layer_loop) computes what the blocks' Python loops compute, bit for bit,
+in float32, bfloat16 (2-D and 3-D) and int8, for every input shape; a hooked convolution gets its Python loop."""
+
+import pytest
+import torch
+
+import densenet
+from densenet.deploy import int8
+from densenet.deploy.int8 import QuantizedDenseBlock
+from densenet.deploy.optimize import FrozenDenseBlock, optimize_for_inference
+from densenet.deploy.quantize import quantize
+from helpers import randomize_batch_norm
+
+
+def block_outputs(model: torch.nn.Module, block_type: type, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every dense block's output for input ``x`` (copies: the blocks write into reused workspaces)."""
+    outputs = []
+    handles = [module.register_forward_hook(lambda _m, _i, out: outputs.append(out.clone()))
+               for module in model.modules() if isinstance(module, block_type)]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def python_loop_outputs(model: torch.nn.Module, block_type: type, x: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+    """The same with a forward hook on every block's first 1×1 convolution, which sends each block through its Python
+    loop; and how often the hooks ran."""
+    calls = []
+    handles = [module.conv1[0].register_forward_hook(lambda *_: calls.append(1))
+               for module in model.modules() if isinstance(module, block_type)]
+    try:
+        return block_outputs(model, block_type, x), len(calls)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def assert_same(compiled: list[torch.Tensor], python: list[torch.Tensor]) -> None:
+    assert len(compiled) == len(python) > 0
+    for got, expected in zip(compiled, python, strict=True):
+        assert got.stride() == expected.stride()
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(("spatial_dims", "dtype"), [(2, torch.float32), (2, torch.bfloat16), (3, torch.float32)])
+def test_float_loop_equals_the_python_loop_for_every_shape(spatial_dims, dtype):
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet_bc100_k12", spatial_dims=spatial_dims, block_config=(3, 4, 2))
+    randomize_batch_norm(model)
+    fast = optimize_for_inference(model.eval(), dtype=dtype)
+    for batch, side in [(2, 12), (1, 9), (2, 12)]:  # a new shape repacks; the first shape's plan is reused after
+        x = torch.randn(batch, 3, *[side] * spatial_dims)
+        python, hook_calls = python_loop_outputs(fast, FrozenDenseBlock, x)
+        assert hook_calls == 3  # one per block: the hooked blocks ran their Python loop
+        assert_same(block_outputs(fast, FrozenDenseBlock, x), python)
+
+
+def test_a_global_forward_hook_also_gets_the_python_loop():
+    torch.manual_seed(0)
+    fast = optimize_for_inference(densenet.create_model("densenet_bc100_k12", block_config=(2, 2, 2)).eval())
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, _i, _o: seen.append(type(module).__name__))
+    try:
+        with torch.inference_mode():
+            fast(torch.randn(1, 3, 8, 8))
+    finally:
+        handle.remove()
+    assert seen.count("FrozenConv") == 1 + 3 * 2 * 2 + 2  # stem, two per layer, one per transition
+
+
+@pytest.mark.skipif(not int8.int8_supported(), reason="this CPU has no AVX-512 VNNI / AVX-VNNI / AMX")
+def test_int8_loop_equals_the_python_loop_for_every_shape():
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet_bc100_k12", block_config=(3, 4, 2)).eval()
+    randomize_batch_norm(model)
+    quantized = quantize(model, [torch.randn(32, 3, 16, 16)], observer="minmax")
+    for batch, side in [(2, 16), (1, 12), (2, 16)]:
+        x = torch.randn(batch, 3, side, side)
+        python, hook_calls = python_loop_outputs(quantized, QuantizedDenseBlock, x)
+        assert hook_calls == 3
+        assert_same(block_outputs(quantized, QuantizedDenseBlock, x), python)
