@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import densenet
+from densenet.nn import dims as nd
 from densenet.nn.layers import DenseBlock
 from densenet.nn.recompute import ConvBatchNormReLUPoolFunction, batch_norm_relu_pool
 from helpers import max_relative_error, randomize_batch_norm
@@ -24,9 +25,9 @@ KINDS = {1: (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d),
          3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AvgPool3d)}
 
 
-def _pair(dims: int, name: str):
+def _pair(dims: int, name: str, in_chans: int = 3):
     torch.manual_seed(dims)
-    config = densenet.DenseNetConfig(**CONFIGS[name], num_classes=3, spatial_dims=dims)
+    config = densenet.DenseNetConfig(**CONFIGS[name], num_classes=3, spatial_dims=dims, in_chans=in_chans)
     reference = densenet.DenseNet(config.replace(memory_efficient=False))
     randomize_batch_norm(reference)
     ours = densenet.DenseNet(config)
@@ -42,13 +43,14 @@ def _step(model: nn.Module, x: torch.Tensor, seed: int):
     return out.detach(), x.grad
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize(("name", "in_chans"), [*((name, 3) for name in sorted(CONFIGS)), ("imagenet", 1)])
 @pytest.mark.parametrize("dims", [1, 2, 3])
-def test_float64_gradients_equal_plain_path(dims, name):
+def test_float64_gradients_equal_plain_path(dims, name, in_chans):
     """Two SGD steps: outputs, input gradients, every parameter gradient and the running statistics of the explicit
-    path equal the plain autograd path's to 1e-8 in float64 — the statistics updated once per forward."""
-    reference, ours = _pair(dims, name)
-    x = torch.randn(3, 3, *[SIDES[dims][name]] * dims, dtype=torch.float64) * 2 + 0.5
+    path equal the plain autograd path's to 1e-8 in float64 — the statistics updated once per forward. One input
+    channel too: its stem runs on a channels-last view of the input (:func:`densenet.nn.dims.channel_stride_one`)."""
+    reference, ours = _pair(dims, name, in_chans)
+    x = torch.randn(3, in_chans, *[SIDES[dims][name]] * dims, dtype=torch.float64) * 2 + 0.5
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (reference, ours)]
     for step in range(2):
         for optimizer in optimizers:
@@ -149,3 +151,18 @@ def test_config_round_trips_spatial_dims_and_old_configs_read_as_2d():
 def test_every_registered_name_takes_spatial_dims(name):
     assert densenet.get_config(name, spatial_dims=1).spatial_dims == 1
     assert densenet.get_config(name, spatial_dims=3, in_chans=1).spatial_dims == 3
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_one_channel_view_is_channels_last_and_so_is_the_stem_conv(dims):
+    """A one-channel map gets the channel stride 1 without a copy, and the stem's convolution of it comes out
+    channels-last (from the plain strides it comes out plain, and its max-pool takes the slow plain-layout kernel)."""
+    x = torch.randn(2, 1, *[9] * dims)
+    view = nd.channel_stride_one(x)
+    assert view.stride(1) == 1 and view.data_ptr() == x.data_ptr() and torch.equal(view, x)
+    weight = torch.randn(4, 1, *[3] * dims)
+    layout = nd.memory_format(dims)
+    assert not nd.conv(x, weight, None, 2, 1).is_contiguous(memory_format=layout)
+    assert nd.conv(view, weight, None, 2, 1).is_contiguous(memory_format=layout)
+    rgb = torch.randn(2, 3, *[9] * dims)
+    assert nd.channel_stride_one(rgb) is rgb

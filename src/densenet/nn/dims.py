@@ -148,6 +148,21 @@ def channels_last(x: Tensor, dims: int | None = None) -> Tensor:
     return x.movedim(1, -1).contiguous().movedim(-1, 1)
 
 
+def channel_stride_one(x: Tensor) -> Tensor:
+    """``x`` with the channel stride 1 where it has one channel (a view; ``x`` itself otherwise, or in 1D).
+
+    With one channel both layouts address the same memory, so ``x.contiguous(memory_format=…)`` keeps the plain
+    strides, and a convolution on such an input (a grayscale image, a single-channel volume) returns a plain
+    contiguous output (torch picks channels-last from a stride of 1 on the channel axis) — whose max-pool then runs
+    the plain-layout kernel, ~8× slower in 3D (benchmarks/NOTES.md). For the explicit Functions' own tensors, not
+    for tensors autograd records (the view is an ``as_strided``)."""
+    if spatial_dims(x) not in _FORMATS or x.shape[1] != 1:
+        return x
+    x = x.contiguous()
+    strides = [x.stride(0), 1, *x.stride()[2:]]
+    return x.as_strided(x.shape, strides)
+
+
 def memory_format(dims: int) -> torch.memory_format:
     """The channels-last memory format of ``d``-dimensional maps (plain contiguous for 1D, which has none)."""
     return _FORMATS.get(dims, torch.contiguous_format)

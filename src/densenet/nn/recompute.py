@@ -76,7 +76,7 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
             del z, grad_u  # the conv's backward needs δ_z, x and W only
             # ∂L/∂X = Wᵀ ∗ δ_z, ∂L/∂W = X ⋆ δ_z   [F1b]
             grad_x, grad_conv, _ = nd.conv_backward(
-                grad_z, x.to(ctx.dtype), conv_weight.to(ctx.dtype), False, *ctx.conv,
+                grad_z, nd.channel_stride_one(x.to(ctx.dtype)), conv_weight.to(ctx.dtype), False, *ctx.conv,
                 needs=(ctx.needs_input_grad[3], ctx.needs_input_grad[6], False))
         return (None, None, None, None if grad_x is None else grad_x.to(x.dtype), grad_weight, grad_bias,
                 None if grad_conv is None else grad_conv.to(conv_weight.dtype))
@@ -137,7 +137,7 @@ def _stem_backward_in_halves(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tens
         del z, grad_u  # the conv's backward needs δ_z, x and W only
         # ∂L/∂X = Wᵀ ∗ δ_z, ∂L/∂W = X ⋆ δ_z   [F1b]
         part_x, part_conv, _ = nd.conv_backward(
-            grad_z, x[half].to(ctx.dtype), conv_weight.to(ctx.dtype), False, *ctx.conv,
+            grad_z, nd.channel_stride_one(x[half].to(ctx.dtype)), conv_weight.to(ctx.dtype), False, *ctx.conv,
             needs=(grad_x is not None, grad_conv is not None, False))
         del grad_z
         if grad_x is not None:
@@ -151,8 +151,8 @@ def _conv(x: Tensor, weight: Tensor | None, conv: Conv | None, dtype: torch.dtyp
     """``W ∗ x`` in ``dtype`` [F1], or ``x`` itself without a conv."""
     if conv is None:
         return x
-    # W ∗ x   [F1]
-    return nd.conv(x.to(dtype), weight.to(dtype), None, *conv)
+    # W ∗ x   [F1], channels-last out also for one input channel
+    return nd.conv(nd.channel_stride_one(x.to(dtype)), weight.to(dtype), None, *conv)
 
 
 def _pool(x: Tensor, pool: Pool) -> Tensor:
