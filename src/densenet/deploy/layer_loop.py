@@ -10,7 +10,7 @@ packed weights and scratch tensors and hand them in, and run their Python loop w
 forward hook (:func:`hooked`).
 
 Per layer ``l`` [F2], on the channels-last buffer ``[x_0, …, x_L]`` (the folded BN-ReLU is a clamp, the BN2-ReLU
-fused into the 1×1 conv; docs/MATH.md "Fast inference" and "Int8 inference")::
+fused into the 1×1 conv; docs/MATH.md "Inference: batch norms folded away" and "Int8 inference")::
 
     r = clamp([x_0, …, x_{l−1}], lo_l, hi_l)      y = σ(W1_l ∗ r + b1_l)      x_l = W2_l ∗ y
 
