@@ -1,13 +1,15 @@
 """The explicit dense block against the plain autograd path on the CPU recipe's small network, interleaved.
 
     python benchmarks/explicit_small.py [--rounds 9] [--threads 2] [--model NAME --input-size 32 --batch 64
-        --output explicit_small]
+        --output explicit_small] [--allocator glibc-default | densenet-train]
 
 The network is ``configs/cifar10_cpu.yaml``'s (DenseNet-BC, k = 16, blocks 3-6-9, 32 initial maps) at 32×32,
 batch 64 — or, with ``--model``, that registered network as registered — channels-last, one training step
 (forward, cross-entropy, backward, SGD with momentum), in float32 and
 under bfloat16 autocast. Both paths hold the same weights; each round times every configuration once, in a new
-seeded order after a short idle time (``densenet.deploy.bench.time_interleaved``). Writes
+seeded order after a short idle time (``densenet.deploy.bench.time_interleaved``). ``--allocator densenet-train``
+times under the malloc setting ``densenet train`` runs with on CPU (``keep_freed_memory``: freed memory reused, not
+faulted in again each step); the default is glibc's own. Writes
 ``benchmarks/results/explicit_small.json`` and prints the explicit path's speed relative to the plain one.
 """
 
@@ -23,6 +25,7 @@ import yaml
 
 import densenet
 from densenet.deploy.bench import time_interleaved
+from densenet.training.allocator import keep_freed_memory
 from harness import ROOT, machine, print_table, write_json
 
 
@@ -46,7 +49,11 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--output", default="explicit_small", help="results file name (benchmarks/results/NAME.json)")
+    parser.add_argument("--allocator", choices=("glibc-default", "densenet-train"), default="glibc-default",
+                        help="densenet-train: malloc keeps freed memory, as `densenet train` sets it on CPU")
     args = parser.parse_args()
+    if args.allocator == "densenet-train" and not keep_freed_memory():
+        raise SystemExit("keep_freed_memory() was refused: the densenet-train allocator setting does not apply")
     torch.set_num_threads(args.threads)
     recipe = yaml.safe_load((ROOT / "configs" / "cifar10_cpu.yaml").read_text())
     model_args = {key: value for key, value in recipe["model_args"].items() if key != "memory_efficient"}
@@ -65,7 +72,8 @@ def main() -> None:
             model = model.train().to(memory_format=torch.channels_last)
             label = f"{'explicit' if memory_efficient else 'plain'} {'bf16' if bf16 else 'fp32'}"
             runners[label] = (_step(model, x, target, bf16), 0)
-    times = time_interleaved(runners, rounds=args.rounds, warmup=1).seconds
+    timings = time_interleaved(runners, rounds=args.rounds, warmup=1)
+    times = timings.seconds
     medians = {label: statistics.median(t) for label, t in times.items()}
     rows = []
     for precision in ("fp32", "bf16"):
@@ -74,9 +82,10 @@ def main() -> None:
     print_table(["precision", "explicit img/s", "plain img/s", "explicit ÷ plain"], rows)
     path = write_json(args.output, {"benchmark": "explicit_small", "machine": machine(), "rounds": args.rounds,
                                     "model": name, "model_args": model_args, "input_size": args.input_size,
-                                    "batch": args.batch,
+                                    "batch": args.batch, "allocator": args.allocator,
                                     "seconds": {label: {"median": medians[label], "all": t}
-                                                for label, t in times.items()}})
+                                                for label, t in times.items()},
+                                    "minor_faults": timings.minor_faults})
     print(f"wrote {path}")
 
 
