@@ -1,19 +1,22 @@
 """The explicit dense block against the plain autograd path on the CPU recipe's small network, interleaved.
 
     python benchmarks/explicit_small.py [--rounds 9] [--threads 2] [--model NAME --input-size 32 --batch 64
-        --output explicit_small]
+        --seed 0 --output explicit_small]
 
 The network is ``configs/cifar10_cpu.yaml``'s (DenseNet-BC, k = 16, blocks 3-6-9, 32 initial maps) at 32×32,
 batch 64 — or, with ``--model``, that registered network as registered — channels-last, one training step
 (forward, cross-entropy, backward, SGD with momentum), in float32 and
 under bfloat16 autocast. Both paths hold the same weights; each round times every configuration once, in a new
-seeded order after a short idle time (``densenet.deploy.bench.time_interleaved``). Writes
-``benchmarks/results/explicit_small.json`` and prints the explicit path's speed relative to the plain one.
+seeded order (``--seed``: a longer measurement split into several invocations gives each its own orders) after a
+short idle time (``densenet.deploy.bench.time_interleaved``). Writes
+``benchmarks/results/explicit_small.json`` (with the load average before and after: the machine is shared) and
+prints the explicit path's speed relative to the plain one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from contextlib import nullcontext
 
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--model", help="a registered name instead of the CPU recipe's network")
     parser.add_argument("--input-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the interleaved order")
     parser.add_argument("--output", default="explicit_small", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,7 +69,9 @@ def main() -> None:
             model = model.train().to(memory_format=torch.channels_last)
             label = f"{'explicit' if memory_efficient else 'plain'} {'bf16' if bf16 else 'fp32'}"
             runners[label] = (_step(model, x, target, bf16), 0)
-    times = time_interleaved(runners, rounds=args.rounds, warmup=1).seconds
+    load_before = os.getloadavg()
+    times = time_interleaved(runners, rounds=args.rounds, warmup=1, seed=args.seed).seconds
+    load_after = os.getloadavg()
     medians = {label: statistics.median(t) for label, t in times.items()}
     rows = []
     for precision in ("fp32", "bf16"):
@@ -74,9 +80,11 @@ def main() -> None:
     print_table(["precision", "explicit img/s", "plain img/s", "explicit ÷ plain"], rows)
     path = write_json(args.output, {"benchmark": "explicit_small", "machine": machine(), "rounds": args.rounds,
                                     "model": name, "model_args": model_args, "input_size": args.input_size,
-                                    "batch": args.batch,
+                                    "batch": args.batch, "seed": args.seed,
+                                    "load_average_before": load_before, "load_average_after": load_after,
                                     "seconds": {label: {"median": medians[label], "all": t}
                                                 for label, t in times.items()}})
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
     print(f"wrote {path}")
 
 
