@@ -1,21 +1,23 @@
 """The explicit dense block against the plain autograd path on the CPU recipe's small network, interleaved.
 
     python benchmarks/explicit_small.py [--rounds 9] [--threads 2] [--model NAME --input-size 32 --batch 64
-        --output explicit_small] [--allocator glibc-default | densenet-train]
+        --seed 0 --memory-format channels_last --output explicit_small] [--allocator glibc-default | densenet-train]
 
 The network is ``configs/cifar10_cpu.yaml``'s (DenseNet-BC, k = 16, blocks 3-6-9, 32 initial maps) at 32×32,
-batch 64 — or, with ``--model``, that registered network as registered — channels-last, one training step
-(forward, cross-entropy, backward, SGD with momentum), in float32 and
+batch 64 — or, with ``--model``, that registered network as registered — channels-last (``--memory-format
+contiguous``: NCHW), one training step (forward, cross-entropy, backward, SGD with momentum), in float32 and
 under bfloat16 autocast. Both paths hold the same weights; each round times every configuration once, in a new
-seeded order after a short idle time (``densenet.deploy.bench.time_interleaved``). ``--allocator densenet-train``
-times under the malloc setting ``densenet train`` runs with on CPU (``keep_freed_memory``: freed memory reused, not
-faulted in again each step); the default is glibc's own. Writes
-``benchmarks/results/explicit_small.json`` and prints the explicit path's speed relative to the plain one.
+seeded order (``--seed``: a longer measurement split into several invocations gives each its own orders) after a
+short idle time (``densenet.deploy.bench.time_interleaved``). ``--allocator densenet-train`` times under the malloc
+setting ``densenet train`` runs with on CPU (``keep_freed_memory``: freed memory reused, not faulted in again
+each step); the default is glibc's own. Writes ``benchmarks/results/explicit_small.json`` (with the load average
+before and after: the machine is shared) and prints the explicit path's speed relative to the plain one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from contextlib import nullcontext
 
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--model", help="a registered name instead of the CPU recipe's network")
     parser.add_argument("--input-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the interleaved order")
     parser.add_argument("--output", default="explicit_small", help="results file name (benchmarks/results/NAME.json)")
     parser.add_argument("--allocator", choices=("glibc-default", "densenet-train"), default="glibc-default",
                         help="densenet-train: malloc keeps freed memory, as `densenet train` sets it on CPU")
@@ -61,7 +65,8 @@ def main() -> None:
     if args.model:
         model_args = {}
     torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.input_size, args.input_size).contiguous(memory_format=torch.channels_last)
+    memory_format = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[args.memory_format]
+    x = torch.randn(args.batch, 3, args.input_size, args.input_size).contiguous(memory_format=memory_format)
     target = torch.arange(args.batch) % 10
     reference = densenet.create_model(name, **model_args)
     runners = {}
@@ -69,10 +74,12 @@ def main() -> None:
         for bf16 in (False, True):
             model = densenet.create_model(name, **model_args, memory_efficient=memory_efficient)
             model.load_state_dict(reference.state_dict())
-            model = model.train().to(memory_format=torch.channels_last)
+            model = model.train().to(memory_format=memory_format)
             label = f"{'explicit' if memory_efficient else 'plain'} {'bf16' if bf16 else 'fp32'}"
             runners[label] = (_step(model, x, target, bf16), 0)
-    timings = time_interleaved(runners, rounds=args.rounds, warmup=1)
+    load_before = os.getloadavg()
+    timings = time_interleaved(runners, rounds=args.rounds, warmup=1, seed=args.seed)
+    load_after = os.getloadavg()
     times = timings.seconds
     medians = {label: statistics.median(t) for label, t in times.items()}
     rows = []
@@ -82,10 +89,13 @@ def main() -> None:
     print_table(["precision", "explicit img/s", "plain img/s", "explicit ÷ plain"], rows)
     path = write_json(args.output, {"benchmark": "explicit_small", "machine": machine(), "rounds": args.rounds,
                                     "model": name, "model_args": model_args, "input_size": args.input_size,
-                                    "batch": args.batch, "allocator": args.allocator,
+                                    "batch": args.batch, "seed": args.seed, "allocator": args.allocator,
+                                    "memory_format": args.memory_format,
+                                    "load_average_before": load_before, "load_average_after": load_after,
                                     "seconds": {label: {"median": medians[label], "all": t}
                                                 for label, t in times.items()},
                                     "minor_faults": timings.minor_faults})
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
     print(f"wrote {path}")
 
 

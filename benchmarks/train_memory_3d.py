@@ -95,15 +95,20 @@ def predicted_side(by_side: dict[int, dict[str, Any]], budget: float) -> dict[st
 
 
 def largest_cube(label: str, prediction: float, args: argparse.Namespace,
-                 known: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+                 known: dict[int, dict[str, Any]] | None = None,
+                 record: Callable[[dict[int, dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     """Probe sides in steps of 8 from the prediction (or ``--start-side``) until one fits the budget and the next
-    does not, at most ``--probes`` new processes; ``known`` probes (an earlier run's) are reused, not repeated."""
+    does not, at most ``--probes`` new processes; ``known`` probes (an earlier run's) are reused, not repeated.
+    ``record`` gets the probes after each new one (a probe near the budget takes many minutes: an interrupted
+    search keeps what it measured)."""
     budget = args.budget_gib * GIB
     probes = dict(known or {})
     side, new = max(STEP, math.floor((args.start_side or prediction) / STEP) * STEP), 0
     while new < args.probes:
         if side not in probes:
             probes[side], new = peak(label, side, args), new + 1
+            if record:
+                record(probes)
         ok = fits(probes[side], budget)
         following = side + STEP if ok else side - STEP
         if following in probes and fits(probes[following], budget) != ok:
@@ -234,8 +239,15 @@ def main() -> None:
                   f"{prediction['side']:.0f}³ within {args.budget_gib:g} GiB", flush=True)
             data = json.loads((RESULTS / f"{args.output}.json").read_text())
             known = data.get("largest_cube", {}).get(label, {}).get("probes", {})
+
+            def record(probes: dict[int, dict[str, Any]], label: str = label, prediction: dict = prediction) -> None:
+                done = json.loads((RESULTS / f"{args.output}.json").read_text()).get("largest_cube", {})
+                update_results(args.output, largest_cube={**done, label: {
+                    "prediction": prediction, "probes": {str(s): r for s, r in sorted(probes.items())},
+                    "largest_fitting_side": None, "bracketed": False, "search_finished": False}})
+
             found = {"prediction": prediction,
-                     **largest_cube(label, prediction["side"], args, {int(s): r for s, r in known.items()})}
+                     **largest_cube(label, prediction["side"], args, {int(s): r for s, r in known.items()}, record)}
             update_results(args.output, largest_cube={**data.get("largest_cube", {}), label: found})
     print_tables(args.output)
     print(f"wrote {RESULTS / args.output}.json")
