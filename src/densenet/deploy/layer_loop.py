@@ -39,19 +39,31 @@ def features_view(flat: Tensor, shape: list[int], channels: int) -> Tensor:
     return flat[:numel].view(rows).movedim(-1, 1)
 
 
+def block_buffer(x: Tensor, buffer: Tensor, total: int) -> Tensor:
+    """``buffer`` (flat) as the block's channels-last ``(N, total, *spatial)`` features, the input ``x`` copied into its
+    first ``C_0`` channels."""
+    features = features_view(buffer, x.shape, total)
+    features[:, :x.shape[1]].copy_(x)
+    return features
+
+
+def clamp_inputs(features: Tensor, scratch: Tensor, shape: list[int], channels: int, lo: Tensor | None,
+                 hi: Tensor | None) -> Tensor:
+    """``clamp([x_0, …, x_{l−1}], lo, hi)`` — the folded BN-ReLU of the layer reading ``channels`` channels — into
+    ``scratch`` (channels-last)."""
+    return torch.clamp(features[:, :channels], lo, hi, out=features_view(scratch, shape, channels))
+
+
 def fused_layers(x: Tensor, buffer: Tensor, scratch: Tensor, growth_rate: int, lo: list[Tensor | None],
                  hi: list[Tensor | None], weight1: list[Tensor], bias1: list[Tensor | None], weight2: list[Tensor],
                  ones: list[int], zeros: list[int]) -> Tensor:
     """float32/bf16: ``(N, C_0, *spatial)`` → ``(N, C_0 + L·k, *spatial)`` in ``buffer`` (flat, channels-last),
     each convolution one oneDNN call on its packed weight (``weight1``, ``weight2``; 3×3 conv: padding 1)."""
-    shape = x.shape
-    c0, k = shape[1], growth_rate
-    features = features_view(buffer, shape, c0 + len(weight1) * k)
-    features[:, :c0].copy_(x)
+    c0, k = x.shape[1], growth_rate
+    features = block_buffer(x, buffer, c0 + len(weight1) * k)
     for index in range(len(weight1)):
         channels = c0 + index * k
-        clamped = torch.clamp(features[:, :channels], lo[index], hi[index],
-                              out=features_view(scratch, shape, channels))
+        clamped = clamp_inputs(features, scratch, x.shape, channels, lo[index], hi[index])
         bottleneck = torch.ops.mkldnn._convolution_pointwise(clamped, weight1[index], bias1[index], zeros, ones, ones,
                                                              1, "relu", [], "")
         new = torch.ops.mkldnn._convolution_pointwise(bottleneck, weight2[index], None, ones, ones, ones, 1, "none",
@@ -67,14 +79,11 @@ def int8_layers(x: Tensor, buffer: Tensor, scratch: Tensor, growth_rate: int, lo
     """u8 codes ``(N, C_0, H, W)`` → ``(N, C_0 + L·k, H, W)`` in ``buffer``: the clamp on the codes, then two oneDNN
     int8 calls [Q1] (``weight*``: packed int8, ``scale*``/``zero*``: per output channel; ``code*``/``offset*``: the
     output's u8 code ``(s, z)``; the 1×1 conv reads codes at scale 1, the 3×3 conv the bottleneck's code)."""
-    shape = x.shape
-    c0, k = shape[1], growth_rate
-    features = features_view(buffer, shape, c0 + len(weight1) * k)
-    features[:, :c0].copy_(x)
+    c0, k = x.shape[1], growth_rate
+    features = block_buffer(x, buffer, c0 + len(weight1) * k)
     for index in range(len(weight1)):
         channels = c0 + index * k
-        clamped = torch.clamp(features[:, :channels], lo[index], hi[index],
-                              out=features_view(scratch, shape, channels))
+        clamped = clamp_inputs(features, scratch, x.shape, channels, lo[index], hi[index])
         bottleneck = torch.ops.onednn.qconv_pointwise(
             clamped, 1.0, 0, weight1[index], scale1[index], zero1[index], bias1[index], [1, 1], [0, 0], [1, 1], 1,
             code1[index], offset1[index], None, "relu", [], "")
