@@ -28,6 +28,7 @@ from densenet.deploy.bench.runners import trained_like
 from densenet.deploy.optimize import optimize_for_inference
 from densenet.registry import create_model
 from harness import machine, write_json
+from openvino_alone import time_request
 
 OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}
 
@@ -84,15 +85,7 @@ def openvino(model: torch.nn.Module, x: torch.Tensor, dtypes: list[str], runs: i
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[dtype], "PERF_COUNT": True})
         request = compiled.create_infer_request()
         array = x.numpy()
-        for _ in range(3):
-            request.infer({0: array})
-        walls = []
-        cpu = time.process_time()
-        for _ in range(runs):
-            start = time.perf_counter()
-            request.infer({0: array})
-            walls.append(time.perf_counter() - start)
-        cores = (time.process_time() - cpu) / sum(walls)
+        timed = time_request(request, array, runs)
         by_type: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
         for _ in range(runs):
             request.infer({0: array})
@@ -103,7 +96,7 @@ def openvino(model: torch.nn.Module, x: torch.Tensor, dtypes: list[str], runs: i
                     by_type[key][1] += 1
         rows = sorted(by_type.items(), key=lambda kv: -kv[1][0])
         results[f"openvino-{dtype}"] = {
-            "wall_ms": 1000 * statistics.median(walls), "cores_busy": cores,
+            "wall_ms": timed["median_ms"], "cores_busy": timed["cores_busy"],
             "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "layers_ms": sum(v[0] for _, v in rows),
             "layers": [{"type": key, "ms": ms, "count": count // runs} for key, (ms, count) in rows]}

@@ -56,15 +56,15 @@ def time_all(out: Path, batch: int, threads: int, rounds: int) -> dict[str, dict
                 "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_PRECISION_HINT": precision, "ENABLE_CPU_PINNING": pinning})
             key = f"openvino-{label}{'' if pinning else ' (no pinning)'}"
-            results[key] = _time_request(compiled, x, rounds)
+            results[key] = time_request(compiled.create_infer_request(), x, rounds)
             print(f"{key:32s} {results[key]['median_ms']:8.1f} ms  {results[key]['cores_busy']:.2f} cores busy",
                   flush=True)
     return results
 
 
-def _time_request(compiled: object, x: object, rounds: int) -> dict[str, float]:
-    """Median wall milliseconds of ``rounds`` inferences of ``x`` (after 3 warm-up ones), and the cores kept busy."""
-    request = compiled.create_infer_request()
+def time_request(request: object, x: object, rounds: int) -> dict[str, float]:
+    """Median wall milliseconds of ``rounds`` inferences of ``x`` by an OpenVINO infer ``request`` (after 3 warm-up
+    ones), and the cores kept busy (CPU seconds per wall second)."""
     for _ in range(3):
         request.infer({0: x})
     walls = []
@@ -96,7 +96,7 @@ def time_settings(out: Path, batch: int, threads: int, rounds: int) -> dict[str,
     for name, extra in SETTINGS.items():
         compiled = core.compile_model(str(out / f"int8_b{batch}.xml"), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, **extra})
-        results[f"openvino-int8, {name}"] = _time_request(compiled, x, rounds)
+        results[f"openvino-int8, {name}"] = time_request(compiled.create_infer_request(), x, rounds)
         print(f"{name:42s} {results[f'openvino-int8, {name}']['median_ms']:8.1f} ms  "
               f"{results[f'openvino-int8, {name}']['cores_busy']:.2f} cores busy", flush=True)
     return results
