@@ -51,8 +51,7 @@ def channel_stats(image: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 def count_batch(norm: BatchNorm) -> float:
     """Count one more batch and return the running-average factor, as ``nn.BatchNorm2d`` does in training."""
-    norm.num_batches_tracked.add_(1)
-    return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+    return count_batches((norm,))[0]
 
 
 def count_batches(norms: tuple[BatchNorm, ...]) -> list[float]:
