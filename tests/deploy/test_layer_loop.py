@@ -46,7 +46,8 @@ def assert_same(compiled: list[torch.Tensor], python: list[torch.Tensor]) -> Non
         assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize(("spatial_dims", "dtype"), [(2, torch.float32), (2, torch.bfloat16), (3, torch.float32)])
+@pytest.mark.parametrize(("spatial_dims", "dtype"), [(2, torch.float32), (2, torch.bfloat16), (3, torch.float32),
+                                                   (3, torch.bfloat16)])
 def test_float_loop_equals_the_python_loop_for_every_shape(spatial_dims, dtype):
     torch.manual_seed(0)
     model = densenet.create_model("densenet_bc100_k12", spatial_dims=spatial_dims, block_config=(3, 4, 2))

@@ -166,3 +166,30 @@ def test_one_channel_view_is_channels_last_and_so_is_the_stem_conv(dims):
     assert nd.conv(view, weight, None, 2, 1).is_contiguous(memory_format=layout)
     rgb = torch.randn(2, 3, *[9] * dims)
     assert nd.channel_stride_one(rgb) is rgb
+
+
+def test_bf16_volumes_pool_train_and_infer_on_cpu():
+    """ATen has no CPU bf16 ``avg_pool3d`` (forward or backward): such volumes are pooled in float32, each mean
+    rounded once. With it the explicit path trains under bf16 autocast (its input gradient no further from
+    float32's than twice the plain path's: bf16 rounding on a tiny network with random statistics is large in
+    both), and ``optimize_for_inference(dtype=torch.bfloat16)`` of a 3-D model gives float32's logits within bf16's."""
+    volume = torch.randn(2, 3, 4, 6, 8).bfloat16()
+    means = volume.float().unflatten(4, (4, 2)).unflatten(3, (3, 2)).unflatten(2, (2, 2)).mean(dim=(3, 5, 7))
+    assert torch.equal(nd.avg_pool(volume, 2, 2), means.bfloat16())
+    reference, ours = _pair(3, "imagenet", 1)
+    reference, ours = reference.float(), ours.float()
+    x = torch.randn(2, 1, 20, 20, 20)
+    errors = []
+    for model in (reference, ours):
+        grads = []
+        for autocast in (False, True):
+            x_in = x.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model.train()(x_in)
+            out.float().sum().backward()
+            grads.append(x_in.grad)
+        errors.append(max_relative_error(grads[1], grads[0]))
+    assert errors[1] <= 2 * errors[0]
+    fast = densenet.optimize_for_inference(ours.eval(), dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert max_relative_error(fast(x), ours(x)) <= 5e-2

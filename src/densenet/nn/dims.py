@@ -84,8 +84,11 @@ def conv_backward(
 
 
 def avg_pool(x: Tensor, kernel: int, stride: int, padding: int = 0) -> Tensor:
-    """``O = (1/K^d) Σ x`` over each ``K^d`` window [F3]."""
+    """``O = (1/K^d) Σ x`` over each ``K^d`` window [F3]. ATen has no CPU ``avg_pool3d`` in bf16 or float16: such
+    a volume is pooled in float32 and each mean rounded once to its dtype."""
     # O = (1/K^d) Σ x over the window   [F3]
+    if spatial_dims(x) == 3 and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        return F.avg_pool3d(x.float(), kernel, stride, padding).to(x.dtype)
     return _AVG_POOL[spatial_dims(x)](x, kernel, stride, padding)
 
 
@@ -122,6 +125,8 @@ def pool_backward(grad_out: Tensor, x: Tensor, kind: str, kernel: Size, stride: 
         backward = torch.ops.aten.avg_pool2d_backward if dims == 2 else torch.ops.aten.avg_pool3d_backward
         if out is not None:
             raise ValueError("the average pool's backward takes no out tensor")
+        if dims == 3 and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):  # as in avg_pool
+            return backward(grad_out.float(), x.float(), kernel, stride, padding, False, True, None).to(x.dtype)
         return backward(grad_out, x, kernel, stride, padding, False, True, None)
     pool = F.max_pool2d if dims == 2 else F.max_pool3d
     _, indices = pool(x, kernel, stride, padding, return_indices=True)  # the argmax, recomputed
