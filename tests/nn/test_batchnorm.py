@@ -63,8 +63,9 @@ def test_whole_tensor_backward_with_running_statistics():
 @pytest.mark.parametrize("chunk_elements", [None, 35])
 def test_shared_buffer_backward_equals_reference(monkeypatch, chunk_elements):
     """The dense block's BN1 backward: ``bn_relu_backward_into`` adds ``a·δ`` into a view of the shared gradient
-    buffer, ``batch_terms`` gives the rest; together they add exactly the reference's ``∂L/∂x`` of ``σ(BN(x))``
-    to the buffer (the other channels untouched), chunked or not (35 elements: 7 rows of 5 channels, 24 rows)."""
+    buffer, ``subtract_batch_terms`` accumulates the rest; together they add exactly the reference's ``∂L/∂x`` of
+    ``σ(BN(x))`` to the buffer (the other channels untouched), chunked or not (35 elements: 7 rows of 5 channels, 24
+    rows)."""
     if chunk_elements is not None:
         monkeypatch.setattr(batchnorm, "_CHUNK_ELEMENTS", chunk_elements)
     n, h, w, channels, total = 2, 3, 4, 5, 9
@@ -87,9 +88,10 @@ def test_shared_buffer_backward_equals_reference(monkeypatch, chunk_elements):
 
     grad_weight, grad_bias = batchnorm.bn_relu_backward_into(grad[:, :channels], grad_relu, relu, inputs, scale,
                                                              mean, invstd)
-    offset, slope = batchnorm.batch_terms(scale, grad_weight, grad_bias, m)
+    offset, slope = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    batchnorm.subtract_batch_terms(offset, slope, scale, grad_weight, grad_bias, m)  # −c, −d
     x_hat = (inputs - mean) * invstd  # (M, C)
-    grad[:, :channels] -= offset + slope * x_hat
+    grad[:, :channels] += offset + slope * x_hat
     added = (grad - before)[:, :channels].view(n, h, w, channels).permute(0, 3, 1, 2)  # (N, C, H, W)
     assert max_relative_error(grad_weight, d_weight) <= 1e-12
     assert max_relative_error(grad_bias, d_bias) <= 1e-12

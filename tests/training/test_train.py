@@ -255,21 +255,30 @@ def test_compiled_model_trains_like_the_plain_one_and_saves_plainrun_weights(tmp
         return real_compile(module, backend=counting_backend)
 
     config = {**TINY, "train_limit": 256}
-    plain = train(TrainConfig(**config, out=str(tmp_path / "plain")))
+    torch.manual_seed(0)
+    initial = densenet.create_model(config["model"], num_classes=10, **config["model_args"])
+    plain = train(TrainConfig(**config, out=str(tmp_path / "plain")), model=copy.deepcopy(initial))
     monkeypatch.setattr(torch, "compile", compile_on_aot_eager)
     torch._dynamo.reset()
     try:
-        result = train(TrainConfig(**config, compile=True, out=str(tmp_path / "compiled")))
+        result = train(TrainConfig(**config, compile=True, out=str(tmp_path / "compiled")), model=copy.deepcopy(initial))
     finally:
         torch._dynamo.reset()
     assert len(compiled) == 1 and isinstance(compiled[0], densenet.DenseNet) and graphs  # compilation ran
     assert type(result.model) is densenet.DenseNet  # the result is the plain module, not the compiled wrapper
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    trained, reference = result.model.state_dict(), plain.model.state_dict()
+    trained, reference, start = result.model.state_dict(), plain.model.state_dict(), initial.state_dict()
     assert trained.keys() == reference.keys()
     for key in reference:
+        if not reference[key].is_floating_point():
+            assert torch.equal(trained[key], reference[key]), key
+            continue
         # float32: the compiled graph sums in another order (aot_eager decomposes batch-norm backward), ~1e-5 relative
-        # per step, grown over 16 SGD steps to ≤ 1.7e-5 beyond rtol (2 threads); the float64 step below is exact
-        torch.testing.assert_close(trained[key], reference[key], rtol=1e-4, atol=1e-4, msg=key)
+        # per step, grown over 16 SGD steps (up to 1.9e-4; it moves with any change of summation order in the block's
+        # backward, so no fixed tolerance holds). The exact check is the float64 step of the test above; here the
+        # compiled run must follow the plain run's path: within 10% of how far each tensor moved (seen: 2% at 2 threads,
+        # 0.003% at 1).
+        moved = (reference[key] - start[key]).abs().max()
+        assert (trained[key] - reference[key]).abs().max() <= 0.1 * moved, key
     reloaded = densenet.from_pretrained(tmp_path / "compiled" / "last")  # keys without "_orig_mod."
     assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), trained.values(), strict=True))

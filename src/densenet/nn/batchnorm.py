@@ -17,7 +17,7 @@ Two forms of that backward, one formula:
 - whole tensors, ``(N, C, *spatial)``: :func:`parameter_grads` and :func:`input_grad` — the stem, the transitions
   and each dense layer's BN2;
 - the rows of the dense block's shared buffer, ``(M, C_l)``: :func:`bn_relu_backward_into` adds ``a·δ`` in place
-  into the block's shared gradient buffer, and :func:`batch_terms` gives the per-channel rest
+  into the block's shared gradient buffer, and :func:`subtract_batch_terms` accumulates the per-channel rest
   ``(a/M)(Σδ + x̂·Σδx̂)``, which the block sums over every layer reading a channel and subtracts once — each
   layer's BN1.
 """
@@ -135,7 +135,7 @@ def bn_relu_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs:
     - adds the per-pixel part of [BN]'s input gradient, ``∂L/∂x += a·δ``, in place into ``grad``.
 
     The rest of [BN]'s input gradient, ``−(a/M)(Σδ + x̂·Σδx̂)``, is per-channel constants times ``x̂``, which is
-    the same for every layer reading the channel: :func:`batch_terms` gives them, the block sums them over the
+    the same for every layer reading the channel: :func:`subtract_batch_terms` sums them, the block over the
     layers and adds them once per channel (with running statistics there is no rest).
 
     Args:
@@ -143,7 +143,7 @@ def bn_relu_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs:
         grad_relu: ``(M, C)``, ``∂L/∂r``; overwritten with ``δ``.
         relu: ``(M, C)``, ``r = σ(a·x + b)`` (recomputed by the caller).
         inputs: ``(M, C)``, ``x``.
-        scale: ``(C,)``, ``a = γ/√(σ² + ε)``.
+        scale: ``(C,)``, ``a = γ/√(σ² + ε)`` (cast to ``grad``'s dtype unless already in it: the block passes it so).
         mean, invstd: ``(C,)``, ``μ`` and ``1/√(σ² + ε)`` (batch or running statistics).
         scratch: at least ``min(M, chunk rows)·C`` elements of ``x``'s dtype for the chunk copies, or ``None``.
 
@@ -154,20 +154,27 @@ def bn_relu_backward_into(grad: Tensor, grad_relu: Tensor, relu: Tensor, inputs:
     step = max(1, _CHUNK_ELEMENTS // channels)
     if scratch is None:
         scratch = inputs.new_empty(min(rows, step) * channels)
-    grad_weight = torch.zeros_like(mean)
-    grad_bias = torch.zeros_like(mean)
-    scale = scale.to(grad.dtype)
+    if scale.dtype != grad.dtype:
+        scale = scale.to(grad.dtype)
+    sums: tuple[Tensor, Tensor] | None = None  # (Σδx̂, Σδ) over the chunks so far
     for start in range(0, rows, step):
-        part = slice(start, start + step)
-        delta = torch.ops.aten.threshold_backward.grad_input(grad_relu[part], relu[part], 0, grad_input=grad_relu[part])
-        x = scratch[:delta.numel()].view(delta.shape).copy_(inputs[part])  # (rows, C), contiguous
+        # the chunk's rows (the tensors themselves when one chunk covers all: no slicing operations)
+        part_grad_relu, part_relu, part_inputs, part_grad = (
+            (grad_relu, relu, inputs, grad) if step >= rows
+            else (t[start:start + step] for t in (grad_relu, relu, inputs, grad)))
+        delta = torch.ops.aten.threshold_backward.grad_input(part_grad_relu, part_relu, 0, grad_input=part_grad_relu)
+        x = scratch[:delta.numel()].view(delta.shape).copy_(part_inputs)  # (rows, C), contiguous
         # Σδx̂ and Σδ over the chunk   [BN]
         _, part_weight, part_bias = torch.ops.aten.native_batch_norm_backward(
             column_image(delta), column_image(x), None, None, None, mean, invstd, True, 0.0, [False, True, True])
-        grad_weight += part_weight
-        grad_bias += part_bias
-        grad[part].addcmul_(delta, scale)
-    return grad_weight, grad_bias
+        if sums is None:
+            sums = part_weight, part_bias
+        else:
+            sums[0].add_(part_weight)
+            sums[1].add_(part_bias)
+        part_grad.addcmul_(delta, scale)
+    assert sums is not None  # rows ≥ 1
+    return sums
 
 
 def row_chunk_scratch(like: Tensor, rows: int, widest: int) -> Tensor:
@@ -176,7 +183,11 @@ def row_chunk_scratch(like: Tensor, rows: int, widest: int) -> Tensor:
     return like.new_empty(min(rows * widest, max(_CHUNK_ELEMENTS, widest)))
 
 
-def batch_terms(scale: Tensor, grad_weight: Tensor, grad_bias: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """The batch-statistics part of [BN]'s input gradient, ``∂L/∂x = a·δ − c − d·x̂``, per channel:
-    ``c = (a/M)·Σδ`` and ``d = (a/M)·Σδx̂``, with ``Σδ = ∂L/∂β`` and ``Σδx̂ = ∂L/∂γ`` (``M = count``)."""
-    return scale * grad_bias / count, scale * grad_weight / count
+def subtract_batch_terms(offset: Tensor, slope: Tensor, scale: Tensor, grad_weight: Tensor, grad_bias: Tensor,
+                         count: int) -> None:
+    """The batch-statistics part of [BN]'s input gradient, ``∂L/∂x = a·δ − c − d·x̂``, per channel, subtracted in
+    place from running sums: ``offset −= c = (a/M)·Σδ`` and ``slope −= d = (a/M)·Σδx̂``, with ``Σδ = ∂L/∂β`` and
+    ``Σδx̂ = ∂L/∂γ`` (``M = count``) — one ``addcmul_`` each (the block sums them over every layer reading a
+    channel)."""
+    offset.addcmul_(scale, grad_bias, value=-1 / count)
+    slope.addcmul_(scale, grad_weight, value=-1 / count)

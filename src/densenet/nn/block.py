@@ -25,9 +25,9 @@ The batch-norm backward of layer ``l`` for an input channel is
 ``∂L/∂x = a·(δ − (1/M)Σδ − x̂·(1/M)Σδx̂)``: the ``a·δ`` part is added at once; the rest is ``c + d·x̂`` with
 per-channel constants, and since ``x̂`` is the same for every layer reading the channel, the constants are summed
 over layers and applied once per channel, when its gradient is needed. Both parts are [BN] (docs/MATH.md) as
-:mod:`densenet.nn.batchnorm` computes it for training (``bn_relu_backward_into``, ``batch_terms``); BN2's backward
-(:class:`_Bottlenecks`) is that module's whole-tensor form on packed rows. The tutorial's ``batch_norm_backward`` is
-the reference they are tested against.
+:mod:`densenet.nn.batchnorm` computes it for training (``bn_relu_backward_into``, ``subtract_batch_terms``); BN2's
+backward (:class:`_Bottlenecks`) is that module's whole-tensor form on packed rows. The tutorial's
+``batch_norm_backward`` is the reference they are tested against.
 
 Speed on small maps: there the number of operations per layer, not their size, sets the time (each costs a few µs
 of dispatch), so per-layer vectors are computed once — BN1's affine in the forward and kept, BN2's for all layers
@@ -53,12 +53,12 @@ from torch.autograd.function import FunctionCtx
 
 from densenet.nn.batchnorm import (
     affine,
-    batch_terms,
     bn_relu_backward_into,
     channel_stats,
     count_batches,
     row_chunk_scratch,
     running_affine,
+    subtract_batch_terms,
     update_running_stats_of,
 )
 from densenet.nn.dims import BatchNorm, channels_last, conv, conv_backward
@@ -272,13 +272,12 @@ def dense_block_backward(
         # ∂L/∂x_j += ∂H_l/∂x_j for every j < l, added into the shared gradient buffer   [F2b]
         # BN1 backward [BN]: ∂L/∂x += a·δ now, into the shared gradient buffer (nn.batchnorm.bn_relu_backward_into)
         grad_gamma1, grad_beta1 = bn_relu_backward_into(grad.narrow(1, 0, channels), grad_relu1, relu1_rows, inputs,
-                                                        scale, layer_mean, layer_invstd, chunk_scratch)
+                                                        scale_x, layer_mean, layer_invstd, chunk_scratch)
         param_grads[offset], param_grads[offset + 1] = grad_gamma1, grad_beta1
         # ∂L/∂x = a·δ was added; −(a/M)(Σδ + x̂·Σδx̂) is deferred (training only: running statistics are constants)
         if training:
-            offset_term, slope_term = batch_terms(scale, grad_gamma1, grad_beta1, m)
-            deferred_offset[:channels].sub_(offset_term)
-            deferred_slope[:channels].sub_(slope_term)
+            subtract_batch_terms(deferred_offset.narrow(0, 0, channels), deferred_slope.narrow(0, 0, channels), scale,
+                                 grad_gamma1, grad_beta1, m)
 
     grad_input = image(settled(0, c0), n, spatial) if needs_input_grad else None
     return grad_input, [g if needed else None for g, needed in zip(param_grads, needs_param_grad, strict=True)]
