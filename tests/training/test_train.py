@@ -261,7 +261,8 @@ def test_compiled_model_trains_like_the_plain_one_and_saves_plainrun_weights(tmp
     monkeypatch.setattr(torch, "compile", compile_on_aot_eager)
     torch._dynamo.reset()
     try:
-        result = train(TrainConfig(**config, compile=True, out=str(tmp_path / "compiled")), model=copy.deepcopy(initial))
+        result = train(TrainConfig(**config, compile=True, out=str(tmp_path / "compiled")),
+                       model=copy.deepcopy(initial))
     finally:
         torch._dynamo.reset()
     assert len(compiled) == 1 and isinstance(compiled[0], densenet.DenseNet) and graphs  # compilation ran

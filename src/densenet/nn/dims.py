@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densenet.nn import tiled_pool
+
 Size = int | tuple[int, ...]
 
 _CONV_MODULES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -84,9 +86,12 @@ def conv_backward(
 
 
 def avg_pool(x: Tensor, kernel: int, stride: int, padding: int = 0) -> Tensor:
-    """``O = (1/K^d) Σ x`` over each ``K^d`` window [F3]. ATen has no CPU ``avg_pool3d`` in bf16 or float16: such
-    a volume is pooled in float32 and each mean rounded once to its dtype."""
+    """``O = (1/K^d) Σ x`` over each ``K^d`` window [F3]. A channels-last volume on a CPU with ``stride = K`` and
+    no padding (the transitions'): :mod:`densenet.nn.tiled_pool`. ATen has no CPU ``avg_pool3d`` in bf16 or float16:
+    another such volume is pooled in float32 and each mean rounded once to its dtype."""
     # O = (1/K^d) Σ x over the window   [F3]
+    if spatial_dims(x) == 3 and tiled_pool.applies(x, (kernel,) * 3, (stride,) * 3, (padding,) * 3):
+        return tiled_pool.avg_pool(x, kernel)
     if spatial_dims(x) == 3 and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
         return F.avg_pool3d(x.float(), kernel, stride, padding).to(x.dtype)
     return _AVG_POOL[spatial_dims(x)](x, kernel, stride, padding)
@@ -125,6 +130,8 @@ def pool_backward(grad_out: Tensor, x: Tensor, kind: str, kernel: Size, stride: 
         backward = torch.ops.aten.avg_pool2d_backward if dims == 2 else torch.ops.aten.avg_pool3d_backward
         if out is not None:
             raise ValueError("the average pool's backward takes no out tensor")
+        if dims == 3 and tiled_pool.applies(x, kernel, stride, padding):  # as in avg_pool
+            return tiled_pool.avg_pool_backward(grad_out, x, kernel[0])
         if dims == 3 and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):  # as in avg_pool
             return backward(grad_out.float(), x.float(), kernel, stride, padding, False, True, None).to(x.dtype)
         return backward(grad_out, x, kernel, stride, padding, False, True, None)
