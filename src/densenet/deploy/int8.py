@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
-from densenet.deploy.layer_loop import compiled, hooked, int8_layers
+from densenet.deploy.layer_loop import block_buffer, clamp_inputs, compiled, hooked, int8_layers
 from densenet.deploy.optimize import FrozenConv, FrozenDenseBlock, FrozenTransition, OptimizedDenseNet, Workspace
 from densenet.model import check_input
 from densenet.nn.batchnorm import affine_relu
@@ -204,13 +204,11 @@ class QuantizedDenseBlock(nn.Module):
             arguments = self.plans.get(tuple(x.shape), lambda: self._arguments(tuple(x.shape)))
             return compiled(int8_layers)(x, buffer, scratch, self.growth_rate, *arguments)
         k = self.growth_rate
-        features = buffer.view(n, h, w, total).permute(0, 3, 1, 2)  # (N, C_0 + L·k, H, W) view
-        features[:, :c0].copy_(x)
+        features = block_buffer(x, buffer, total)  # (N, C_0 + L·k, H, W) view
         for index, (conv1, conv2) in enumerate(zip(self.conv1, self.conv2, strict=True)):
             channels = c0 + index * k
-            out = scratch[:n * h * w * channels].view(n, h, w, channels).permute(0, 3, 1, 2)
-            clamped = torch.clamp(features[:, :channels], getattr(self, f"lo{index}"), getattr(self, f"hi{index}"),
-                                  out=out)
+            clamped = clamp_inputs(features, scratch, list(x.shape), channels, getattr(self, f"lo{index}"),
+                                   getattr(self, f"hi{index}"))
             features[:, channels:channels + k].copy_(conv2(conv1(clamped)))
         return features
 

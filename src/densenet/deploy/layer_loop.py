@@ -32,7 +32,7 @@ from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_h
 def features_view(flat: Tensor, shape: list[int], channels: int) -> Tensor:
     """The first ``shape[0]·∏shape[2:]·channels`` elements of ``flat`` as a channels-last ``(N, channels, *spatial)``
     view (``shape``: the block input's ``(N, C_0, *spatial)``)."""
-    rows = [shape[0]] + shape[2:] + [channels]  # noqa: RUF005 (TorchScript has no starred list items)
+    rows = [shape[0]] + list(shape[2:]) + [channels]  # noqa: RUF005 (TorchScript has no starred list items)
     numel = 1
     for size in rows:
         numel *= size

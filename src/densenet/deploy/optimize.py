@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from densenet.deploy.folding import batch_norm_affine, fold_batch_norm, fold_relu_affine
-from densenet.deploy.layer_loop import compiled, fused_layers, hooked
+from densenet.deploy.layer_loop import block_buffer, clamp_inputs, compiled, features_view, fused_layers, hooked
 from densenet.model import DenseNet, check_input
 from densenet.nn import dims as nd
 from densenet.nn.batchnorm import affine_relu
@@ -196,18 +196,17 @@ class FrozenDenseBlock(nn.Module):
                 [conv.packed_weight((n, c0 + index * k, *spatial), x.dtype) for index, conv in enumerate(self.conv1)],
                 [conv.bias for conv in self.conv1],
                 [conv.packed_weight((n, width, *spatial), x.dtype) for conv in self.conv2], [1] * dims, [0] * dims)
-        features = buffer.view(n, *spatial, total).movedim(-1, 1)  # (N, C_0 + L·k, *spatial) view
-        features[:, :c0].copy_(x)
+        features = block_buffer(x, buffer, total)  # (N, C_0 + L·k, *spatial) view
         for index in range(self.num_layers):
             channels = c0 + index * k
-            inputs = features[:, :channels]  # [x_0, …, x_{l−1}]
-            out = scratch[:m * channels].view(n, *spatial, channels).movedim(-1, 1)  # channels-last
             if self.bottleneck:
-                clamped = torch.clamp(inputs, getattr(self, f"lo{index}"), getattr(self, f"hi{index}"), out=out)
+                clamped = clamp_inputs(features, scratch, list(x.shape), channels, getattr(self, f"lo{index}"),
+                                       getattr(self, f"hi{index}"))
                 new = self.conv2[index](self.conv1[index](clamped))  # (N, k, *spatial)
             else:
-                # r = σ(BN1([x_0, …, x_{l−1}]))
-                relu = affine_relu(inputs, getattr(self, f"scale{index}"), getattr(self, f"shift{index}"), out=out)
+                # r = σ(BN1([x_0, …, x_{l−1}])), into the scratch (channels-last)
+                relu = affine_relu(features[:, :channels], getattr(self, f"scale{index}"),
+                                   getattr(self, f"shift{index}"), out=features_view(scratch, list(x.shape), channels))
                 new = self.conv1[index](relu)  # (N, k, *spatial)
             features[:, channels:channels + k].copy_(new)
         return features
