@@ -28,33 +28,28 @@ def held_out(files: ImageFiles, fraction: float, seed: int, train: bool) -> Imag
     if not 0 < fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
     targets = [target for _, target in files.samples]
-    if targets and isinstance(targets[0], Tensor):
-        return _random_rows(files, fraction, seed, train)
+    size = len(targets)
+    held = round(fraction * size)
+    multi_label = bool(targets) and isinstance(targets[0], Tensor)
+    if multi_label:
+        if held < 1 or size - held < 1:
+            raise ValueError(f"--val-fraction {fraction} of {size} rows holds out {held}; both sides need at least one")
+    else:
+        _check_stratifiable(files, targets, fraction, held)
+    train_indices, val_indices = train_test_split(list(range(size)), test_size=held,
+                                                  stratify=None if multi_label else targets, random_state=seed % 2**32)
+    chosen = sorted(train_indices if train else val_indices)
+    return ImageFiles(files.root, [files.samples[i] for i in chosen], files.class_names)
+
+
+def _check_stratifiable(files: ImageFiles, targets: list[int], fraction: float, held: int) -> None:
+    """Raise unless a stratified split of ``held`` images keeps every class on both sides."""
     counts = [targets.count(index) for index in range(len(files.class_names))]
     single = [name for name, count in zip(files.class_names, counts, strict=True) if count < 2]
     if single:
         raise ValueError(f"cannot hold out a stratified validation split of {files.root}: class(es) with fewer than "
                          f"2 images: {', '.join(single[:5])}")
-    classes = len(files.class_names)
-    size = len(targets)
-    held = round(fraction * size)
+    classes, size = len(files.class_names), len(targets)
     if held < classes or size - held < classes:
         raise ValueError(f"--val-fraction {fraction} of {size} images holds out {held}; a stratified split needs at "
                          f"least {classes} (one per class) on each side")
-    train_indices, val_indices = train_test_split(list(range(size)), test_size=held, stratify=targets,
-                                                  random_state=seed % 2**32)
-    chosen = sorted(train_indices if train else val_indices)
-    return ImageFiles(files.root, [files.samples[i] for i in chosen], files.class_names)
-
-
-def _random_rows(files: ImageFiles, fraction: float, seed: int, train: bool) -> ImageFiles:
-    """The multi-label case of :func:`held_out`: ``round(fraction · N)`` rows at random, at least one on each side."""
-    from sklearn.model_selection import train_test_split
-
-    size = len(files.samples)
-    held = round(fraction * size)
-    if held < 1 or size - held < 1:
-        raise ValueError(f"--val-fraction {fraction} of {size} rows holds out {held}; both sides need at least one")
-    train_indices, val_indices = train_test_split(list(range(size)), test_size=held, random_state=seed % 2**32)
-    chosen = sorted(train_indices if train else val_indices)
-    return ImageFiles(files.root, [files.samples[i] for i in chosen], files.class_names)
