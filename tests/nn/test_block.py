@@ -12,6 +12,8 @@ import densenet
 from densenet.nn import double_backward
 from helpers import max_relative_error, randomize_batch_norm
 
+pytestmark = pytest.mark.usefixtures("block_kernels")  # fused kernels and ATen's operations (conftest.py)
+
 CONFIGS = {
     "bottleneck": dict(growth_rate=4, block_config=(3, 2), num_init_features=6, bn_size=4, stem="cifar"),
     "plain": dict(growth_rate=4, block_config=(3, 2), num_init_features=6, bn_size=0, compression=1.0, stem="cifar"),
@@ -235,9 +237,11 @@ def test_autocast_bfloat16_cpu():
 
 def test_torch_compile_runs_and_matches():
     """torch.compile traces the model with its autograd Functions (the ``aot_eager`` backend: the same Dynamo and
-    AOTAutograd capture as the default, without inductor's code generation, ~30 s on CPU)."""
+    AOTAutograd capture as the default, without inductor's code generation, ~30 s on CPU). A traced graph runs
+    ATen's operations; the eager run it is compared with, the fused kernels or ATen's (``block_kernels``)."""
     _, ours = _pair("plain", dtype=torch.float32)
     x = _input("plain", torch.float32).detach()
+    torch._dynamo.reset()  # a fresh capture for each parametrization (block_kernels), not the cached one
     compiled = torch.compile(copy.deepcopy(ours), backend="aot_eager")
     out_eager, _ = _step(ours.eval(), x, 0)
     counters.clear()

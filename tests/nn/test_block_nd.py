@@ -12,6 +12,8 @@ from densenet.nn.layers import DenseBlock
 from densenet.nn.recompute import ConvBatchNormReLUPoolFunction, batch_norm_relu_pool
 from helpers import max_relative_error, randomize_batch_norm
 
+pytestmark = pytest.mark.usefixtures("block_kernels")  # fused kernels and ATen's operations (conftest.py)
+
 # tiny networks: both stems, with and without bottleneck, dropout through the explicit block's own masks
 CONFIGS = {
     "imagenet": dict(growth_rate=3, block_config=(2, 2), num_init_features=4, bn_size=2, stem="imagenet"),

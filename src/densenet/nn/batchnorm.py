@@ -34,6 +34,11 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 _CHUNK_ELEMENTS = 1 << 20  # elements per row chunk of fused elementwise work: a few MB, resident in cache
 
 
+def in_dtype(vector: Tensor, dtype: torch.dtype) -> Tensor:
+    """A per-channel vector in the activations' ``dtype`` (no operation when it already is)."""
+    return vector if vector.dtype == dtype else vector.to(dtype)
+
+
 def channel_stats(image: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Batch mean ``μ`` and ``1/√(σ² + ε)`` of each channel of ``(N, C, *spatial)``, in float32 or better.
 

@@ -26,8 +26,8 @@ The batch-norm backward of layer ``l`` for an input channel is
 per-channel constants, and since ``x̂`` is the same for every layer reading the channel, the constants are summed
 over layers and applied once per channel, when its gradient is needed. Both parts are [BN] (docs/MATH.md) as
 :mod:`densenet.nn.batchnorm` computes it for training (``bn_relu_backward_into``, ``subtract_batch_terms``); BN2's
-backward (:class:`_Bottlenecks`) is that module's whole-tensor form on packed rows. The tutorial's
-``batch_norm_backward`` is the reference they are tested against.
+backward (:class:`densenet.nn.bottlenecks.Bottlenecks`) is that module's whole-tensor form on packed rows. The
+tutorial's ``batch_norm_backward`` is the reference they are tested against.
 
 Speed on small maps: there the number of operations per layer, not their size, sets the time (each costs a few µs
 of dispatch), so per-layer vectors are computed once — BN1's affine in the forward and kept, BN2's for all layers
@@ -51,19 +51,22 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from densenet.nn import fused
 from densenet.nn.batchnorm import (
     affine,
     bn_relu_backward_into,
     channel_stats,
     count_batches,
+    in_dtype,
     row_chunk_scratch,
     running_affine,
     subtract_batch_terms,
     update_running_stats_of,
 )
+from densenet.nn.bottlenecks import Bottlenecks
 from densenet.nn.dims import BatchNorm, channels_last, conv, conv_backward
 from densenet.nn.double_backward import announce, differentiable_grads, plain_block
-from densenet.nn.rows import column_image, image, pack_factor, packed, planar, rows_of
+from densenet.nn.rows import image, pack_factor, packed, planar, rows_of
 from densenet.tutorial import dropout_backward, dropout_forward, dropout_mask
 
 _STRIDE_ONE = 1
@@ -137,7 +140,9 @@ def dense_block_forward(
     saves2 = [pair.unbind(0) for pair in stats2.unbind(0)]  # per layer: where BN2's μ and 1/σ go
     factors2 = count_batches(spec.norms2) if training else []
     masks: list[Tensor] = []
-    affines1: list[tuple[Tensor, ...]] = []  # per layer, for the backward: BN1's a, b (activations' dtype), a, μ, 1/σ
+    # per layer, for the backward: BN1's a, b in the form the BN-ReLU computes with (_bn1_relu), a, μ, 1/σ
+    affines1: list[tuple[Tensor, ...]] = []
+    use_fused = fused.applies(buffer)  # the fused CPU kernels (nn.fused), or ATen's operations
 
     for index in range(num_layers):
         channels = c0 + index * k
@@ -147,13 +152,13 @@ def dense_block_forward(
             scale, shift = affine(gamma1, beta1, layer_mean, layer_invstd)
         else:
             scale, shift, layer_mean, layer_invstd = running_affine(spec.norms1[index], gamma1, beta1)
-        scale_x, shift_x = _in_dtype(scale, x.dtype), _in_dtype(shift, x.dtype)
+        affine1 = _bn1_affine(scale, shift, buffer, use_fused)
         if keep:
-            affines1.append((scale_x, shift_x, scale, layer_mean, layer_invstd))
+            affines1.append((*affine1, scale, *_bn1_stats(layer_mean, layer_invstd, buffer, use_fused)))
         # r = σ(BN1([x_0, …, x_{l−1}])) = σ(a·x + b)
-        relu1 = torch.addcmul(shift_x, buffer.narrow(1, 0, channels), scale_x,
-                              out=scratch[:m * channels].view(m, channels))
-        relu1 = image(relu1.clamp_min_(0), n, spatial)
+        relu1 = _bn1_relu(buffer.narrow(1, 0, channels), *affine1, scratch[:m * channels].view(m, channels),
+                          use_fused)
+        relu1 = image(relu1, n, spatial)
         if spec.bottleneck:
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
             norm2, (save_mean, save_invstd) = spec.norms2[index], saves2[index]
@@ -193,7 +198,7 @@ def dense_block_forward(
     elif spec.recompute_bottleneck:
         bottlenecks = bottlenecks.new_empty((0, m, width))  # not a view: the scratch slab is freed
     return features, {"mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2, "masks": masks,
-                      "affines1": affines1}
+                      "affines1": affines1, "fused": use_fused}
 
 
 def dense_block_backward(
@@ -206,8 +211,9 @@ def dense_block_backward(
 
     Longer than ~60 lines for the reason :func:`dense_block_forward` is: one reverse loop whose in-place writes
     into the shared gradient buffer and scratch tensors must be read in order. Per-layer vectors come from the
-    forward's record (BN1's affine) or are computed for all layers at once (:class:`_Bottlenecks`): on small maps
-    the number of operations per layer, not their size, sets the time.
+    forward's record (BN1's affine) or are computed for all layers at once
+    (:class:`densenet.nn.bottlenecks.Bottlenecks`): on small maps the number of operations per layer, not their
+    size, sets the time.
     """
     features: Tensor = saved["features"]
     n, total, *spatial = features.shape
@@ -222,40 +228,47 @@ def dense_block_backward(
     deferred_slope = torch.zeros_like(mean)
     relu_scratch = features.new_empty(m * (total - k))  # recomputed σ(BN1(·)); between layers a free scratch
 
+    use_fused = saved["fused"]  # the forward's choice: the same BN-ReLU arithmetic
+
     def settled(start: int, stop: int) -> Tensor:
         """The complete gradient of channels ``start:stop`` once every layer reading them is done, as a new
         contiguous ``(M, stop − start)`` tensor: the shared buffer's columns plus the deferred BN terms,
-        ``c + d·x̂ = (c − d·μ/σ) + (d/σ)·x``. The strided columns are copied out first and the per-channel terms
-        applied on packed rows (:mod:`densenet.nn.rows`), in the activations' dtype (no cast copies)."""
+        ``c + d·x̂ = (c − d·μ/σ) + (d/σ)·x``: in one pass of the fused kernel, or (ATen's operations) the strided
+        columns copied out first and the per-channel terms applied on packed rows (:mod:`densenet.nn.rows`), in the
+        activations' dtype (no cast copies)."""
         width = stop - start
-        complete = grad.narrow(1, start, width).clone(memory_format=torch.contiguous_format)  # (M, stop − start)
         if not training:
-            return complete
+            return grad.narrow(1, start, width).clone(memory_format=torch.contiguous_format)  # (M, stop − start)
         slope = deferred_slope[start:stop] * invstd[start:stop]
         offset = torch.addcmul(deferred_offset[start:stop], slope, mean[start:stop], value=-1)
+        if use_fused:  # in one pass (nn.fused)
+            return fused.affine_add_rows(grad.narrow(1, start, width), buffer.narrow(1, start, width), slope, offset,
+                                         grad.new_empty((m, width)))
+        complete = grad.narrow(1, start, width).clone(memory_format=torch.contiguous_format)  # (M, stop − start)
         x = relu_scratch[:m * width].view(m, width).copy_(buffer.narrow(1, start, width))  # (M, stop − start)
         factor = pack_factor(m, width)
-        packed(complete, factor).addcmul_(packed(x, factor), _in_dtype(slope, x.dtype).repeat(factor)).add_(
-            _in_dtype(offset, x.dtype).repeat(factor))
+        packed(complete, factor).addcmul_(packed(x, factor), in_dtype(slope, x.dtype).repeat(factor)).add_(
+            in_dtype(offset, x.dtype).repeat(factor))
         return complete
 
-    chunk_scratch = row_chunk_scratch(features, m, total - k)  # BN1 backward's contiguous copies of input rows
-    bottlenecks = _Bottlenecks(spec, saved, params, m, n, tuple(spatial), training) if spec.bottleneck else None
+    chunk_scratch = None if use_fused else row_chunk_scratch(features, m, total - k)  # BN1 backward's row copies
+    bottlenecks = (Bottlenecks(spec, saved, params, m, n, tuple(spatial), training, use_fused)
+                   if spec.bottleneck else None)
     param_grads: list[Tensor | None] = [None] * len(params)
 
     for index in reversed(range(num_layers)):
         channels = c0 + index * k
         offset = index * per_layer
         weight1 = params[offset + 2]
-        scale_x, shift_x, scale, layer_mean, layer_invstd = saved["affines1"][index]
+        scale_b, shift_b, scale, layer_mean, layer_invstd = saved["affines1"][index]
         grad_new = image(settled(channels, channels + k), n, spatial)  # (N, k, *spatial): complete ∂L/∂x_l
         if spec.drop_rate > 0 and training:
             # ∂L/∂x = D ⊙ δ / (1 − p)   [F6b]
             grad_new = channels_last(dropout_backward(grad_new, saved["masks"][index], spec.drop_rate))
         inputs = buffer.narrow(1, 0, channels)  # (M, C_l) view of [x_0, …, x_{l−1}]
         # r1 = σ(a·x + b), recomputed
-        relu1_rows = torch.addcmul(shift_x, inputs, scale_x, out=relu_scratch[:m * channels].view(m, channels))
-        relu1 = image(relu1_rows.clamp_min_(0), n, spatial)
+        relu1_rows = _bn1_relu(inputs, scale_b, shift_b, relu_scratch[:m * channels].view(m, channels), use_fused)
+        relu1 = image(relu1_rows, n, spatial)
         if bottlenecks is not None:
             # z = W1 ∗ r1 again when the forward did not keep it
             recomputed = (channels_last(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
@@ -271,8 +284,12 @@ def dense_block_backward(
         grad_relu1 = rows_of(channels_last(grad_relu1))  # (M, C_l)
         # ∂L/∂x_j += ∂H_l/∂x_j for every j < l, added into the shared gradient buffer   [F2b]
         # BN1 backward [BN]: ∂L/∂x += a·δ now, into the shared gradient buffer (nn.batchnorm.bn_relu_backward_into)
-        grad_gamma1, grad_beta1 = bn_relu_backward_into(grad.narrow(1, 0, channels), grad_relu1, relu1_rows, inputs,
-                                                        scale_x, layer_mean, layer_invstd, chunk_scratch)
+        if use_fused:
+            grad_gamma1, grad_beta1 = fused.bn_relu_backward_rows(grad.narrow(1, 0, channels), grad_relu1, inputs,
+                                                                  scale_b, shift_b, layer_mean, layer_invstd)
+        else:
+            grad_gamma1, grad_beta1 = bn_relu_backward_into(grad.narrow(1, 0, channels), grad_relu1, relu1_rows,
+                                                            inputs, scale_b, layer_mean, layer_invstd, chunk_scratch)
         param_grads[offset], param_grads[offset + 1] = grad_gamma1, grad_beta1
         # ∂L/∂x = a·δ was added; −(a/M)(Σδ + x̂·Σδx̂) is deferred (training only: running statistics are constants)
         if training:
@@ -283,74 +300,27 @@ def dense_block_backward(
     return grad_input, [g if needed else None for g, needed in zip(param_grads, needs_param_grad, strict=True)]
 
 
-class _Bottlenecks:
-    """Each dense layer's BN2-ReLU-Conv3×3 backward, with BN2's per-channel vectors computed for all layers at once.
-
-    Per layer ``l``, from the stored bottleneck output ``z`` (``(M, 4k)`` rows) and its batch statistics:
-    ``r2 = σ(a2·z + b2)`` recomputed, the 3×3 conv's backward [F1b], σ', and [BN]'s backward
-    ``∂L/∂z = a2·δ + c + d·z`` with ``d = −a2·σ⁻¹·Σδx̂/M`` and ``c = −a2·Σδ/M − d·μ`` — the whole-tensor form of
-    :func:`densenet.nn.batchnorm.input_grad`, here on packed rows (:mod:`densenet.nn.rows`). With running statistics
-    (eval mode) ``∂L/∂z = a2·δ``.
-    """
-
-    def __init__(self, spec: BlockSpec, saved: dict[str, Any], params: tuple[Tensor, ...], m: int, n: int,
-                 spatial: tuple[int, ...], training: bool) -> None:
-        per_layer, slab = spec.params_per_layer, saved["bottlenecks"]
-        self.n, self.spatial, self.training = n, spatial, training
-        self.factor = pack_factor(m, slab.shape[2])
-        self.scratch = slab.new_empty(tuple(slab.shape[1:]))  # (M, 4k): σ(BN2(z)), then ∂L/∂z
-        stats = saved["stats2"]  # (L, 2, 4k): μ and 1/σ of every layer's z
-        mean, invstd = stats[:, 0], stats[:, 1]
-        # a2 = γ2/σ and b2 = β2 − μ·a2 of every layer, (L, 4k)
-        scale = torch.stack(params[3::per_layer]) * invstd
-        shift = torch.addcmul(torch.stack(params[4::per_layer]), mean, scale, value=-1)
-        # per layer (lists: one unbind per quantity instead of one indexing per layer and use)
-        self.mean, self.invstd = mean.unbind(0), invstd.unbind(0)
-        self.packed_scale = _in_dtype(scale, slab.dtype).repeat(1, self.factor).unbind(0)  # r·4k each
-        self.packed_shift = _in_dtype(shift, slab.dtype).repeat(1, self.factor).unbind(0)
-        self.slope_unit = (scale * invstd * (-1 / m)).unbind(0)  # d per unit of Σδx̂
-        self.offset_unit = (scale * (-1 / m)).unbind(0)  # c + d·μ per unit of Σδ
-        self.rows = slab.unbind(0)  # (M, 4k) each
-
-    def backward(self, index: int, grad_new: Tensor, weight2: Tensor, needs_weight_grad: bool,
-                 param_grads: list[Tensor | None], offset: int, recomputed: Tensor | None = None) -> Tensor:
-        """``∂L/∂z`` of layer ``index`` as ``(N, 4k, *spatial)`` (in the shared scratch); ``∂L/∂W2``, ``∂L/∂γ2`` and
-        ``∂L/∂β2`` into ``param_grads[offset + 5]``, ``[offset + 3]``, ``[offset + 4]``. ``recomputed``: the layer's
-        ``z`` as channels-last ``(N, 4k, *spatial)`` when the forward did not save it."""
-        factor, scratch = self.factor, self.scratch
-        z_rows = self.rows[index] if recomputed is None else rows_of(recomputed)  # (M, 4k)
-        # r2 = σ(a2·z + b2), recomputed on packed rows
-        torch.addcmul(self.packed_shift[index], packed(z_rows, factor), self.packed_scale[index],
-                      out=packed(scratch, factor)).clamp_min_(0)
-        relu2 = image(scratch, self.n, self.spatial)
-        # ∂L/∂r2 = W2ᵀ ∗ δ, ∂L/∂W2 = r2 ⋆ δ   [F1b]
-        grad_relu2, param_grads[offset + 5], _ = conv_backward(
-            grad_new, relu2, weight2, False, _STRIDE_ONE, _PAD_ONE, (True, needs_weight_grad, False))
-        # through σ: δ ⊙ 1[r2 > 0]
-        grad_u2 = torch.ops.aten.threshold_backward.grad_input(grad_relu2, relu2, 0, grad_input=grad_relu2)
-        grad_rows = rows_of(grad_u2)  # (M, 4k)
-        mean, invstd = self.mean[index], self.invstd[index]
-        # ∂L/∂γ2 = Σδx̂ and ∂L/∂β2 = Σδ in one pass [BN]
-        _, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
-            column_image(grad_rows), column_image(z_rows), None, None, None, mean, invstd, True, 0.0,
-            [False, True, True])
-        param_grads[offset + 3], param_grads[offset + 4] = grad_gamma, grad_beta
-        out = packed(scratch, factor)  # σ(BN2(z)) is done with
-        if self.training:
-            slope = self.slope_unit[index] * grad_gamma  # d
-            constant = torch.addcmul(self.offset_unit[index] * grad_beta, slope, mean, value=-1)  # c
-            # ∂L/∂z = c + d·z + a2·δ   [BN]
-            torch.addcmul(_in_dtype(constant, z_rows.dtype).repeat(factor), packed(z_rows, factor),
-                          _in_dtype(slope, z_rows.dtype).repeat(factor), out=out)
-            out.addcmul_(packed(grad_rows, factor), self.packed_scale[index])
-        else:
-            torch.mul(packed(grad_rows, factor), self.packed_scale[index], out=out)  # ∂L/∂z = a2·δ
-        return image(scratch, self.n, self.spatial)
+def _bn1_affine(scale: Tensor, shift: Tensor, rows: Tensor, use_fused: bool) -> tuple[Tensor, Tensor]:
+    """BN1's ``a``, ``b`` as :func:`_bn1_relu` computes with them: in the fused kernels' arithmetic type, or in the
+    activations' dtype for ATen's operations."""
+    if use_fused:
+        return fused.opmath(scale, rows), fused.opmath(shift, rows)
+    return in_dtype(scale, rows.dtype), in_dtype(shift, rows.dtype)
 
 
-def _in_dtype(vector: Tensor, dtype: torch.dtype) -> Tensor:
-    """``vector`` in ``dtype`` (no operation when it already is)."""
-    return vector if vector.dtype == dtype else vector.to(dtype)
+def _bn1_stats(mean: Tensor, invstd: Tensor, rows: Tensor, use_fused: bool) -> tuple[Tensor, Tensor]:
+    """BN1's ``μ``, ``1/σ`` as the BN-ReLU backward takes them (the fused kernel: its arithmetic type)."""
+    if use_fused:
+        return fused.opmath(mean, rows), fused.opmath(invstd, rows)
+    return mean, invstd
+
+
+def _bn1_relu(inputs: Tensor, scale: Tensor, shift: Tensor, out: Tensor, use_fused: bool) -> Tensor:
+    """``r = σ(a·x + b)`` of ``(M, C_l)`` rows into ``out`` [BN]: the fused kernel in one pass, or ATen's
+    ``addcmul`` and ``clamp_min_`` (``a``, ``b`` from :func:`_bn1_affine`)."""
+    if use_fused:
+        return fused.affine_relu_rows(inputs, scale, shift, out)
+    return torch.addcmul(shift, inputs, scale, out=out).clamp_min_(0)
 
 
 class DenseBlockFunction(torch.autograd.Function):
@@ -361,6 +331,7 @@ class DenseBlockFunction(torch.autograd.Function):
         features, record = dense_block_forward(spec, x, params, training, keep=True)
         ctx.spec, ctx.training, ctx.num_masks = spec, training, len(record["masks"])
         ctx.affines1 = record["affines1"]  # small per-layer vectors, not inputs or outputs: kept on ctx
+        ctx.fused = record["fused"]
         ctx.save_for_backward(features, record["mean"], record["invstd"], record["bottlenecks"], record["stats2"],
                               *record["masks"], *params)
         return features
@@ -371,7 +342,7 @@ class DenseBlockFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient is wanted
             return (None, None, *_differentiable_backward(ctx, features, rest, grad_out))
         saved = {"features": features, "mean": mean, "invstd": invstd, "bottlenecks": bottlenecks, "stats2": stats2,
-                 "masks": rest[:ctx.num_masks], "affines1": ctx.affines1}
+                 "masks": rest[:ctx.num_masks], "affines1": ctx.affines1, "fused": ctx.fused}
         grad_input, param_grads = dense_block_backward(
             ctx.spec, saved, grad_out, tuple(rest[ctx.num_masks:]), ctx.training, ctx.needs_input_grad[2],
             tuple(ctx.needs_input_grad[3:]))

@@ -112,31 +112,38 @@ def global_avg_pool(x: Tensor, dims: int) -> Tensor:
 
 
 def pool_backward(grad_out: Tensor, x: Tensor, kind: str, kernel: Size, stride: Size, padding: Size,
-                  out: Tensor | None = None) -> Tensor:
+                  out: Tensor | None = None, through_relu: bool = False) -> Tensor:
     """The pool's backward: ``1/K^d`` of each output's gradient to every input of its window for the average pool
     [F3b]; to the argmax of its window (recomputed) for the max-pool. 1D runs as 2D with a unit height.
 
     ``out`` (max-pool only; of ``x``'s shape and layout, and it may be ``x`` itself, whose argmax is taken before
     it is written) receives the gradient instead of a new tensor. The average pool takes none: torch 2.14's
-    ``avg_pool3d_backward`` writes wrong values into a channels-last ``out``."""
+    ``avg_pool3d_backward`` writes wrong values into a channels-last ``out``.
+
+    ``through_relu`` (max-pool only): ``x = σ(u)`` is a ReLU's output and the gradient wanted is ``∂L/∂u``, i.e.
+    also through σ: ``δ_i = 1[x_i > 0]·Σ_{o: argmax(o) = i} g_o``. An output's maximum is the value at its argmax,
+    so ``1[x_i > 0] = 1[pool(x)_o > 0]`` for every ``o`` sending to ``i``, and σ' is applied to the pooled gradient
+    before it is scattered: on a map ``stride^d`` times smaller than ``x``, and without a mask of ``x``'s size."""
     if spatial_dims(x) == 1:
         grad = pool_backward(grad_out.unsqueeze(2), x.unsqueeze(2), kind, (1, kernel), (1, stride), (0, padding),
-                             None if out is None else out.unsqueeze(2))
+                             None if out is None else out.unsqueeze(2), through_relu)
         return grad.squeeze(2)
     dims = spatial_dims(x)
     kernel, stride, padding = (_expand(v, dims) for v in (kernel, stride, padding))
     if kind == "avg":
         # each output's gradient spread 1/K^d to every input of its window   [F3b]
         backward = torch.ops.aten.avg_pool2d_backward if dims == 2 else torch.ops.aten.avg_pool3d_backward
-        if out is not None:
-            raise ValueError("the average pool's backward takes no out tensor")
+        if out is not None or through_relu:
+            raise ValueError("the average pool's backward takes no out tensor and no through_relu")
         if dims == 3 and tiled_pool.applies(x, kernel, stride, padding):  # as in avg_pool
             return tiled_pool.avg_pool_backward(grad_out, x, kernel[0])
         if dims == 3 and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):  # as in avg_pool
             return backward(grad_out.float(), x.float(), kernel, stride, padding, False, True, None).to(x.dtype)
         return backward(grad_out, x, kernel, stride, padding, False, True, None)
     pool = F.max_pool2d if dims == 2 else F.max_pool3d
-    _, indices = pool(x, kernel, stride, padding, return_indices=True)  # the argmax, recomputed
+    pooled, indices = pool(x, kernel, stride, padding, return_indices=True)  # the argmax, recomputed
+    if through_relu:  # g_o ⊙ 1[pool(x)_o > 0]: σ' of each output's argmax
+        grad_out = torch.ops.aten.threshold_backward(grad_out, pooled, 0)
     backward = (torch.ops.aten.max_pool2d_with_indices_backward if dims == 2
                 else torch.ops.aten.max_pool3d_with_indices_backward)
     if out is None:

@@ -94,12 +94,10 @@ def _recomputed_grad(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tensor, bias
     relu = affine_relu(z, nd.per_channel(scale, dims), nd.per_channel(shift, dims))
     grad_out = nd.same_layout(grad_out.to(relu.dtype), relu)
     if ctx.pool[0] == "max":
-        # the stem: σ' kept as a bool mask (a quarter of the map in float32) so that the max-pool's gradient can
-        # overwrite r — z, r and the mask are the most held at once (in 3D the stem's map is the network's
-        # largest); then through σ: δ ⊙ 1[r > 0], as a fill of the inactive entries (a multiply by the bool mask
-        # would first convert the mask to a float map: a map's worth of memory and ~7 ms a 96³ half)
-        inactive = relu <= 0
-        return z, _pool_backward(grad_out, relu, ctx.pool, out=relu).masked_fill_(inactive, 0)
+        # the stem: the max-pool's gradient through σ, δ = ∂L/∂u at u = BN(z), written over r (z and r are the
+        # most held at once: in 3D the stem's map is the network's largest); σ' is taken on the pooled map
+        # (nd.pool_backward's through_relu), not as a mask of r's size
+        return z, _pool_backward(grad_out, relu, ctx.pool, out=relu, through_relu=True)
     grad_relu = _pool_backward(grad_out, relu, ctx.pool)
     # through σ: δ ⊙ 1[r > 0]
     return z, torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
@@ -166,12 +164,13 @@ def _pool(x: Tensor, pool: Pool) -> Tensor:
     return nd.max_pool(x, kernel, stride, padding)
 
 
-def _pool_backward(grad_out: Tensor, relu: Tensor, pool: Pool, out: Tensor | None = None) -> Tensor:
+def _pool_backward(grad_out: Tensor, relu: Tensor, pool: Pool, out: Tensor | None = None,
+                   through_relu: bool = False) -> Tensor:
     """The pool's backward: ``1/(PQ)`` of each output's gradient to every input of its window for the average
     pool [F3b]; to the argmax of its window for the max-pool (:func:`densenet.nn.dims.pool_backward`), into ``out``
-    (max-pool only; it may be ``relu``) if given."""
+    (max-pool only; it may be ``relu``) if given, and then through σ with ``through_relu``."""
     kind, kernel, stride, padding = pool
-    return nd.pool_backward(grad_out, relu, kind, kernel, stride, padding, out)
+    return nd.pool_backward(grad_out, relu, kind, kernel, stride, padding, out, through_relu)
 
 
 def batch_norm_relu_pool(norm: nd.BatchNorm, x: Tensor, pool: Pool) -> Tensor:
