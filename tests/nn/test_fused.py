@@ -89,6 +89,25 @@ def test_affine_add_rows_adds_the_affine_of_strided_rows():
     torch.testing.assert_close(out, y + (slope * x + offset), rtol=1e-15, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_copy_rows_with_stats_copies_and_takes_batch_statistics(dtype):
+    """``dst = src`` bit for bit, and μ, 1/√(σ² + ε) (biased σ²) of each channel against float64 formulas on the
+    same values — including a channel far from zero (mean 3000, spread 0.5), where sums of x and x² in float32
+    would cancel."""
+    src = _rows(300, 6, 9, dtype, 10)
+    src[:, 2] = (torch.randn(300, dtype=torch.float64) * 0.5 + 3000).to(dtype)
+    dst = torch.zeros(300, 11, dtype=dtype)
+    opmath = torch.float64 if dtype == torch.float64 else torch.float32
+    mean, invstd = torch.empty(6, dtype=opmath), torch.empty(6, dtype=opmath)
+    fused.copy_rows_with_stats(src, dst[:, 3:9], 1e-5, mean, invstd)
+    assert torch.equal(dst[:, 3:9], src) and not dst[:, :3].any() and not dst[:, 9:].any()
+    values = src.double()
+    expected_invstd = (values.var(0, unbiased=False) + 1e-5).rsqrt()
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(mean.double(), values.mean(0), rtol=tolerance, atol=0)
+    torch.testing.assert_close(invstd.double(), expected_invstd, rtol=tolerance * 10, atol=0)
+
+
 def test_bfloat16_rows_compute_in_float32_and_round_once():
     """bfloat16 rows against the float64 formulas on the same (rounded) inputs; the ReLU mask of the backward is
     the forward's own: an entry is active exactly where the forward's output is positive."""

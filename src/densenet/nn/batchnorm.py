@@ -78,6 +78,18 @@ def update_running_stats_of(norms: tuple[BatchNorm, ...], mean: Tensor, invstd: 
     torch._foreach_lerp_([norm.running_var for norm in norms], [var[:size] for size in sizes], factors)
 
 
+def update_running_stats_each(norms: tuple[BatchNorm, ...], stats: Tensor, factors: list[float], count: int) -> None:
+    """:func:`update_running_stats_of` for batch norms with statistics of their own — a dense block's BN2s, one ε —
+    given as ``stats`` ``(L, 2, C)`` (each norm's ``μ`` and ``1/√(σ² + ε)``) and the factors :func:`count_batches`
+    returned for them."""
+    var = (stats[:, 1].pow(-2) - norms[0].eps) * (count / max(count - 1, 1))  # (L, C): unbiased σ²
+    means, variances = stats[:, 0].unbind(0), var.unbind(0)
+    torch._foreach_lerp_([norm.running_mean for norm in norms],
+                         [row.to(norm.running_mean.dtype) for row, norm in zip(means, norms, strict=True)], factors)
+    torch._foreach_lerp_([norm.running_var for norm in norms],
+                         [row.to(norm.running_var.dtype) for row, norm in zip(variances, norms, strict=True)], factors)
+
+
 def affine(weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
     """BN as a per-channel affine: ``γ(x − μ)/σ + β = a·x + b`` with ``a = γ/σ``, ``b = β − μ·a``."""
     scale = weight * invstd

@@ -61,12 +61,13 @@ from densenet.nn.batchnorm import (
     row_chunk_scratch,
     running_affine,
     subtract_batch_terms,
+    update_running_stats_each,
     update_running_stats_of,
 )
-from densenet.nn.bottlenecks import Bottlenecks
+from densenet.nn.bottlenecks import Bottlenecks, bn2_relu_forward
 from densenet.nn.dims import BatchNorm, channels_last, conv, conv_backward
 from densenet.nn.double_backward import announce, differentiable_grads, plain_block
-from densenet.nn.rows import image, pack_factor, packed, planar, rows_of
+from densenet.nn.rows import image, pack_factor, packed, rows_of
 from densenet.tutorial import dropout_backward, dropout_forward, dropout_mask
 
 _STRIDE_ONE = 1
@@ -135,7 +136,7 @@ def dense_block_forward(
     # large allocations instead of two per layer, which would fragment the heap.
     kept = keep and not spec.recompute_bottleneck  # every layer's bottleneck output saved, not recomputed
     bottlenecks = x.new_empty((num_layers if kept else 1, m, width))
-    relu2 = image(x.new_empty((m, width)), n, spatial)
+    relu2_rows = x.new_empty((m, width))  # σ(BN2(z)) of the current layer
     stats2 = torch.empty((num_layers, 2, width), dtype=stat_dtype, device=x.device)
     saves2 = [pair.unbind(0) for pair in stats2.unbind(0)]  # per layer: where BN2's μ and 1/σ go
     factors2 = count_batches(spec.norms2) if training else []
@@ -161,23 +162,12 @@ def dense_block_forward(
         relu1 = image(relu1, n, spatial)
         if spec.bottleneck:
             gamma2, beta2, weight2 = params[index * per_layer + 3:(index + 1) * per_layer]
-            norm2, (save_mean, save_invstd) = spec.norms2[index], saves2[index]
-            # z = W1 ∗ r, the 1×1 bottleneck conv
-            bottleneck = image(bottlenecks[index if kept else 0], n, spatial)  # (N, 4k, *spatial)
-            bottleneck.copy_(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO))
-            z, out = planar(bottleneck), planar(relu2)
-            if training:
-                torch.ops.aten.native_batch_norm.out(
-                    z, gamma2, beta2, norm2.running_mean, norm2.running_var, True, factors2[index],
-                    norm2.eps, out=out, save_mean=save_mean, save_invstd=save_invstd)
-            else:
-                torch.ops.aten.native_batch_norm.out(
-                    z, gamma2, beta2, norm2.running_mean, norm2.running_var, False, 0.0, norm2.eps,
-                    out=out, save_mean=save_mean, save_invstd=save_invstd)
-                save_mean.copy_(norm2.running_mean)
-                torch.rsqrt(norm2.running_var + norm2.eps, out=save_invstd)
+            # z = W1 ∗ r, the 1×1 bottleneck conv, kept in the slab; r2 = σ(BN2(z))
+            relu2 = bn2_relu_forward(conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ZERO),
+                                     bottlenecks[index if kept else 0], relu2_rows, gamma2, beta2, spec.norms2[index],
+                                     saves2[index], factors2[index] if training else None, use_fused)
             # x_l = W2 ∗ σ(BN2(z)), 3×3 conv pad 1
-            new = conv(relu2.clamp_min_(0), weight2, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, *spatial)
+            new = conv(relu2, weight2, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, *spatial)
         else:
             new = conv(relu1, weight1, None, _STRIDE_ONE, _PAD_ONE)  # (N, k, *spatial)
         if spec.drop_rate > 0 and training:
@@ -186,13 +176,19 @@ def dense_block_forward(
             new = dropout_forward(new, mask, spec.drop_rate)
             if keep:
                 masks.append(mask)
-        # x_l = H_l([x_0, …, x_{l−1}]), written into the buffer   [F2]
-        features.narrow(1, channels, k).copy_(new)
-        if training:
-            mean[channels:channels + k], invstd[channels:channels + k] = channel_stats(new, eps)
+        # x_l = H_l([x_0, …, x_{l−1}]), written into the buffer   [F2], with its batch statistics
+        if use_fused and training:  # in one pass
+            fused.copy_rows_with_stats(rows_of(new), buffer.narrow(1, channels, k), eps, mean[channels:channels + k],
+                                       invstd[channels:channels + k])
+        else:
+            features.narrow(1, channels, k).copy_(new)
+            if training:
+                mean[channels:channels + k], invstd[channels:channels + k] = channel_stats(new, eps)
 
     if training:  # every channel's statistics are known now: the running ones move once
         update_running_stats_of(spec.norms1, mean, invstd, m)
+        if use_fused and spec.bottleneck:  # BN2's too (ATen's native_batch_norm moved them already)
+            update_running_stats_each(spec.norms2, stats2, factors2, m)
     if not spec.bottleneck:
         bottlenecks, stats2 = bottlenecks[:0], stats2[:0]
     elif spec.recompute_bottleneck:

@@ -1,9 +1,11 @@
-"""Each dense layer's BN2-ReLU-Conv3×3 backward for the explicit dense block (:mod:`densenet.nn.block`) [BN, F1b].
+"""Each dense layer's BN2-ReLU for the explicit dense block (:mod:`densenet.nn.block`): forward, and the backward of
+BN2-ReLU-Conv3×3 [BN, F1b].
 
 A dense layer with a bottleneck is ``x_l = W2 ∗ σ(BN2(z))`` with ``z = W1 ∗ σ(BN1([x_0, …, x_{l−1}]))``. The block
-keeps ``z`` (or recomputes it, for volumes) and BN2's batch statistics; :class:`Bottlenecks` turns ``∂L/∂x_l`` into
-``∂L/∂z`` and the gradients of ``W2``, ``γ2``, ``β2``, with BN2's per-channel vectors computed for all layers at once
-(on small maps the number of operations per layer, not their size, sets the time).
+keeps ``z`` (or recomputes it, for volumes) and BN2's batch statistics: :func:`bn2_relu_forward` writes them and
+``σ(BN2(z))``; :class:`Bottlenecks` turns ``∂L/∂x_l`` into ``∂L/∂z`` and the gradients of ``W2``, ``γ2``, ``β2``, with
+BN2's per-channel vectors computed for all layers at once (on small maps the number of operations per layer, not
+their size, sets the time).
 """
 
 from __future__ import annotations
@@ -15,14 +17,48 @@ from torch import Tensor
 
 from densenet.nn import fused
 from densenet.nn.batchnorm import in_dtype
-from densenet.nn.dims import channels_last, conv_backward
-from densenet.nn.rows import column_image, image, pack_factor, packed, rows_of
+from densenet.nn.dims import BatchNorm, channels_last, conv_backward
+from densenet.nn.rows import column_image, image, pack_factor, packed, planar, rows_of
 
 if TYPE_CHECKING:
     from densenet.nn.block import BlockSpec
 
 _STRIDE_ONE = 1
 _PAD_ONE = 1
+
+
+def bn2_relu_forward(z: Tensor, z_rows: Tensor, out_rows: Tensor, gamma: Tensor, beta: Tensor, norm: BatchNorm,
+                     saves: tuple[Tensor, Tensor], factor: float | None, use_fused: bool) -> Tensor:
+    """``r2 = σ(BN2(z))`` [BN] of a layer's 1×1 conv output ``z`` (``(N, 4k, *spatial)``), which is copied into its
+    slab rows ``z_rows`` (``(M, 4k)``); ``r2`` goes into ``out_rows`` and is returned as ``(N, 4k, *spatial)``.
+
+    ``saves`` receive the ``μ`` and ``1/σ`` used: the batch's in training (``factor``: the running statistics'
+    factor), the running ones otherwise (``factor`` None). With ``use_fused`` in training the copy takes the batch
+    statistics in the same pass and the affine-ReLU is one more (:mod:`densenet.nn.fused`); the caller then moves the
+    running statistics (:func:`densenet.nn.batchnorm.update_running_stats_each`). Otherwise ATen's
+    ``native_batch_norm`` (which moves them itself) and a clamp.
+    """
+    n, _, *spatial = z.shape
+    save_mean, save_invstd = saves
+    if use_fused and factor is not None:
+        fused.copy_rows_with_stats(rows_of(z), z_rows, norm.eps, save_mean, save_invstd)
+        # a2 = γ2/σ, b2 = β2 − μ·a2
+        scale = fused.opmath(gamma, z_rows) * save_invstd
+        shift = torch.addcmul(fused.opmath(beta, z_rows), save_mean, scale, value=-1)
+        return image(fused.affine_relu_rows(z_rows, scale, shift, out_rows), n, tuple(spatial))
+    kept, out = image(z_rows, n, tuple(spatial)), image(out_rows, n, tuple(spatial))
+    kept.copy_(z)
+    if factor is not None:
+        torch.ops.aten.native_batch_norm.out(
+            planar(kept), gamma, beta, norm.running_mean, norm.running_var, True, factor, norm.eps, out=planar(out),
+            save_mean=save_mean, save_invstd=save_invstd)
+    else:
+        torch.ops.aten.native_batch_norm.out(
+            planar(kept), gamma, beta, norm.running_mean, norm.running_var, False, 0.0, norm.eps, out=planar(out),
+            save_mean=save_mean, save_invstd=save_invstd)
+        save_mean.copy_(norm.running_mean)
+        torch.rsqrt(norm.running_var + norm.eps, out=save_invstd)
+    return out.clamp_min_(0)
 
 
 class Bottlenecks:

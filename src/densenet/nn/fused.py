@@ -11,6 +11,8 @@ contiguous copy of the strided rows (the batch-norm sums are ~30× slower on a s
   ``∂L/∂β = Σδ`` — what :func:`densenet.nn.batchnorm.bn_relu_backward_into` computes with ATen's operations;
 - :func:`bn_relu_backward_full_rows`: the whole BN-ReLU backward of contiguous rows (a dense layer's BN2), the
   sums in one pass and ``∂L/∂x = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` in a second — ATen: σ', the sums, two ``addcmul``;
+- :func:`copy_rows_with_stats`: a new map (or a bottleneck output) copied into its place and its batch statistics
+  taken in the same pass — ATen: the copy, then ``native_batch_norm`` (which also writes a discarded output);
 - :func:`affine_add_rows`: ``out = y + (a·x + b)`` from strided rows into contiguous ones — a new map's complete
   gradient with the deferred BN terms (the dense block's ``settled``); ATen: two copies and two passes.
 
@@ -126,3 +128,10 @@ def affine_add_rows(y: Tensor, x: Tensor, scale: Tensor, shift: Tensor, out: Ten
     its own); ``a``, ``b`` in :func:`opmath`'s type. Returns ``out``."""
     torch.ops.densenet.affine_add_rows(y, x, scale, shift, out)
     return out
+
+
+def copy_rows_with_stats(src: Tensor, dst: Tensor, eps: float, mean: Tensor, invstd: Tensor) -> None:
+    """``dst = src`` for ``(M, C)`` rows (any row strides), and each channel's batch ``μ`` and ``1/√(σ² + ε)``
+    (biased ``σ²``) into ``mean``, ``invstd`` (``(C,)``, contiguous, in :func:`opmath`'s type): sums in float64 of
+    the values less the channel's first one."""
+    torch.ops.densenet.copy_rows_with_stats(src, dst, eps, mean, invstd)

@@ -10,6 +10,8 @@
 //   densenet::bn_relu_backward_full_rows(grad_relu, x, a, b, mean, invstd, training, out) -> (Σδx̂, Σδ):
 //       out = ∂L/∂x = a·(δ − (Σδ + x̂·Σδx̂)/M) in two passes (the sums, then the gradient); a·δ with running statistics
 //       (training false: the sums are still returned, γ and β being parameters)
+//   densenet::copy_rows_with_stats(src, dst, eps, mean, invstd): dst = src, and each channel's batch μ, 1/√(σ² + ε)
+//                                                                                   (a new map or a bottleneck output)
 //   densenet::affine_add_rows(y, x, a, b, out):  out = y + (a·x + b) per channel      (the deferred BN terms, F2b)
 //
 // Both compute σ(a·x + b) by one helper (an explicit fma, rounded to the tensor's dtype, then compared with 0), so
@@ -96,6 +98,20 @@ void affine_add_row(typename S::raw_t* __restrict__ out, const typename S::raw_t
                     const typename S::opmath_t* __restrict__ b, int64_t channels) {
   for (int64_t c = 0; c < channels; ++c) {
     out[c] = S::store(S::load(y[c]) + (a[c] * S::load(x[c]) + b[c]));
+  }
+}
+
+// One row of copy_rows_with_stats: dst = src, and the row's share of Σd and Σd² with d = src − origin (double).
+template <typename S>
+void copy_stats_row(typename S::raw_t* __restrict__ dst, const typename S::raw_t* __restrict__ src,
+                    const double* __restrict__ origin, double* __restrict__ sum, double* __restrict__ squares,
+                    int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const typename S::raw_t v = src[c];
+    dst[c] = v;
+    const double d = static_cast<double>(S::load(v)) - origin[c];
+    sum[c] += d;
+    squares[c] += d * d;
   }
 }
 
@@ -222,6 +238,55 @@ std::tuple<at::Tensor, at::Tensor> sums_over_rows(const at::Tensor& grad, const 
   return {grad_weight, grad_bias};
 }
 
+// dst = src for (M, C) rows, and the batch statistics of each channel into mean and invstd: μ and 1/√(σ² + ε)
+// (σ² biased, as batch norm normalises with). Sums of d = x − x_0 (the channel's first value) in double per thread: shifted by a value of the
+// data, the variance Σd²/M − (Σd/M)² does not cancel catastrophically.
+void copy_rows_with_stats(const at::Tensor& src, const at::Tensor& dst, double eps, const at::Tensor& mean,
+                          const at::Tensor& invstd) {
+  const int64_t rows = src.size(0), channels = src.size(1);
+  const auto dtype = src.scalar_type();
+  check_rows(src, "src", rows, channels, dtype);
+  check_rows(dst, "dst", rows, channels, dtype);
+  TORCH_CHECK(rows > 0, "src must have rows");
+  check_vector(mean, "mean", channels, opmath_of(dtype));
+  check_vector(invstd, "invstd", channels, opmath_of(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "copy_rows_with_stats", [&] {
+    using S = Storage<scalar_t>;
+    using raw_t = typename S::raw_t;
+    using opmath_t = typename S::opmath_t;
+    const raw_t* sp = static_cast<const raw_t*>(src.const_data_ptr());
+    raw_t* dp = static_cast<raw_t*>(dst.mutable_data_ptr());
+    const int64_t lds = src.stride(0), ldd = dst.stride(0);
+    std::vector<double> origin(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      origin[c] = static_cast<double>(S::load(sp[c]));
+    }
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+    std::vector<double> sums(parts * 2 * channels, 0.0);  // per part: Σd then Σd²
+    at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+      for (int64_t part = first; part < last; ++part) {
+        double* sum = sums.data() + part * 2 * channels;
+        for (int64_t m = rows * part / parts; m < rows * (part + 1) / parts; ++m) {
+          copy_stats_row<S>(dp + m * ldd, sp + m * lds, origin.data(), sum, sum + channels, channels);
+        }
+      }
+    });
+    opmath_t* mp = mean.mutable_data_ptr<opmath_t>();
+    opmath_t* ip = invstd.mutable_data_ptr<opmath_t>();
+    for (int64_t c = 0; c < channels; ++c) {
+      double sum = 0, squares = 0;
+      for (int64_t part = 0; part < parts; ++part) {
+        sum += sums[part * 2 * channels + c];
+        squares += sums[part * 2 * channels + channels + c];
+      }
+      const double shift = sum / static_cast<double>(rows);
+      const double var = std::max(squares / static_cast<double>(rows) - shift * shift, 0.0);
+      mp[c] = static_cast<opmath_t>(origin[c] + shift);
+      ip[c] = static_cast<opmath_t>(1.0 / std::sqrt(var + eps));
+    }
+  });
+}
+
 void affine_add_rows(const at::Tensor& y, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
                      const at::Tensor& out) {
   const int64_t rows = x.size(0), channels = x.size(1);
@@ -308,6 +373,7 @@ TORCH_LIBRARY(densenet, m) {
   m.def("affine_relu_rows(Tensor x, Tensor scale, Tensor shift, Tensor(a!) out) -> ()");
   m.def("bn_relu_backward_rows(Tensor(a!) grad, Tensor grad_relu, Tensor x, Tensor scale, Tensor shift, "
         "Tensor mean, Tensor invstd) -> (Tensor, Tensor)");
+  m.def("copy_rows_with_stats(Tensor src, Tensor(a!) dst, float eps, Tensor(b!) mean, Tensor(c!) invstd) -> ()");
   m.def("affine_add_rows(Tensor y, Tensor x, Tensor scale, Tensor shift, Tensor(a!) out) -> ()");
   m.def("bn_relu_backward_full_rows(Tensor grad_relu, Tensor x, Tensor scale, Tensor shift, Tensor mean, "
         "Tensor invstd, bool training, Tensor(a!) out) -> (Tensor, Tensor)");
@@ -318,4 +384,5 @@ TORCH_LIBRARY_IMPL(densenet, CPU, m) {
   m.impl("bn_relu_backward_rows", &bn_relu_backward_rows);
   m.impl("bn_relu_backward_full_rows", &bn_relu_backward_full_rows);
   m.impl("affine_add_rows", &affine_add_rows);
+  m.impl("copy_rows_with_stats", &copy_rows_with_stats);
 }
