@@ -14,10 +14,11 @@
 //                                                                                   (a new map or a bottleneck output)
 //   densenet::affine_add_rows(y, x, a, b, out):  out = y + (a·x + b) per channel      (the deferred BN terms, F2b)
 //
-// Both compute σ(a·x + b) by one helper (an explicit fma, rounded to the tensor's dtype, then compared with 0), so
-// the backward's ReLU mask is exactly the forward's. Arithmetic is in float for float / bfloat16 / half tensors and
-// in double for double ones (half is not taken: the caller keeps ATen's ops for it); the per-channel vectors a, b, μ, invstd come in that type. Sums are accumulated per
-// thread over contiguous row ranges and combined in double.
+// All compute σ(a·x + b) by one helper (an explicit fma, rounded to the tensor's dtype, then compared with 0), so
+// the backward's ReLU mask is exactly the forward's. Arithmetic is in float for float and bfloat16 tensors and in
+// double for double ones (float16 is not taken: the caller keeps ATen's operations for it); the per-channel vectors
+// a, b, μ, invstd come in that type. Sums are accumulated per thread over contiguous row ranges and combined in
+// double.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -101,15 +102,17 @@ void affine_add_row(typename S::raw_t* __restrict__ out, const typename S::raw_t
   }
 }
 
-// One row of copy_rows_with_stats: dst = src, and the row's share of Σd and Σd² with d = src − origin (double).
+// One row of copy_rows_with_stats: dst = src, and the row's share of Σd and Σd² with d = src − origin, in opmath
+// (a block of rows at a time; the blocks' sums are added in double).
 template <typename S>
 void copy_stats_row(typename S::raw_t* __restrict__ dst, const typename S::raw_t* __restrict__ src,
-                    const double* __restrict__ origin, double* __restrict__ sum, double* __restrict__ squares,
-                    int64_t channels) {
+                    const typename S::opmath_t* __restrict__ origin, typename S::opmath_t* __restrict__ sum,
+                    typename S::opmath_t* __restrict__ squares, int64_t channels) {
+  using opmath_t = typename S::opmath_t;
   for (int64_t c = 0; c < channels; ++c) {
     const typename S::raw_t v = src[c];
     dst[c] = v;
-    const double d = static_cast<double>(S::load(v)) - origin[c];
+    const opmath_t d = S::load(v) - origin[c];
     sum[c] += d;
     squares[c] += d * d;
   }
@@ -148,6 +151,9 @@ void check_vector(const at::Tensor& t, const char* name, int64_t channels, at::S
 at::ScalarType opmath_of(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
+
+// Rows whose sums copy_rows_with_stats takes in opmath before adding them in double.
+constexpr int64_t kStatRows = 32;
 
 // Rows per task: enough work per thread to pay for the task.
 int64_t grain_rows(int64_t channels) {
@@ -239,8 +245,9 @@ std::tuple<at::Tensor, at::Tensor> sums_over_rows(const at::Tensor& grad, const 
 }
 
 // dst = src for (M, C) rows, and the batch statistics of each channel into mean and invstd: μ and 1/√(σ² + ε)
-// (σ² biased, as batch norm normalises with). Sums of d = x − x_0 (the channel's first value) in double per thread: shifted by a value of the
-// data, the variance Σd²/M − (Σd/M)² does not cancel catastrophically.
+// (σ² biased, as batch norm normalises with). Sums of d = x − x_0 (the channel's first value): shifted by a value of
+// the data, the variance Σd²/M − (Σd/M)² does not cancel catastrophically. Each thread sums blocks of kStatRows rows
+// in opmath (vectorised at full width) and adds the blocks' sums in double.
 void copy_rows_with_stats(const at::Tensor& src, const at::Tensor& dst, double eps, const at::Tensor& mean,
                           const at::Tensor& invstd) {
   const int64_t rows = src.size(0), channels = src.size(1);
@@ -257,17 +264,26 @@ void copy_rows_with_stats(const at::Tensor& src, const at::Tensor& dst, double e
     const raw_t* sp = static_cast<const raw_t*>(src.const_data_ptr());
     raw_t* dp = static_cast<raw_t*>(dst.mutable_data_ptr());
     const int64_t lds = src.stride(0), ldd = dst.stride(0);
-    std::vector<double> origin(channels);
+    std::vector<opmath_t> origin(channels);
     for (int64_t c = 0; c < channels; ++c) {
-      origin[c] = static_cast<double>(S::load(sp[c]));
+      origin[c] = S::load(sp[c]);
     }
     const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
     std::vector<double> sums(parts * 2 * channels, 0.0);  // per part: Σd then Σd²
     at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+      std::vector<opmath_t> block(2 * channels);  // one block's Σd then Σd²
       for (int64_t part = first; part < last; ++part) {
         double* sum = sums.data() + part * 2 * channels;
-        for (int64_t m = rows * part / parts; m < rows * (part + 1) / parts; ++m) {
-          copy_stats_row<S>(dp + m * ldd, sp + m * lds, origin.data(), sum, sum + channels, channels);
+        const int64_t stop = rows * (part + 1) / parts;
+        for (int64_t start = rows * part / parts; start < stop; start += kStatRows) {
+          std::fill(block.begin(), block.end(), opmath_t(0));
+          for (int64_t m = start; m < std::min(start + kStatRows, stop); ++m) {
+            copy_stats_row<S>(dp + m * ldd, sp + m * lds, origin.data(), block.data(), block.data() + channels,
+                              channels);
+          }
+          for (int64_t c = 0; c < 2 * channels; ++c) {
+            sum[c] += static_cast<double>(block[c]);
+          }
         }
       }
     });
@@ -281,7 +297,7 @@ void copy_rows_with_stats(const at::Tensor& src, const at::Tensor& dst, double e
       }
       const double shift = sum / static_cast<double>(rows);
       const double var = std::max(squares / static_cast<double>(rows) - shift * shift, 0.0);
-      mp[c] = static_cast<opmath_t>(origin[c] + shift);
+      mp[c] = static_cast<opmath_t>(static_cast<double>(origin[c]) + shift);
       ip[c] = static_cast<opmath_t>(1.0 / std::sqrt(var + eps));
     }
   });
