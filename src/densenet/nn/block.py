@@ -33,6 +33,11 @@ Speed on small maps: there the number of operations per layer, not their size, s
 of dispatch), so per-layer vectors are computed once — BN1's affine in the forward and kept, BN2's for all layers
 at once — and per-channel work on narrow rows runs on packed rows (:mod:`densenet.nn.rows`).
 
+On the CPU (float32, float64, bfloat16, outside ``torch.compile``) every BN-ReLU pass over the rows — the affine-ReLU
+and its recomputation, BN1's and BN2's backward, a new map's statistics, the settled gradients — runs in one fused
+kernel (:mod:`densenet.nn.fused`) instead of ATen's two to five operations; the forward records which, and the
+backward follows it.
+
 Saved for backward: the feature buffer, each layer's bottleneck output (a 1×1 conv is not cheap to recompute),
 per-channel batch statistics, dropout masks — memory linear in depth. Volumes recompute the bottleneck output in
 the backward instead (``BlockSpec.recompute_bottleneck``): in 3D the first block's bottleneck outputs are about half

@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -52,6 +53,17 @@ template <> struct Storage<at::BFloat16> {
     return v != v ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
   }
 };
+
+// A tensor's values as the dtype's stored type (raw bits for bfloat16).
+template <typename S>
+const typename S::raw_t* values(const at::Tensor& t) {
+  return static_cast<const typename S::raw_t*>(t.const_data_ptr());
+}
+
+template <typename S>
+typename S::raw_t* mutable_values(const at::Tensor& t) {
+  return static_cast<typename S::raw_t*>(t.mutable_data_ptr());
+}
 
 // σ(a·x + b), computed in opmath and rounded to the stored dtype (NaN propagates, as clamp_min does).
 template <typename S>
@@ -152,6 +164,17 @@ at::ScalarType opmath_of(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Channel c's two sums over the threads' parts, in double: parts × (first sums, second sums) of C channels each.
+template <typename T>
+std::pair<double, double> channel_totals(const T* sums, int64_t parts, int64_t channels, int64_t c) {
+  double first = 0, second = 0;
+  for (int64_t part = 0; part < parts; ++part) {
+    first += static_cast<double>(sums[part * 2 * channels + c]);
+    second += static_cast<double>(sums[part * 2 * channels + channels + c]);
+  }
+  return {first, second};
+}
+
 // Rows whose sums copy_rows_with_stats takes in opmath before adding them in double.
 constexpr int64_t kStatRows = 32;
 
@@ -169,10 +192,9 @@ void affine_relu_rows(const at::Tensor& x, const at::Tensor& scale, const at::Te
   check_vector(shift, "shift", channels, opmath);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "affine_relu_rows", [&] {
     using S = Storage<scalar_t>;
-    using raw_t = typename S::raw_t;
     using opmath_t = typename S::opmath_t;
-    const raw_t* xp = static_cast<const raw_t*>(x.const_data_ptr());
-    raw_t* op = static_cast<raw_t*>(out.mutable_data_ptr());
+    const auto* xp = values<S>(x);
+    auto* op = mutable_values<S>(out);
     const opmath_t* a = scale.const_data_ptr<opmath_t>();
     const opmath_t* b = shift.const_data_ptr<opmath_t>();
     const int64_t ldx = x.stride(0), ldo = out.stride(0);
@@ -203,16 +225,15 @@ std::tuple<at::Tensor, at::Tensor> sums_over_rows(const at::Tensor& grad, const 
                                                   const at::Tensor& shift, const at::Tensor& mean,
                                                   const at::Tensor& invstd) {
   using S = Storage<scalar_t>;
-  using raw_t = typename S::raw_t;
   using opmath_t = typename S::opmath_t;
   const int64_t rows = x.size(0), channels = x.size(1);
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   auto partial = at::empty({parts, 2, channels}, scale.options());  // per part: Σδ(x − μ) then Σδ
   auto grad_weight = at::empty({channels}, scale.options());
   auto grad_bias = at::empty({channels}, scale.options());
-  raw_t* gp = AddInto ? static_cast<raw_t*>(grad.mutable_data_ptr()) : nullptr;
-  const raw_t* rp = static_cast<const raw_t*>(grad_relu.const_data_ptr());
-  const raw_t* xp = static_cast<const raw_t*>(x.const_data_ptr());
+  auto* gp = AddInto ? mutable_values<S>(grad) : nullptr;
+  const auto* rp = values<S>(grad_relu);
+  const auto* xp = values<S>(x);
   const opmath_t* a = scale.const_data_ptr<opmath_t>();
   const opmath_t* b = shift.const_data_ptr<opmath_t>();
   const opmath_t* mu = mean.const_data_ptr<opmath_t>();
@@ -233,11 +254,7 @@ std::tuple<at::Tensor, at::Tensor> sums_over_rows(const at::Tensor& grad, const 
   opmath_t* gw = grad_weight.mutable_data_ptr<opmath_t>();
   opmath_t* gb = grad_bias.mutable_data_ptr<opmath_t>();
   for (int64_t c = 0; c < channels; ++c) {
-    double centred = 0, plain = 0;
-    for (int64_t part = 0; part < parts; ++part) {
-      centred += sums[part * 2 * channels + c];
-      plain += sums[part * 2 * channels + channels + c];
-    }
+    const auto [centred, plain] = channel_totals(sums, parts, channels, c);
     gw[c] = static_cast<opmath_t>(centred * static_cast<double>(s[c]));
     gb[c] = static_cast<opmath_t>(plain);
   }
@@ -259,10 +276,9 @@ void copy_rows_with_stats(const at::Tensor& src, const at::Tensor& dst, double e
   check_vector(invstd, "invstd", channels, opmath_of(dtype));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "copy_rows_with_stats", [&] {
     using S = Storage<scalar_t>;
-    using raw_t = typename S::raw_t;
     using opmath_t = typename S::opmath_t;
-    const raw_t* sp = static_cast<const raw_t*>(src.const_data_ptr());
-    raw_t* dp = static_cast<raw_t*>(dst.mutable_data_ptr());
+    const auto* sp = values<S>(src);
+    auto* dp = mutable_values<S>(dst);
     const int64_t lds = src.stride(0), ldd = dst.stride(0);
     std::vector<opmath_t> origin(channels);
     for (int64_t c = 0; c < channels; ++c) {
@@ -290,11 +306,7 @@ void copy_rows_with_stats(const at::Tensor& src, const at::Tensor& dst, double e
     opmath_t* mp = mean.mutable_data_ptr<opmath_t>();
     opmath_t* ip = invstd.mutable_data_ptr<opmath_t>();
     for (int64_t c = 0; c < channels; ++c) {
-      double sum = 0, squares = 0;
-      for (int64_t part = 0; part < parts; ++part) {
-        sum += sums[part * 2 * channels + c];
-        squares += sums[part * 2 * channels + channels + c];
-      }
+      const auto [sum, squares] = channel_totals(sums.data(), parts, channels, c);
       const double shift = sum / static_cast<double>(rows);
       const double var = std::max(squares / static_cast<double>(rows) - shift * shift, 0.0);
       mp[c] = static_cast<opmath_t>(static_cast<double>(origin[c]) + shift);
@@ -315,11 +327,10 @@ void affine_add_rows(const at::Tensor& y, const at::Tensor& x, const at::Tensor&
   TORCH_CHECK(!out.is_same(y) && !out.is_same(x), "out must be a tensor of its own");
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "affine_add_rows", [&] {
     using S = Storage<scalar_t>;
-    using raw_t = typename S::raw_t;
     using opmath_t = typename S::opmath_t;
-    const raw_t* yp = static_cast<const raw_t*>(y.const_data_ptr());
-    const raw_t* xp = static_cast<const raw_t*>(x.const_data_ptr());
-    raw_t* op = static_cast<raw_t*>(out.mutable_data_ptr());
+    const auto* yp = values<S>(y);
+    const auto* xp = values<S>(x);
+    auto* op = mutable_values<S>(out);
     const opmath_t* a = scale.const_data_ptr<opmath_t>();
     const opmath_t* b = shift.const_data_ptr<opmath_t>();
     const int64_t ldy = y.stride(0), ldx = x.stride(0), ldo = out.stride(0);
@@ -353,7 +364,6 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_full_rows(
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "bn_relu_backward_full_rows", [&] {
     using S = Storage<scalar_t>;
-    using raw_t = typename S::raw_t;
     using opmath_t = typename S::opmath_t;
     // ∂L/∂γ = Σδx̂ and ∂L/∂β = Σδ (wanted with running statistics too: γ and β are parameters)
     result = sums_over_rows<scalar_t, false>(out, grad_relu, x, scale, shift, mean, invstd);
@@ -366,9 +376,9 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_full_rows(
       slope = -scale * invstd * grad_weight / static_cast<double>(rows);
       offset = -scale * grad_bias / static_cast<double>(rows) - slope * mean;
     }
-    raw_t* op = static_cast<raw_t*>(out.mutable_data_ptr());
-    const raw_t* rp = static_cast<const raw_t*>(grad_relu.const_data_ptr());
-    const raw_t* xp = static_cast<const raw_t*>(x.const_data_ptr());
+    auto* op = mutable_values<S>(out);
+    const auto* rp = values<S>(grad_relu);
+    const auto* xp = values<S>(x);
     const opmath_t* a = scale.const_data_ptr<opmath_t>();
     const opmath_t* b = shift.const_data_ptr<opmath_t>();
     const opmath_t* c0 = offset.const_data_ptr<opmath_t>();
