@@ -76,7 +76,6 @@ class Bottlenecks:
                  spatial: tuple[int, ...], training: bool, use_fused: bool) -> None:
         per_layer, slab = spec.params_per_layer, saved["bottlenecks"]
         self.n, self.spatial, self.training, self.fused = n, spatial, training, use_fused
-        self.factor = pack_factor(m, slab.shape[2])
         self.scratch = slab.new_empty(tuple(slab.shape[1:]))  # (M, 4k): σ(BN2(z)), then ∂L/∂z
         stats = saved["stats2"]  # (L, 2, 4k): μ and 1/σ of every layer's z
         mean, invstd = stats[:, 0], stats[:, 1]
@@ -89,6 +88,7 @@ class Bottlenecks:
         if use_fused:  # a2, b2 in the kernels' arithmetic type; nothing packed
             self.scale, self.shift = fused.opmath(scale, slab).unbind(0), fused.opmath(shift, slab).unbind(0)
             return
+        self.factor = pack_factor(m, slab.shape[2])  # packed rows, ATen's operations only
         self.packed_scale = in_dtype(scale, slab.dtype).repeat(1, self.factor).unbind(0)  # r·4k each
         self.packed_shift = in_dtype(shift, slab.dtype).repeat(1, self.factor).unbind(0)
         self.slope_unit = (scale * invstd * (-1 / m)).unbind(0)  # d per unit of Σδx̂
@@ -99,10 +99,10 @@ class Bottlenecks:
         """``∂L/∂z`` of layer ``index`` as ``(N, 4k, *spatial)`` (in the shared scratch); ``∂L/∂W2``, ``∂L/∂γ2`` and
         ``∂L/∂β2`` into ``param_grads[offset + 5]``, ``[offset + 3]``, ``[offset + 4]``. ``recomputed``: the layer's
         ``z`` as channels-last ``(N, 4k, *spatial)`` when the forward did not save it."""
-        factor, scratch = self.factor, self.scratch
         z_rows = self.rows[index] if recomputed is None else rows_of(recomputed)  # (M, 4k)
         if self.fused:
             return self._fused_backward(index, z_rows, grad_new, weight2, needs_weight_grad, param_grads, offset)
+        factor, scratch = self.factor, self.scratch
         # r2 = σ(a2·z + b2), recomputed on packed rows
         torch.addcmul(self.packed_shift[index], packed(z_rows, factor), self.packed_scale[index],
                       out=packed(scratch, factor)).clamp_min_(0)

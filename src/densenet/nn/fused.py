@@ -3,7 +3,8 @@
 On the CPU, ATen makes several passes over a layer's ``(M, C_l)`` input rows for what is one formula: the recomputed
 ``r = σ(a·x + b)`` is an ``addcmul`` and a ``clamp_min_``; BN1's backward is σ' (``threshold_backward``), a
 contiguous copy of the strided rows (the batch-norm sums are ~30× slower on a strided view), the sums
-``Σδ``, ``Σδ(x − μ)`` and the in-place ``∂L/∂x += a·δ``. The two kernels here make one pass each:
+``Σδ``, ``Σδ(x − μ)`` and the in-place ``∂L/∂x += a·δ``. The kernels here make one pass each (two for BN2's
+backward):
 
 - :func:`affine_relu_rows`: ``out = σ(a·x + b)``;
 - :func:`bn_relu_backward_rows`: ``δ = ∂L/∂r ⊙ 1[σ(a·x + b) > 0]`` (the mask recomputed from ``x`` by the same
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from densenet.nn.batchnorm import in_dtype
 
 SWITCH = "DENSENET_FUSED_KERNELS"
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -97,8 +100,7 @@ def applies(rows: Tensor) -> bool:
 def opmath(vector: Tensor, rows: Tensor) -> Tensor:
     """A per-channel vector in the kernels' arithmetic type for ``rows``: float64 for float64 rows, float32
     otherwise (no operation when it already is)."""
-    dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
-    return vector if vector.dtype == dtype else vector.to(dtype)
+    return in_dtype(vector, torch.float64 if rows.dtype == torch.float64 else torch.float32)
 
 
 def affine_relu_rows(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor) -> Tensor:
@@ -132,6 +134,6 @@ def affine_add_rows(y: Tensor, x: Tensor, scale: Tensor, shift: Tensor, out: Ten
 
 def copy_rows_with_stats(src: Tensor, dst: Tensor, eps: float, mean: Tensor, invstd: Tensor) -> None:
     """``dst = src`` for ``(M, C)`` rows (any row strides), and each channel's batch ``μ`` and ``1/√(σ² + ε)``
-    (biased ``σ²``) into ``mean``, ``invstd`` (``(C,)``, contiguous, in :func:`opmath`'s type): sums in float64 of
-    the values less the channel's first one."""
+    (biased ``σ²``) into ``mean``, ``invstd`` (``(C,)``, contiguous, in :func:`opmath`'s type): sums of the values
+    less the channel's first one, over blocks of rows in :func:`opmath`'s type and the blocks in float64."""
     torch.ops.densenet.copy_rows_with_stats(src, dst, eps, mean, invstd)
