@@ -1,11 +1,16 @@
-"""The compiled layer loop (densenet.deploy.layer_loop) computes what the blocks' Python loops compute, bit for bit,
-in float32, bfloat16 (2-D and 3-D) and int8, for every input shape; a hooked convolution gets its Python loop."""
+"""The C++ layer loops — oneDNN's primitives made once (densenet.deploy.onednn_loop) and the TorchScript loop
+(densenet.deploy.layer_loop) — compute what the blocks' Python loops compute, bit for bit, in float32, bfloat16
+(2-D and 3-D) and int8, for every input shape; a hooked convolution gets its Python loop. Each test runs with
+both loops (``layer_loop``)."""
+
+import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 import densenet
-from densenet.deploy import int8
+from densenet.deploy import int8, onednn_loop
 from densenet.deploy.int8 import QuantizedDenseBlock
 from densenet.deploy.optimize import FrozenDenseBlock, optimize_for_inference
 from densenet.deploy.quantize import quantize
@@ -39,6 +44,22 @@ def python_loop_outputs(model: torch.nn.Module, block_type: type, x: torch.Tenso
             handle.remove()
 
 
+@pytest.fixture(params=["onednn", "torchscript"])
+def layer_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Runs the test with the oneDNN loop (which must have been built: the test fails otherwise) and again with the
+    TorchScript loop."""
+    monkeypatch.setenv(onednn_loop.SWITCH, "1" if request.param == "onednn" else "0")
+    assert onednn_loop.applies(torch.zeros(1, 1)) == (request.param == "onednn"), (
+        "the oneDNN layer loop was not built (see the RuntimeWarning)")
+    yield request.param
+
+
+def planned(model: torch.nn.Module, block_type: type) -> bool:
+    """Whether every block of ``model`` holds a oneDNN plan (the oneDNN loop ran)."""
+    blocks = [module for module in model.modules() if isinstance(module, block_type)]
+    return bool(blocks) and all(block.onednn_plans._plans for block in blocks)
+
+
 def assert_same(compiled: list[torch.Tensor], python: list[torch.Tensor]) -> None:
     assert len(compiled) == len(python) > 0
     for got, expected in zip(compiled, python, strict=True):
@@ -48,7 +69,7 @@ def assert_same(compiled: list[torch.Tensor], python: list[torch.Tensor]) -> Non
 
 @pytest.mark.parametrize(("spatial_dims", "dtype"), [(2, torch.float32), (2, torch.bfloat16), (3, torch.float32),
                                                    (3, torch.bfloat16)])
-def test_float_loop_equals_the_python_loop_for_every_shape(spatial_dims, dtype):
+def test_float_loop_equals_the_python_loop_for_every_shape(spatial_dims, dtype, layer_loop):
     torch.manual_seed(0)
     model = densenet.create_model("densenet_bc100_k12", spatial_dims=spatial_dims, block_config=(3, 4, 2))
     randomize_batch_norm(model)
@@ -58,6 +79,7 @@ def test_float_loop_equals_the_python_loop_for_every_shape(spatial_dims, dtype):
         python, hook_calls = python_loop_outputs(fast, FrozenDenseBlock, x)
         assert hook_calls == 3  # one per block: the hooked blocks ran their Python loop
         assert_same(block_outputs(fast, FrozenDenseBlock, x), python)
+    assert planned(fast, FrozenDenseBlock) == (layer_loop == "onednn")
 
 
 def test_a_global_forward_hook_also_gets_the_python_loop():
@@ -75,7 +97,7 @@ def test_a_global_forward_hook_also_gets_the_python_loop():
 
 
 @pytest.mark.skipif(not int8.int8_supported(), reason="this CPU has no AVX-512 VNNI / AVX-VNNI / AMX")
-def test_int8_loop_equals_the_python_loop_for_every_shape():
+def test_int8_loop_equals_the_python_loop_for_every_shape(layer_loop):
     torch.manual_seed(0)
     model = densenet.create_model("densenet_bc100_k12", block_config=(3, 4, 2)).eval()
     randomize_batch_norm(model)
@@ -85,3 +107,26 @@ def test_int8_loop_equals_the_python_loop_for_every_shape():
         python, hook_calls = python_loop_outputs(quantized, QuantizedDenseBlock, x)
         assert hook_calls == 3
         assert_same(block_outputs(quantized, QuantizedDenseBlock, x), python)
+    assert planned(quantized, QuantizedDenseBlock) == (layer_loop == "onednn")
+
+
+def test_an_unavailable_onednn_loop_warns_once_and_leaves_the_torchscript_loop(monkeypatch):
+    def missing() -> None:
+        raise RuntimeError("onednn-cpu-gomp is not installed (pip install onednn-cpu-gomp onednn-devel-cpu-gomp)\n…")
+
+    monkeypatch.setattr(onednn_loop, "_build", missing)
+    monkeypatch.setattr(onednn_loop, "_module", None)
+    monkeypatch.setattr(onednn_loop.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(onednn_loop.platform, "machine", lambda: "x86_64")
+    with pytest.warns(RuntimeWarning, match=r"oneDNN layer loop is unavailable \(onednn-cpu-gomp is not installed"):
+        assert not onednn_loop.applies(torch.zeros(1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not onednn_loop.applies(torch.zeros(1, 1))  # decided once: no second attempt, no second warning
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet_bc100_k12", block_config=(2, 2, 2)).eval()
+    fast = optimize_for_inference(model)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), model(x), atol=1e-5)
+    assert not planned(fast, FrozenDenseBlock)

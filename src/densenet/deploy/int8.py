@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
+from densenet.deploy import onednn_loop
 from densenet.deploy.layer_loop import block_buffer, clamp_inputs, compiled, hooked, int8_layers
 from densenet.deploy.optimize import FrozenConv, FrozenDenseBlock, FrozenTransition, OptimizedDenseNet, Workspace
 from densenet.model import check_input
@@ -182,6 +183,7 @@ class QuantizedDenseBlock(nn.Module):
         self.register_buffer("channel_zero", torch.cat([torch.full((n,), float(q.zero_point)) for n, q in segments]))
         self.workspace = Workspace()
         self.plans = ShapeCache()  # the layer loop's arguments per input shape
+        self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN layer loop's plans per input shape
         self.conv1, self.conv2 = nn.ModuleList(), nn.ModuleList()
         for index in range(self.num_layers):
             channels = c0 + index * self.growth_rate
@@ -200,6 +202,12 @@ class QuantizedDenseBlock(nn.Module):
         buffer = self.workspace.get("buffer", n * h * w * total, x)
         scratch = self.workspace.get("scratch", n * h * w * (total - self.growth_rate), x)
         if not hooked([*self.conv1, *self.conv2]):
+            if onednn_loop.applies(x):  # oneDNN primitives made once per input shape (densenet.deploy.onednn_loop)
+                block_plan = self.onednn_plans.get(tuple(x.shape), (), lambda: self._onednn_plan(tuple(x.shape)))
+                features = block_buffer(x, buffer, total)
+                onednn_loop.run(block_plan, buffer, scratch, n * h * w, self.conv2[0].weight.shape[1],
+                                self.growth_rate, self.workspace)
+                return features
             # the layer loop in C++ (densenet.deploy.layer_loop): ~120 operator calls a forward without Python's share
             arguments = self.plans.get(tuple(x.shape), lambda: self._arguments(tuple(x.shape)))
             return compiled(int8_layers)(x, buffer, scratch, self.growth_rate, *arguments)
@@ -211,6 +219,18 @@ class QuantizedDenseBlock(nn.Module):
                                    getattr(self, f"hi{index}"))
             features[:, channels:channels + k].copy_(conv2(conv1(clamped)))
         return features
+
+    def _onednn_plan(self, shape: tuple[int, ...]) -> Any:
+        """The oneDNN layer loop's plan for the block input's shape (:func:`densenet.deploy.onednn_loop.plan`)."""
+        layers = range(self.num_layers)
+        conv1, conv2 = list(self.conv1), list(self.conv2)
+        return onednn_loop.plan(
+            shape, self.growth_rate, torch.uint8, [getattr(self, f"lo{i}").flatten() for i in layers],
+            [getattr(self, f"hi{i}").flatten() for i in layers], [conv.weight for conv in conv1],
+            [conv.bias for conv in conv1], [conv.weight for conv in conv2],
+            quantization=([conv.weight_scale for conv in conv1], [conv.out.scale for conv in conv1],
+                          [conv.out.zero_point for conv in conv1], [conv.weight_scale for conv in conv2],
+                          [conv.out.scale for conv in conv2], [conv.out.zero_point for conv in conv2]))
 
     def _arguments(self, shape: tuple[int, ...]) -> tuple[list[Any], ...]:
         """The layer loop's per-layer arguments for the block input's shape (the packed weights depend on it)."""

@@ -26,6 +26,7 @@ What changes (the weights' function does not; the algebra is in :mod:`densenet.d
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from densenet.deploy import onednn_loop
 from densenet.deploy.folding import batch_norm_affine, fold_batch_norm, fold_relu_affine
 from densenet.deploy.layer_loop import block_buffer, clamp_inputs, compiled, features_view, fused_layers, hooked
 from densenet.model import DenseNet, check_input
@@ -86,6 +88,7 @@ class FrozenConv(nn.Module):
         self.relu = relu
         # (the weight it was packed from, (input shape, input dtype, weight version), the packed weight)
         self._packed: tuple[Tensor, tuple[Any, ...], Tensor] | None = None
+        self.generation = 0  # counts clear_cache calls: the oneDNN layer loop's plans made before are stale
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_in, *spatial)`` → ``(N, C_out, *spatial')``."""
@@ -114,8 +117,10 @@ class FrozenConv(nn.Module):
         return packed[2]
 
     def clear_cache(self) -> None:
-        """Drop the packed weight; the next CPU call packs ``weight`` afresh."""
+        """Drop the packed weight; the next CPU call packs ``weight`` afresh (and the oneDNN layer loop of the block
+        it belongs to plans afresh: :attr:`generation`)."""
         self._packed = None
+        self.generation += 1
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the packed weight out: it is a cache, rebuilt on the next call."""
@@ -163,6 +168,7 @@ class FrozenDenseBlock(nn.Module):
         self.bottleneck = next(iter(block.values())).bottleneck
         self.num_layers = len(block)
         self.workspace = Workspace()
+        self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN layer loop's, per input shape and dtype
         self.conv1 = nn.ModuleList()
         self.conv2 = nn.ModuleList()
         for index, layer in enumerate(block.values()):
@@ -180,6 +186,24 @@ class FrozenDenseBlock(nn.Module):
                 self.register_buffer(f"shift{index}", shift)
                 self.conv1.append(FrozenConv(layer.conv1.weight, None, padding=1, channels_last=channels_last))
 
+    def _onednn_plan(self, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
+        """The oneDNN layer loop's plan for inputs of ``shape`` and ``dtype``, made again when a weight was replaced
+        or changed in place (what :meth:`FrozenConv.packed_weight` sees, the same way)."""
+        layers = range(self.num_layers)
+
+        def make() -> Any:
+            channels = [shape[1] + index * self.growth_rate for index in layers]
+            return onednn_loop.plan(
+                shape, self.growth_rate, dtype,
+                [onednn_loop.float_bound(getattr(self, f"lo{i}"), channels[i], -math.inf) for i in layers],
+                [onednn_loop.float_bound(getattr(self, f"hi{i}"), channels[i], math.inf) for i in layers],
+                [conv.weight for conv in self.conv1], [conv.bias for conv in self.conv1],
+                [conv.weight for conv in self.conv2])
+
+        convs = [*self.conv1, *self.conv2]
+        return self.onednn_plans.get((shape, dtype), [conv.weight for conv in convs], make,
+                                     stamps=tuple(conv.generation for conv in convs))
+
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_0, *spatial)`` → ``(N, C_0 + L·k, *spatial)`` (channels-last strides)."""
         n, c0, *spatial = x.shape
@@ -188,6 +212,11 @@ class FrozenDenseBlock(nn.Module):
         buffer = self.workspace.get("buffer", m * total, x)  # [x_0, …, x_L], channels-last
         scratch = self.workspace.get("scratch", m * (total - k), x)
         if self.bottleneck and fused_conv(x) and not self.conv1[0].planar and not hooked([*self.conv1, *self.conv2]):
+            if onednn_loop.applies(x):  # oneDNN primitives made once per input shape (densenet.deploy.onednn_loop)
+                features = block_buffer(x, buffer, total)
+                onednn_loop.run(self._onednn_plan(tuple(x.shape), x.dtype), buffer, scratch, m,
+                                self.conv2[0].weight.shape[1], k, self.workspace)
+                return features
             # the layer loop in C++ (densenet.deploy.layer_loop): ~120 operator calls a forward without Python's share
             width, dims, layers = self.conv2[0].weight.shape[1], len(spatial), range(self.num_layers)
             return compiled(fused_layers)(

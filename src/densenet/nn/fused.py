@@ -26,17 +26,14 @@ why and ATen's operations serve. ``DENSENET_FUSED_KERNELS=0`` turns them off (to
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from densenet.extensions import build, first_line
 from densenet.nn.batchnorm import in_dtype
 
 SWITCH = "DENSENET_FUSED_KERNELS"
@@ -52,36 +49,16 @@ def _compiler_flags() -> list[str]:
     return ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
 
 
-@contextmanager
-def _interpreter_tools_on_path() -> Iterator[None]:
-    """The interpreter's own ``bin`` directory first on ``PATH`` while building: the ``ninja`` that pip installed
-    with this package lives there, and a virtual environment run by its path (``.venv/bin/python``) is not on
-    ``PATH``."""
-    before = os.environ.get("PATH", "")
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), before])
-    try:
-        yield
-    finally:
-        os.environ["PATH"] = before
-
-
 def _load() -> bool:
     """Build (or find in the cache) and load the kernels once; ``False`` with one warning if that fails."""
     global _loaded
     if _loaded is None:
         try:
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
-            from torch.utils.cpp_extension import load
-
-            capability = torch.backends.cpu.get_cpu_capability().lower()
-            with _interpreter_tools_on_path():
-                load(name=f"densenet_fused_bn_relu_{capability}", sources=[str(_SOURCE)],
-                     extra_cflags=_compiler_flags(), extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+            build("densenet_fused_bn_relu", _SOURCE, _compiler_flags(), ["-fopenmp"])
             _loaded = True
         except Exception as error:  # a missing compiler or ninja, a failed build: ATen's operations serve
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            warnings.warn(f"densenet: the fused CPU kernels could not be built ({reason}); the dense blocks use "
-                          f"ATen's operations (same results, slower). Set {SWITCH}=0 to skip the attempt.",
+            warnings.warn(f"densenet: the fused CPU kernels could not be built ({first_line(error)}); the dense "
+                          f"blocks use ATen's operations (same results, slower). Set {SWITCH}=0 to skip the attempt.",
                           RuntimeWarning, stacklevel=3)
             _loaded = False
     return _loaded

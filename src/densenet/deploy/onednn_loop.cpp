@@ -1,0 +1,319 @@
+// A dense block's inference layer loop on oneDNN primitives made once per input shape (densenet.deploy.onednn_loop).
+//
+// Per layer l [F2], on the channels-last buffer [x_0, ..., x_L] (rows of `total` channels, one row per pixel):
+//     r = clamp([x_0, ..., x_{l-1}], lo_l, hi_l)     y = relu(W1_l * r + b1_l)     x_l = W2_l * y
+// float32 / bfloat16: the folded network of densenet.deploy.optimize; int8 [Q1]: u8 codes, s8 weights with a scale
+// per output channel, the requantization to the next map's code (s, z) fused into each convolution.
+//
+// PyTorch's convolution operators build oneDNN's primitive descriptor and allocate its scratchpad on every call
+// (~20-35 us each, ~120 calls per DenseNet-121 forward); here each convolution's primitive and reordered weights
+// are made once, and a call is one `execute` on the caller's tensors and scratchpad.
+
+#include <torch/extension.h>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using dnnl::memory;
+using DataType = memory::data_type;
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// Channels-last strides of an (N, C, *spatial) tensor whose rows (pixels) are `row` elements apart.
+memory::dims channels_last_strides(const memory::dims& dims, int64_t row) {
+  memory::dims strides(dims.size());
+  int64_t step = row;
+  strides[1] = 1;
+  for (size_t axis = dims.size() - 1; axis >= 2; --axis) {
+    strides[axis] = step;
+    step *= dims[axis];
+  }
+  strides[0] = step;
+  return strides;
+}
+
+DataType data_type_of(const torch::Tensor& tensor) {
+  switch (tensor.scalar_type()) {
+    case torch::kFloat: return DataType::f32;
+    case torch::kBFloat16: return DataType::bf16;
+    case torch::kUInt8: return DataType::u8;
+    case torch::kChar: return DataType::s8;
+    default: TORCH_CHECK(false, "onednn_loop: unsupported dtype ", tensor.scalar_type());
+  }
+}
+
+memory small_vector(const std::vector<float>& values) {
+  memory result({{static_cast<int64_t>(values.size())}, DataType::f32, memory::format_tag::x}, cpu_engine());
+  std::memcpy(result.get_data_handle(), values.data(), values.size() * sizeof(float));
+  return result;
+}
+
+// One convolution: its primitive, its weights in the primitive's layout, bias and (int8) scales and zero point.
+struct Convolution {
+  dnnl::convolution_forward primitive;
+  memory::desc source, destination;
+  std::unordered_map<int, memory> fixed_arguments;  // everything but the source, destination and scratchpad
+  size_t scratchpad_bytes = 0;
+};
+
+struct Quantization {  // int8: x = s_x (q_x), w_o = s_o (q_w), y = s_y (q_y - z_y)
+  float input_scale;
+  std::vector<float> weight_scale;
+  float output_scale;
+  int32_t output_zero_point;
+};
+
+Convolution make_convolution(const memory::dims& input_dims, int64_t input_row, int64_t output_row,
+                             const torch::Tensor& weight, const torch::Tensor& bias, bool relu, DataType activations,
+                             const Quantization* quantization) {
+  const int64_t out_channels = weight.size(0);
+  memory::dims weight_dims(weight.sizes().begin(), weight.sizes().end());
+  memory::dims output_dims = input_dims;
+  output_dims[1] = out_channels;
+  const size_t spatial = input_dims.size() - 2;
+  memory::dims strides(spatial, 1), padding(spatial);
+  for (size_t axis = 0; axis < spatial; ++axis) padding[axis] = (weight.size(2 + axis) - 1) / 2;  // "same" conv
+
+  Convolution conv;
+  conv.source = memory::desc(input_dims, activations, channels_last_strides(input_dims, input_row));
+  conv.destination = memory::desc(output_dims, activations, channels_last_strides(output_dims, output_row));
+  const memory::desc any_weights(weight_dims, data_type_of(weight), memory::format_tag::any);
+  const memory::desc bias_desc({out_channels}, DataType::f32, memory::format_tag::x);
+
+  dnnl::primitive_attr attributes;
+  attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // the caller's, per thread
+  if (quantization != nullptr) {
+    attributes.set_scales_mask(DNNL_ARG_SRC, 0);
+    attributes.set_scales_mask(DNNL_ARG_WEIGHTS, 1);  // per output channel
+    attributes.set_scales_mask(DNNL_ARG_DST, 0);
+    attributes.set_zero_points_mask(DNNL_ARG_DST, 0);
+  }
+  if (relu) {
+    dnnl::post_ops post_ops;
+    post_ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attributes.set_post_ops(post_ops);
+  }
+  const bool has_bias = bias.defined() && bias.numel() > 0;
+  auto descriptor = has_bias
+      ? dnnl::convolution_forward::primitive_desc(cpu_engine(), dnnl::prop_kind::forward_inference,
+                                                  dnnl::algorithm::convolution_direct, conv.source, any_weights,
+                                                  bias_desc, conv.destination, strides, padding, padding, attributes)
+      : dnnl::convolution_forward::primitive_desc(cpu_engine(), dnnl::prop_kind::forward_inference,
+                                                  dnnl::algorithm::convolution_direct, conv.source, any_weights,
+                                                  conv.destination, strides, padding, padding, attributes);
+  conv.primitive = dnnl::convolution_forward(descriptor);
+  conv.scratchpad_bytes = descriptor.scratchpad_desc().get_size();
+
+  // the weights, reordered once from (O, I, *k) contiguous into the layout the primitive chose
+  const auto user_tag = spatial == 1 ? memory::format_tag::oiw
+                        : spatial == 2 ? memory::format_tag::oihw : memory::format_tag::oidhw;
+  torch::Tensor dense = weight.contiguous();
+  memory user_weights({weight_dims, data_type_of(weight), user_tag}, cpu_engine(), dense.data_ptr());
+  memory weights(descriptor.weights_desc(), cpu_engine());
+  dnnl::stream stream(cpu_engine());
+  dnnl::reorder(user_weights, weights).execute(stream, user_weights, weights);
+  stream.wait();
+  conv.fixed_arguments[DNNL_ARG_WEIGHTS] = weights;
+  if (has_bias) {
+    torch::Tensor values = bias.to(torch::kFloat).contiguous();
+    conv.fixed_arguments[DNNL_ARG_BIAS] =
+        small_vector(std::vector<float>(values.data_ptr<float>(), values.data_ptr<float>() + out_channels));
+  }
+  if (quantization != nullptr) {
+    conv.fixed_arguments[DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC] = small_vector({quantization->input_scale});
+    conv.fixed_arguments[DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS] = small_vector(quantization->weight_scale);
+    conv.fixed_arguments[DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST] = small_vector({quantization->output_scale});
+    memory zero({{1}, DataType::s32, memory::format_tag::x}, cpu_engine());
+    *static_cast<int32_t*>(zero.get_data_handle()) = quantization->output_zero_point;
+    conv.fixed_arguments[DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST] = zero;
+  }
+  return conv;
+}
+
+void execute(const Convolution& conv, dnnl::stream& stream, void* source, void* destination, void* scratchpad) {
+  std::unordered_map<int, memory> arguments(conv.fixed_arguments);
+  arguments[DNNL_ARG_SRC] = memory(conv.source, cpu_engine(), source);
+  arguments[DNNL_ARG_DST] = memory(conv.destination, cpu_engine(), destination);
+  arguments[DNNL_ARG_SCRATCHPAD] =
+      memory({{static_cast<int64_t>(conv.scratchpad_bytes)}, DataType::u8, memory::format_tag::x}, cpu_engine(),
+             scratchpad);
+  conv.primitive.execute(stream, arguments);
+}
+
+// One row: out[c] = min(max(in[c], lo[c]), hi[c]) (the pointers never alias: vectorised at full width).
+template <typename T>
+void clamp_row(const T* __restrict in, T* __restrict out, const T* __restrict lo, const T* __restrict hi,
+               int64_t channels) {
+#pragma omp simd
+  for (int64_t c = 0; c < channels; ++c) out[c] = std::min(std::max(in[c], lo[c]), hi[c]);
+}
+
+// bfloat16: compared as float32 (exact), the selected bf16 value copied bit for bit (NaN kept, as torch.clamp).
+void clamp_row_bf16(const uint16_t* __restrict in, uint16_t* __restrict out, const float* __restrict lo,
+                    const float* __restrict hi, const uint16_t* __restrict lo_bits,
+                    const uint16_t* __restrict hi_bits, int64_t channels) {
+#pragma omp simd
+  for (int64_t c = 0; c < channels; ++c) {
+    const uint32_t widened = static_cast<uint32_t>(in[c]) << 16;
+    float value;
+    std::memcpy(&value, &widened, sizeof value);
+    const uint16_t kept = value < lo[c] ? lo_bits[c] : in[c];
+    out[c] = value > hi[c] ? hi_bits[c] : kept;
+  }
+}
+
+// Rows of `channels` values from rows `in_row` elements apart into contiguous ones, `row_function(in, out)` each.
+template <typename Function>
+void for_rows(int64_t rows, int64_t channels, const Function& row_function) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(channels, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t row = begin; row < end; ++row) row_function(row);
+                   });
+}
+
+void copy_rows(const uint8_t* input, uint8_t* output, int64_t out_row, int64_t rows, int64_t row_bytes) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) std::memcpy(output + row * out_row, input + row * row_bytes, row_bytes);
+  });
+}
+
+}  // namespace
+
+// The layer loop of one dense block for one input shape (N, C_0, *spatial): built once, then run on the caller's
+// buffer and scratch tensors (per thread), so one plan serves concurrent calls.
+class BlockPlan {
+ public:
+  // `lo`/`hi`: per layer, the clamp bounds of its C_0 + l*k input channels (the activations' dtype; float32 for
+  // bfloat16, whose bit patterns are taken from `lo_bits`/`hi_bits`). int8 only: the scales and codes (else empty).
+  BlockPlan(std::vector<int64_t> shape, int64_t growth_rate, std::vector<torch::Tensor> lo, std::vector<torch::Tensor> hi,
+            std::vector<torch::Tensor> lo_bits, std::vector<torch::Tensor> hi_bits, std::vector<torch::Tensor> weight1,
+            std::vector<torch::Tensor> bias1, std::vector<torch::Tensor> weight2, std::string dtype,
+            std::vector<torch::Tensor> weight_scale1, std::vector<double> code_scale1, std::vector<int64_t> code_zero1,
+            std::vector<torch::Tensor> weight_scale2, std::vector<double> code_scale2, std::vector<int64_t> code_zero2)
+      : shape_(shape), growth_rate_(growth_rate), lo_(lo), hi_(hi), lo_bits_(lo_bits), hi_bits_(hi_bits), dtype_(dtype) {
+    const int64_t layers = static_cast<int64_t>(weight1.size());
+    TORCH_CHECK(layers > 0 && lo.size() == weight1.size() && hi.size() == weight1.size() &&
+                    weight2.size() == weight1.size() && bias1.size() == weight1.size(),
+                "onednn_loop: one clamp, bias and two weights per layer");
+    const bool int8 = dtype == "int8";
+    TORCH_CHECK(int8 || dtype == "float32" || dtype == "bfloat16", "onednn_loop: dtype ", dtype);
+    const DataType activations = int8 ? DataType::u8 : dtype == "bfloat16" ? DataType::bf16 : DataType::f32;
+    rows_ = shape[0];
+    for (size_t axis = 2; axis < shape.size(); ++axis) rows_ *= shape[axis];
+    width_ = weight2[0].size(1);
+    total_ = shape[1] + layers * growth_rate;
+    for (int64_t index = 0; index < layers; ++index) {
+      const int64_t channels = shape[1] + index * growth_rate;
+      memory::dims input(shape.begin(), shape.end());
+      input[1] = channels;
+      memory::dims middle = input;
+      middle[1] = width_;
+      Quantization first, second;
+      if (int8) {
+        first = {1.f, to_floats(weight_scale1[index]), static_cast<float>(code_scale1[index]),
+                 static_cast<int32_t>(code_zero1[index])};
+        second = {static_cast<float>(code_scale1[index]), to_floats(weight_scale2[index]),
+                  static_cast<float>(code_scale2[index]), static_cast<int32_t>(code_zero2[index])};
+      }
+      conv1_.push_back(make_convolution(input, channels, width_, weight1[index], bias1[index], true, activations,
+                                        int8 ? &first : nullptr));
+      conv2_.push_back(make_convolution(middle, width_, growth_rate, weight2[index], torch::Tensor(), false,
+                                        activations, int8 ? &second : nullptr));
+      scratchpad_bytes_ = std::max({scratchpad_bytes_, conv1_.back().scratchpad_bytes, conv2_.back().scratchpad_bytes});
+    }
+  }
+
+  int64_t scratchpad_bytes() const { return static_cast<int64_t>(scratchpad_bytes_); }
+
+  // buffer: N*S*total elements, the block input already in its first C_0 channels of each row; scratch: N*S*(total - k);
+  // middle: N*S*width; fresh: N*S*k; scratchpad: scratchpad_bytes() bytes (u8).
+  void run(torch::Tensor buffer, torch::Tensor scratch, torch::Tensor middle, torch::Tensor fresh,
+           torch::Tensor scratchpad) const {
+    const int64_t element = buffer.element_size();
+    TORCH_CHECK(buffer.numel() >= rows_ * total_ && scratch.numel() >= rows_ * (total_ - growth_rate_) &&
+                    middle.numel() >= rows_ * width_ && fresh.numel() >= rows_ * growth_rate_ &&
+                    scratchpad.numel() >= static_cast<int64_t>(scratchpad_bytes_),
+                "onednn_loop: a work tensor is too small for this plan");
+    for (const auto* tensor : {&buffer, &scratch, &middle, &fresh, &scratchpad})
+      TORCH_CHECK(tensor->is_contiguous() && tensor->device().is_cpu(), "onednn_loop: work tensors are contiguous CPU tensors");
+    auto* base = static_cast<uint8_t*>(buffer.data_ptr());
+    dnnl::stream stream(cpu_engine());
+    for (size_t index = 0; index < conv1_.size(); ++index) {
+      const int64_t channels = shape_[1] + static_cast<int64_t>(index) * growth_rate_;
+      clamp(index, base, scratch.data_ptr(), channels);
+      execute(conv1_[index], stream, scratch.data_ptr(), middle.data_ptr(), scratchpad.data_ptr());
+      execute(conv2_[index], stream, middle.data_ptr(), fresh.data_ptr(), scratchpad.data_ptr());
+      copy_rows(static_cast<uint8_t*>(fresh.data_ptr()), base + channels * element, total_ * element, rows_,
+                growth_rate_ * element);
+    }
+  }
+
+ private:
+  static std::vector<float> to_floats(const torch::Tensor& values) {
+    torch::Tensor dense = values.to(torch::kFloat).contiguous();
+    return std::vector<float>(dense.data_ptr<float>(), dense.data_ptr<float>() + dense.numel());
+  }
+
+  // r = clamp([x_0, ..., x_{l-1}], lo_l, hi_l) from the buffer's rows into the scratch (contiguous rows)
+  void clamp(size_t index, const uint8_t* buffer, void* scratch, int64_t channels) const {
+    const int64_t total = total_;
+    if (dtype_ == "int8") {
+      const uint8_t *lo = lo_[index].data_ptr<uint8_t>(), *hi = hi_[index].data_ptr<uint8_t>();
+      auto* out = static_cast<uint8_t*>(scratch);
+      for_rows(rows_, channels, [&](int64_t row) {
+        clamp_row(buffer + row * total, out + row * channels, lo, hi, channels);
+      });
+    } else if (dtype_ == "float32") {
+      const float *lo = lo_[index].data_ptr<float>(), *hi = hi_[index].data_ptr<float>();
+      const auto* in = reinterpret_cast<const float*>(buffer);
+      auto* out = static_cast<float*>(scratch);
+      for_rows(rows_, channels, [&](int64_t row) {
+        clamp_row(in + row * total, out + row * channels, lo, hi, channels);
+      });
+    } else {
+      const float *lo = lo_[index].data_ptr<float>(), *hi = hi_[index].data_ptr<float>();
+      const auto* lo_bits = static_cast<const uint16_t*>(lo_bits_[index].data_ptr());
+      const auto* hi_bits = static_cast<const uint16_t*>(hi_bits_[index].data_ptr());
+      const auto* in = reinterpret_cast<const uint16_t*>(buffer);
+      auto* out = static_cast<uint16_t*>(scratch);
+      for_rows(rows_, channels, [&](int64_t row) {
+        clamp_row_bf16(in + row * total, out + row * channels, lo, hi, lo_bits, hi_bits, channels);
+      });
+    }
+  }
+
+  std::vector<int64_t> shape_;
+  int64_t growth_rate_, rows_ = 0, width_ = 0, total_ = 0;
+  std::vector<torch::Tensor> lo_, hi_, lo_bits_, hi_bits_;
+  std::string dtype_;
+  std::vector<Convolution> conv1_, conv2_;
+  size_t scratchpad_bytes_ = 1;
+};
+
+int64_t library_version() {
+  const dnnl_version_t* version = dnnl_version();
+  return version->major * 10000 + version->minor * 100 + version->patch;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.attr("header_version") = DNNL_VERSION_MAJOR * 10000 + DNNL_VERSION_MINOR * 100 + DNNL_VERSION_PATCH;
+  module.def("library_version", &library_version, "the version of the oneDNN library loaded (major·10⁴ + minor·10² + patch)");
+  pybind11::class_<BlockPlan>(module, "BlockPlan")
+      .def(pybind11::init<std::vector<int64_t>, int64_t, std::vector<torch::Tensor>, std::vector<torch::Tensor>,
+                          std::vector<torch::Tensor>, std::vector<torch::Tensor>, std::vector<torch::Tensor>,
+                          std::vector<torch::Tensor>, std::vector<torch::Tensor>, std::string,
+                          std::vector<torch::Tensor>, std::vector<double>, std::vector<int64_t>,
+                          std::vector<torch::Tensor>, std::vector<double>, std::vector<int64_t>>())
+      .def("scratchpad_bytes", &BlockPlan::scratchpad_bytes)
+      .def("run", &BlockPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());
+}

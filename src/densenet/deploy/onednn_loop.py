@@ -1,0 +1,176 @@
+"""A dense block's inference layer loop on oneDNN primitives that are made once (``onednn_loop.cpp``).
+
+PyTorch's oneDNN convolution operators (``mkldnn._convolution_pointwise``, ``onednn.qconv_pointwise``) create the
+primitive's descriptor and allocate its scratchpad on every call: ~20–35 µs of fixed cost, ~120 calls in a
+DenseNet-121 forward — a third of an int8 forward at batch 1 (benchmarks/NOTES.md, "A native layer loop"). Here a
+block's loop is planned once per input shape (:class:`BlockPlan`: every convolution's primitive, its weights
+reordered into the primitive's layout, bias and int8 scales) and run in C++ on the block's buffer, the clamp
+scratch and a per-thread scratchpad, each convolution one ``execute``. Per layer ``l`` [F2]::
+
+    r = clamp([x_0, …, x_{l−1}], lo_l, hi_l)      y = σ(W1_l ∗ r + b1_l)      x_l = W2_l ∗ y
+
+in float32 and bfloat16 (the folded network, :mod:`densenet.deploy.optimize`) and on u8 codes with the
+requantization fused [Q1] (:mod:`densenet.deploy.int8`) — the same arithmetic as the TorchScript loop of
+:mod:`densenet.deploy.layer_loop`; an int8 code can differ by one where a requantized value falls on a tie.
+
+oneDNN itself comes from Intel's ``onednn-cpu-gomp`` wheels (a dependency on Linux x86-64, with the headers in
+``onednn-devel-cpu-gomp``; PyTorch links its own copy privately and exports none of it). They use GNU OpenMP, the
+runtime PyTorch's CPU wheels load, so both share one thread pool. The source is compiled on first use
+(:mod:`densenet.extensions`); where the wheels are missing or the build fails, one warning says why and the
+TorchScript loop serves. ``DENSENET_ONEDNN_LOOP=0`` turns it off (to compare the two).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from densenet.extensions import build, first_line
+
+SWITCH = "DENSENET_ONEDNN_LOOP"
+LIBRARY, HEADERS = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"  # the wheels: libdnnl.so, and its include/
+_SOURCE = Path(__file__).with_name("onednn_loop.cpp")
+_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.uint8: "int8"}
+_BYTES = torch.empty(0, dtype=torch.uint8)  # the scratchpad's dtype, for Workspace.get
+_module: ModuleType | bool | None = None  # None: not tried yet; False: tried, unavailable
+
+
+def _installed_file(distribution: str, suffix: str) -> Path:
+    """The installed file of ``distribution`` whose path ends with ``suffix``."""
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(f"{distribution} is not installed (pip install {LIBRARY} {HEADERS})") from None
+    for file in files:
+        if str(file).endswith(suffix):
+            return Path(file.locate()).resolve()
+    raise RuntimeError(f"{distribution} has no {suffix}")
+
+
+def _build() -> ModuleType:
+    """Compile and load the loop against the installed oneDNN; checks that the headers and the library agree."""
+    library = _installed_file(LIBRARY, "/libdnnl.so")
+    header = _installed_file(HEADERS, "/oneapi/dnnl/dnnl.hpp")
+    include = header.parents[2]  # …/include (its -I comes before PyTorch's own, newer oneDNN headers)
+    module = build("densenet_onednn_loop", _SOURCE, ["-O3", "-march=native", "-fopenmp"],
+                   [f"-L{library.parent}", "-ldnnl", f"-Wl,-rpath,{library.parent}", "-fopenmp"],
+                   include_paths=(str(include),), python_module=True)
+    if module.header_version // 100 != module.library_version() // 100:
+        raise RuntimeError(f"oneDNN headers {module.header_version} and library {module.library_version()} differ")
+    return module
+
+
+def module() -> ModuleType | None:
+    """The built extension, or None (switched off, or not buildable: one warning the first time)."""
+    global _module
+    if os.environ.get(SWITCH, "1") == "0":
+        return None
+    if _module is None:
+        try:
+            _module = _build()
+        except Exception as error:  # the wheels missing, no compiler, a failed build: the TorchScript loop serves
+            if platform.system() == "Linux" and platform.machine() == "x86_64":  # where the wheels are a dependency
+                warnings.warn(f"densenet: the oneDNN layer loop is unavailable ({first_line(error)}); inference "
+                              f"uses PyTorch's oneDNN operators (same arithmetic, slower at small batches). Set "
+                              f"{SWITCH}=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
+            _module = False
+    return _module or None
+
+
+def applies(x: Tensor) -> bool:
+    """Whether the loop serves a block input ``x``: a CPU tensor in float32, bfloat16 or u8 codes, outside
+    ``torch.compile``, not switched off, and the extension built."""
+    if x.device.type != "cpu" or x.dtype not in _DTYPES or torch.compiler.is_compiling():
+        return False
+    return module() is not None
+
+
+def float_bound(bound: Tensor | None, channels: int, default: float) -> Tensor:
+    """A clamp bound as ``(channels,)`` float32 (``default`` where there is none)."""
+    if bound is None:
+        return torch.full((channels,), default)
+    return bound.detach().flatten().float().contiguous()
+
+
+def plan(shape: tuple[int, ...], growth_rate: int, dtype: torch.dtype, lo: list[Tensor], hi: list[Tensor],
+         weight1: list[Tensor], bias1: list[Tensor], weight2: list[Tensor],
+         quantization: tuple[list[Any], ...] | None = None) -> Any:
+    """A :class:`BlockPlan` for block inputs of ``shape`` ``(N, C_0, *spatial)`` in ``dtype`` (float32, bfloat16,
+    or uint8 codes). ``lo``/``hi``: per layer ``(C_l,)`` clamp bounds in float32 (u8 codes for int8);
+    ``weight*``: ``(O, I, *k)`` (float, or int8 codes); ``quantization`` (int8): per layer the 1×1 conv's weight
+    scales, bottleneck code scale and zero point, the 3×3 conv's weight scales, new map's code scale and zero
+    point."""
+    extension = module()
+    if extension is None:
+        raise RuntimeError("the oneDNN layer loop is unavailable")
+    name = _DTYPES[dtype]
+    if name == "bfloat16":
+        lo_bits = [bound.to(torch.bfloat16).view(torch.int16) for bound in lo]
+        hi_bits = [bound.to(torch.bfloat16).view(torch.int16) for bound in hi]
+        weight1 = [weight.to(torch.bfloat16) for weight in weight1]
+        weight2 = [weight.to(torch.bfloat16) for weight in weight2]
+    else:
+        lo_bits = hi_bits = []
+    if quantization is None:
+        quantization = ([], [], [], [], [], [])
+    bias1 = [torch.empty(0) if bias is None else bias.detach().float() for bias in bias1]
+    return extension.BlockPlan(list(shape), growth_rate, [bound.contiguous() for bound in lo],
+                               [bound.contiguous() for bound in hi], lo_bits, hi_bits,
+                               [weight.detach().contiguous() for weight in weight1], bias1,
+                               [weight.detach().contiguous() for weight in weight2], name, *quantization)
+
+
+def run(block_plan: Any, buffer: Tensor, scratch: Tensor, rows: int, width: int, growth_rate: int,
+        workspace: Any) -> None:
+    """Run ``block_plan`` on ``buffer`` (flat; the block input already in the first ``C_0`` channels of each of its
+    ``rows`` rows) with ``scratch`` and the per-thread work tensors of ``workspace`` (a
+    :class:`~densenet.deploy.optimize.Workspace`): the bottleneck ``(rows, width)``, the new map ``(rows, k)`` and
+    oneDNN's scratchpad."""
+    middle = workspace.get("onednn_middle", rows * width, buffer)
+    fresh = workspace.get("onednn_fresh", rows * growth_rate, buffer)
+    scratchpad = workspace.get("onednn_scratchpad", block_plan.scratchpad_bytes(), _BYTES)
+    block_plan.run(buffer, scratch, middle, fresh, scratchpad)
+
+
+
+class PlanCache:
+    """Plans by input shape and dtype, each made again when one of the weights it was made from was replaced or
+    changed in place (its version counter; a weight made under ``torch.inference_mode()`` has none, so only its
+    replacement is seen — as :meth:`densenet.deploy.optimize.FrozenConv.packed_weight` sees it). Copies and pickles
+    start empty (a cache; the plans themselves are neither copyable nor picklable)."""
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple[Any, ...], tuple[list[Tensor], tuple[int | None, ...], Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], weights: Sequence[Tensor], make: Callable[[], Any],
+            stamps: tuple[int, ...] = ()) -> Any:
+        """The plan for ``key``, made by ``make()`` on first use, after a change to ``weights``, or when ``stamps``
+        (the owners' cache generations: :meth:`~densenet.deploy.optimize.FrozenConv.clear_cache`) differ."""
+        versions = (*stamps, *(None if weight.is_inference() else weight._version for weight in weights))
+        entry = self._plans.get(key)
+        if (entry is None or entry[1] != versions or len(entry[0]) != len(weights)
+                or any(kept is not weight for kept, weight in zip(entry[0], weights, strict=True))):
+            with self._lock:
+                entry = self._plans[key] = (list(weights), versions, make())
+        return entry[2]
+
+    def clear(self) -> None:
+        """Drop every plan."""
+        self._plans = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
