@@ -14,7 +14,7 @@ from densenet.deploy import int8, onednn_loop
 from densenet.deploy.int8 import QuantizedDenseBlock
 from densenet.deploy.optimize import FrozenDenseBlock, optimize_for_inference
 from densenet.deploy.quantize import quantize
-from helpers import randomize_batch_norm
+from helpers import max_relative_error, randomize_batch_norm
 
 
 def block_outputs(model: torch.nn.Module, block_type: type, x: torch.Tensor) -> list[torch.Tensor]:
@@ -130,3 +130,22 @@ def test_an_unavailable_onednn_loop_warns_once_and_leaves_the_torchscript_loop(m
     with torch.inference_mode():
         assert torch.allclose(fast(x), model(x), atol=1e-5)
     assert not planned(fast, FrozenDenseBlock)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_imagenet_stem_on_onednn_matches_the_model_at_odd_sizes(dtype, layer_loop):
+    """The stem's conv (7×7, stride 2, padding 3) and max pool (3, 2, 1) planned in oneDNN keep PyTorch's floor rule
+    for the output size at odd sides, and the model's function."""
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet121", block_config=(2, 2, 2, 2), num_classes=7).eval()
+    randomize_batch_norm(model)
+    fast = optimize_for_inference(model, dtype=dtype)
+    for shape in [(2, 3, 64, 64), (1, 3, 45, 53), (2, 3, 64, 64)]:
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            expected = model(x)
+            got = fast(x)
+            features = fast.forward_features(x.to(dtype))
+        assert features.shape[2:] == model.features(x).shape[2:]
+        assert max_relative_error(got.float(), expected) <= (1e-4 if dtype == torch.float32 else 3e-2)
+    assert bool(fast.onednn_plans._plans) == (layer_loop == "onednn")

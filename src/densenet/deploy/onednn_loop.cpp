@@ -17,6 +17,7 @@
 #include <cstring>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -73,16 +74,28 @@ struct Quantization {  // int8: x = s_x (q_x), w_o = s_o (q_w), y = s_y (q_y - z
   int32_t output_zero_point;
 };
 
+// The output side of a window of `kernel` at `stride` with `padding` before (PyTorch's floor rule), and the padding
+// after that oneDNN needs to reach it exactly.
+std::pair<int64_t, int64_t> window_output(int64_t side, int64_t kernel, int64_t stride, int64_t padding) {
+  const int64_t output = (side + 2 * padding - kernel) / stride + 1;
+  return {output, (output - 1) * stride + kernel - side - padding};
+}
+
 Convolution make_convolution(const memory::dims& input_dims, int64_t input_row, int64_t output_row,
                              const torch::Tensor& weight, const torch::Tensor& bias, bool relu, DataType activations,
-                             const Quantization* quantization) {
+                             const Quantization* quantization, int64_t stride = 1, int64_t pad = -1) {
   const int64_t out_channels = weight.size(0);
   memory::dims weight_dims(weight.sizes().begin(), weight.sizes().end());
   memory::dims output_dims = input_dims;
   output_dims[1] = out_channels;
   const size_t spatial = input_dims.size() - 2;
-  memory::dims strides(spatial, 1), padding(spatial);
-  for (size_t axis = 0; axis < spatial; ++axis) padding[axis] = (weight.size(2 + axis) - 1) / 2;  // "same" conv
+  memory::dims strides(spatial, stride), padding(spatial), padding_after(spatial);
+  for (size_t axis = 0; axis < spatial; ++axis) {
+    padding[axis] = pad >= 0 ? pad : (weight.size(2 + axis) - 1) / 2;  // default: a "same" convolution
+    const auto [side, after] = window_output(input_dims[2 + axis], weight.size(2 + axis), stride, padding[axis]);
+    output_dims[2 + axis] = side;
+    padding_after[axis] = after;
+  }
 
   Convolution conv;
   conv.source = memory::desc(input_dims, activations, channels_last_strides(input_dims, input_row));
@@ -107,10 +120,11 @@ Convolution make_convolution(const memory::dims& input_dims, int64_t input_row, 
   auto descriptor = has_bias
       ? dnnl::convolution_forward::primitive_desc(cpu_engine(), dnnl::prop_kind::forward_inference,
                                                   dnnl::algorithm::convolution_direct, conv.source, any_weights,
-                                                  bias_desc, conv.destination, strides, padding, padding, attributes)
+                                                  bias_desc, conv.destination, strides, padding, padding_after,
+                                                  attributes)
       : dnnl::convolution_forward::primitive_desc(cpu_engine(), dnnl::prop_kind::forward_inference,
                                                   dnnl::algorithm::convolution_direct, conv.source, any_weights,
-                                                  conv.destination, strides, padding, padding, attributes);
+                                                  conv.destination, strides, padding, padding_after, attributes);
   conv.primitive = dnnl::convolution_forward(descriptor);
   conv.scratchpad_bytes = descriptor.scratchpad_desc().get_size();
 
@@ -300,6 +314,73 @@ class BlockPlan {
   size_t scratchpad_bytes_ = 1;
 };
 
+// The stem of an ImageNet-style network: sigma(W0 * x + b0) (stride 2, padding 3 for DenseNet), then a max pool
+// (kernel 3, stride 2, padding 1), written into the caller's tensors: PyTorch's operators return fresh tensors (and
+// its CPU max pool also int64 indices, 4x the output's bytes in bfloat16), whose pages fault in on every forward.
+class StemPlan {
+ public:
+  StemPlan(std::vector<int64_t> shape, torch::Tensor weight, torch::Tensor bias, int64_t stride, int64_t padding,
+           bool relu, std::string dtype, int64_t pool_kernel, int64_t pool_stride, int64_t pool_padding) {
+    TORCH_CHECK(dtype == "float32" || dtype == "bfloat16", "onednn_loop: the stem plan takes float32 or bfloat16");
+    const DataType activations = dtype == "bfloat16" ? DataType::bf16 : DataType::f32;
+    memory::dims input(shape.begin(), shape.end());
+    conv_ = make_convolution(input, shape[1], weight.size(0), weight, bias, relu, activations, nullptr, stride,
+                             padding);
+    memory::dims conv_dims = conv_.destination.get_dims(), pooled = conv_dims;
+    const size_t spatial = shape.size() - 2;
+    memory::dims kernel(spatial, pool_kernel), strides(spatial, pool_stride), before(spatial, pool_padding),
+        after(spatial), dilation(spatial, 0);
+    for (size_t axis = 0; axis < spatial; ++axis) {
+      const auto [side, pad_after] = window_output(conv_dims[2 + axis], pool_kernel, pool_stride, pool_padding);
+      pooled[2 + axis] = side;
+      after[axis] = pad_after;
+    }
+    dnnl::primitive_attr attributes;
+    attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    pool_source_ = conv_.destination;
+    pool_destination_ = memory::desc(pooled, activations, channels_last_strides(pooled, pooled[1]));
+    auto descriptor = dnnl::pooling_forward::primitive_desc(
+        cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max, pool_source_,
+        pool_destination_, strides, kernel, dilation, before, after, attributes);
+    pool_ = dnnl::pooling_forward(descriptor);
+    scratchpad_bytes_ = std::max({conv_.scratchpad_bytes, descriptor.scratchpad_desc().get_size(), size_t{1}});
+    conv_shape_ = std::vector<int64_t>(conv_dims.begin(), conv_dims.end());
+    output_shape_ = std::vector<int64_t>(pooled.begin(), pooled.end());
+  }
+
+  std::vector<int64_t> conv_shape() const { return conv_shape_; }
+  std::vector<int64_t> output_shape() const { return output_shape_; }
+  int64_t scratchpad_bytes() const { return static_cast<int64_t>(scratchpad_bytes_); }
+
+  // x: the input, channels-last and dense; conv_out and out: flat tensors of the conv's and the pool's elements.
+  void run(torch::Tensor x, torch::Tensor conv_out, torch::Tensor out, torch::Tensor scratchpad) const {
+    const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
+    TORCH_CHECK(x.is_contiguous(format), "onednn_loop: the stem's input must be channels-last");
+    TORCH_CHECK(conv_out.numel() >= numel(conv_shape_) && out.numel() >= numel(output_shape_) &&
+                    scratchpad.numel() >= scratchpad_bytes(),
+                "onednn_loop: a work tensor is too small for this plan");
+    dnnl::stream stream(cpu_engine());
+    execute(conv_, stream, x.data_ptr(), conv_out.data_ptr(), scratchpad.data_ptr());
+    memory scratch({{scratchpad_bytes()}, DataType::u8, memory::format_tag::x}, cpu_engine(), scratchpad.data_ptr());
+    pool_.execute(stream, {{DNNL_ARG_SRC, memory(pool_source_, cpu_engine(), conv_out.data_ptr())},
+                           {DNNL_ARG_DST, memory(pool_destination_, cpu_engine(), out.data_ptr())},
+                           {DNNL_ARG_SCRATCHPAD, scratch}});
+  }
+
+ private:
+  static int64_t numel(const std::vector<int64_t>& shape) {
+    int64_t count = 1;
+    for (int64_t size : shape) count *= size;
+    return count;
+  }
+
+  Convolution conv_;
+  dnnl::pooling_forward pool_;
+  memory::desc pool_source_, pool_destination_;
+  std::vector<int64_t> conv_shape_, output_shape_;
+  size_t scratchpad_bytes_ = 1;
+};
+
 int64_t library_version() {
   const dnnl_version_t* version = dnnl_version();
   return version->major * 10000 + version->minor * 100 + version->patch;
@@ -316,4 +397,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
                           std::vector<torch::Tensor>, std::vector<double>, std::vector<int64_t>>())
       .def("scratchpad_bytes", &BlockPlan::scratchpad_bytes)
       .def("run", &BlockPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());
+  pybind11::class_<StemPlan>(module, "StemPlan")
+      .def(pybind11::init<std::vector<int64_t>, torch::Tensor, torch::Tensor, int64_t, int64_t, bool, std::string,
+                          int64_t, int64_t, int64_t>())
+      .def("conv_shape", &StemPlan::conv_shape)
+      .def("output_shape", &StemPlan::output_shape)
+      .def("scratchpad_bytes", &StemPlan::scratchpad_bytes)
+      .def("run", &StemPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -23,6 +23,7 @@ TorchScript loop serves. ``DENSENET_ONEDNN_LOOP=0`` turns it off (to compare the
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import threading
@@ -141,6 +142,29 @@ def run(block_plan: Any, buffer: Tensor, scratch: Tensor, rows: int, width: int,
     scratchpad = workspace.get("onednn_scratchpad", block_plan.scratchpad_bytes(), _BYTES)
     block_plan.run(buffer, scratch, middle, fresh, scratchpad)
 
+
+
+def stem_plan(shape: tuple[int, ...], dtype: torch.dtype, weight: Tensor, bias: Tensor | None, stride: int,
+              padding: int, relu: bool, pool: tuple[int, int, int]) -> Any:
+    """A ``StemPlan`` for images of ``shape`` ``(N, C, *spatial)`` in ``dtype`` (float32 or bfloat16): the
+    convolution ``σ(W ∗ x + b)`` (``weight`` ``(O, C, *k)``), then the max pool ``pool = (kernel, stride, padding)``."""
+    extension = module()
+    if extension is None:
+        raise RuntimeError("the oneDNN layer loop is unavailable")
+    return extension.StemPlan(list(shape), weight.detach().to(dtype).contiguous(),
+                              torch.empty(0) if bias is None else bias.detach().float(), stride, padding, relu,
+                              _DTYPES[dtype], *pool)
+
+
+def run_stem(stem: Any, x: Tensor, workspace: Any) -> Tensor:
+    """Run ``stem`` (a :func:`stem_plan`) on ``x`` (channels-last) into the per-thread tensors of ``workspace``;
+    returns the pooled map ``(N, O, *spatial')``, channels-last (a view of the workspace: valid until the next
+    call)."""
+    conv_shape, shape = stem.conv_shape(), stem.output_shape()
+    conv_out = workspace.get("stem_conv", math.prod(conv_shape), x)
+    out = workspace.get("stem_pooled", math.prod(shape), x)
+    stem.run(x, conv_out, out, workspace.get("stem_scratchpad", stem.scratchpad_bytes(), _BYTES))
+    return out.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
 
 class PlanCache:

@@ -293,18 +293,32 @@ class OptimizedDenseNet(nn.Module):
         self.register_buffer("scale5", scale5)
         self.register_buffer("shift5", shift5)
         self.classifier = copy.deepcopy(model.classifier).requires_grad_(False)
+        self.workspace = Workspace()  # the stem's outputs (oneDNN stem)
+        self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN stem's, per input shape and dtype
 
     @torch.no_grad()
     def forward_features(self, x: Tensor) -> Tensor:
         """``(N, in_chans, *spatial)`` → ``(N, C, *spatial')``, after the final BN-ReLU."""
         if self.channels_last:
             x = nd.channels_last(x)
-        x = self.conv0(x)
-        if self.imagenet_stem:
-            x = nd.max_pool(x, 3, 2, 1)
+        if (self.imagenet_stem and self.channels_last and fused_conv(x) and not self.conv0.planar
+                and onednn_loop.applies(x) and not hooked([self.conv0])):
+            # conv and max pool into kept tensors (densenet.deploy.onednn_loop): no fresh pages, no pool indices
+            x = onednn_loop.run_stem(self._stem_plan(tuple(x.shape), x.dtype), x, self.workspace)
+        else:
+            x = self.conv0(x)
+            if self.imagenet_stem:
+                x = nd.max_pool(x, 3, 2, 1)
         for stage in self.stages:
             x = stage(x)
         return affine_relu(x, self.scale5, self.shift5)
+
+    def _stem_plan(self, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
+        """The oneDNN stem's plan for images of ``shape`` and ``dtype`` (made again when ``conv0`` changed)."""
+        conv = self.conv0
+        return self.onednn_plans.get((shape, dtype), [conv.weight], lambda: onednn_loop.stem_plan(
+            shape, dtype, conv.weight, conv.bias, conv.stride[0], conv.padding[0], conv.relu, (3, 2, 1)),
+            stamps=(conv.generation,))
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
