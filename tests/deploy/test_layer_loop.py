@@ -12,7 +12,7 @@ import torch
 import densenet
 from densenet.deploy import int8, onednn_loop
 from densenet.deploy.int8 import QuantizedDenseBlock
-from densenet.deploy.optimize import FrozenDenseBlock, optimize_for_inference
+from densenet.deploy.optimize import FrozenDenseBlock, FrozenTransition, optimize_for_inference
 from densenet.deploy.quantize import quantize
 from helpers import max_relative_error, randomize_batch_norm
 
@@ -133,9 +133,10 @@ def test_an_unavailable_onednn_loop_warns_once_and_leaves_the_torchscript_loop(m
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_imagenet_stem_on_onednn_matches_the_model_at_odd_sizes(dtype, layer_loop):
+def test_the_stem_and_transitions_on_onednn_match_the_model_at_odd_sizes(dtype, layer_loop):
     """The stem's conv (7×7, stride 2, padding 3) and max pool (3, 2, 1) planned in oneDNN keep PyTorch's floor rule
-    for the output size at odd sides, and the model's function."""
+    for the output size at odd sides, and the model's function; so do the transitions (clamp, 2×2 average pool,
+    1×1 conv; planned for even sides, PyTorch's operators at odd ones)."""
     torch.manual_seed(0)
     model = densenet.create_model("densenet121", block_config=(2, 2, 2, 2), num_classes=7).eval()
     randomize_batch_norm(model)
@@ -149,3 +150,4 @@ def test_the_imagenet_stem_on_onednn_matches_the_model_at_odd_sizes(dtype, layer
         assert features.shape[2:] == model.features(x).shape[2:]
         assert max_relative_error(got.float(), expected) <= (1e-4 if dtype == torch.float32 else 3e-2)
     assert bool(fast.onednn_plans._plans) == (layer_loop == "onednn")
+    assert planned(fast, FrozenTransition) == (layer_loop == "onednn")

@@ -195,6 +195,38 @@ void for_rows(int64_t rows, int64_t channels, const Function& row_function) {
                    });
 }
 
+// clamp(x, lo, hi) per channel: `rows` rows of `channels` values, `in_row` elements apart in `input`, into
+// contiguous rows of `output`. `lo`/`hi`: u8 codes for "int8", else float32 (for "bfloat16" the bounds' own bf16
+// bit patterns in `lo_bits`/`hi_bits`).
+void clamp_into(const std::string& dtype, const void* input, int64_t in_row, void* output, int64_t rows,
+                int64_t channels, const torch::Tensor& lo, const torch::Tensor& hi, const torch::Tensor& lo_bits,
+                const torch::Tensor& hi_bits) {
+  if (dtype == "int8") {
+    const uint8_t *low = lo.data_ptr<uint8_t>(), *high = hi.data_ptr<uint8_t>();
+    const auto* in = static_cast<const uint8_t*>(input);
+    auto* out = static_cast<uint8_t*>(output);
+    for_rows(rows, channels, [&](int64_t row) {
+      clamp_row(in + row * in_row, out + row * channels, low, high, channels);
+    });
+  } else if (dtype == "float32") {
+    const float *low = lo.data_ptr<float>(), *high = hi.data_ptr<float>();
+    const auto* in = static_cast<const float*>(input);
+    auto* out = static_cast<float*>(output);
+    for_rows(rows, channels, [&](int64_t row) {
+      clamp_row(in + row * in_row, out + row * channels, low, high, channels);
+    });
+  } else {
+    const float *low = lo.data_ptr<float>(), *high = hi.data_ptr<float>();
+    const auto* low_bits = static_cast<const uint16_t*>(lo_bits.data_ptr());
+    const auto* high_bits = static_cast<const uint16_t*>(hi_bits.data_ptr());
+    const auto* in = static_cast<const uint16_t*>(input);
+    auto* out = static_cast<uint16_t*>(output);
+    for_rows(rows, channels, [&](int64_t row) {
+      clamp_row_bf16(in + row * in_row, out + row * channels, low, high, low_bits, high_bits, channels);
+    });
+  }
+}
+
 void copy_rows(const uint8_t* input, uint8_t* output, int64_t out_row, int64_t rows, int64_t row_bytes) {
   at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) std::memcpy(output + row * out_row, input + row * row_bytes, row_bytes);
@@ -264,7 +296,8 @@ class BlockPlan {
     dnnl::stream stream(cpu_engine());
     for (size_t index = 0; index < conv1_.size(); ++index) {
       const int64_t channels = shape_[1] + static_cast<int64_t>(index) * growth_rate_;
-      clamp(index, base, scratch.data_ptr(), channels);
+      clamp_into(dtype_, base, total_, scratch.data_ptr(), rows_, channels, lo_[index], hi_[index],
+                 lo_bits_.empty() ? torch::Tensor() : lo_bits_[index], hi_bits_.empty() ? torch::Tensor() : hi_bits_[index]);
       execute(conv1_[index], stream, scratch.data_ptr(), middle.data_ptr(), scratchpad.data_ptr());
       execute(conv2_[index], stream, middle.data_ptr(), fresh.data_ptr(), scratchpad.data_ptr());
       copy_rows(static_cast<uint8_t*>(fresh.data_ptr()), base + channels * element, total_ * element, rows_,
@@ -276,34 +309,6 @@ class BlockPlan {
   static std::vector<float> to_floats(const torch::Tensor& values) {
     torch::Tensor dense = values.to(torch::kFloat).contiguous();
     return std::vector<float>(dense.data_ptr<float>(), dense.data_ptr<float>() + dense.numel());
-  }
-
-  // r = clamp([x_0, ..., x_{l-1}], lo_l, hi_l) from the buffer's rows into the scratch (contiguous rows)
-  void clamp(size_t index, const uint8_t* buffer, void* scratch, int64_t channels) const {
-    const int64_t total = total_;
-    if (dtype_ == "int8") {
-      const uint8_t *lo = lo_[index].data_ptr<uint8_t>(), *hi = hi_[index].data_ptr<uint8_t>();
-      auto* out = static_cast<uint8_t*>(scratch);
-      for_rows(rows_, channels, [&](int64_t row) {
-        clamp_row(buffer + row * total, out + row * channels, lo, hi, channels);
-      });
-    } else if (dtype_ == "float32") {
-      const float *lo = lo_[index].data_ptr<float>(), *hi = hi_[index].data_ptr<float>();
-      const auto* in = reinterpret_cast<const float*>(buffer);
-      auto* out = static_cast<float*>(scratch);
-      for_rows(rows_, channels, [&](int64_t row) {
-        clamp_row(in + row * total, out + row * channels, lo, hi, channels);
-      });
-    } else {
-      const float *lo = lo_[index].data_ptr<float>(), *hi = hi_[index].data_ptr<float>();
-      const auto* lo_bits = static_cast<const uint16_t*>(lo_bits_[index].data_ptr());
-      const auto* hi_bits = static_cast<const uint16_t*>(hi_bits_[index].data_ptr());
-      const auto* in = reinterpret_cast<const uint16_t*>(buffer);
-      auto* out = static_cast<uint16_t*>(scratch);
-      for_rows(rows_, channels, [&](int64_t row) {
-        clamp_row_bf16(in + row * total, out + row * channels, lo, hi, lo_bits, hi_bits, channels);
-      });
-    }
   }
 
   std::vector<int64_t> shape_;
@@ -381,6 +386,74 @@ class StemPlan {
   size_t scratchpad_bytes_ = 1;
 };
 
+// A transition [F3]: W' * pool(clamp(x, lo, hi)) + b' (the BN-ReLU folded into a clamp and the conv, the 2x2
+// average pool first), each step into the caller's tensors. Even spatial sides only (the pool then covers all).
+class TransitionPlan {
+ public:
+  TransitionPlan(std::vector<int64_t> shape, torch::Tensor lo, torch::Tensor hi, torch::Tensor lo_bits,
+                 torch::Tensor hi_bits, torch::Tensor weight, torch::Tensor bias, std::string dtype)
+      : lo_(lo), hi_(hi), lo_bits_(lo_bits), hi_bits_(hi_bits), dtype_(dtype) {
+    TORCH_CHECK(dtype == "float32" || dtype == "bfloat16", "onednn_loop: the transition plan takes float32 or bfloat16");
+    const DataType activations = dtype == "bfloat16" ? DataType::bf16 : DataType::f32;
+    const size_t spatial = shape.size() - 2;
+    memory::dims input(shape.begin(), shape.end()), pooled = input;
+    rows_ = shape[0];
+    for (size_t axis = 2; axis < shape.size(); ++axis) {
+      TORCH_CHECK(shape[axis] % 2 == 0, "onednn_loop: the transition plan takes even sides");
+      pooled[axis] = shape[axis] / 2;
+      rows_ *= shape[axis];
+    }
+    channels_ = shape[1];
+    const memory::dims two(spatial, 2), none(spatial, 0);
+    dnnl::primitive_attr attributes;
+    attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    pool_source_ = memory::desc(input, activations, channels_last_strides(input, channels_));
+    pool_destination_ = memory::desc(pooled, activations, channels_last_strides(pooled, channels_));
+    auto descriptor = dnnl::pooling_forward::primitive_desc(
+        cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding, pool_source_,
+        pool_destination_, two, two, none, none, none, attributes);
+    pool_ = dnnl::pooling_forward(descriptor);
+    conv_ = make_convolution(pooled, channels_, weight.size(0), weight, bias, false, activations, nullptr);
+    scratchpad_bytes_ = std::max({conv_.scratchpad_bytes, descriptor.scratchpad_desc().get_size(), size_t{1}});
+    pooled_elements_ = 1;
+    for (int64_t size : pooled) pooled_elements_ *= size;
+    output_shape_ = std::vector<int64_t>(pooled.begin(), pooled.end());
+    output_shape_[1] = weight.size(0);
+  }
+
+  std::vector<int64_t> output_shape() const { return output_shape_; }
+  int64_t scratchpad_bytes() const { return static_cast<int64_t>(scratchpad_bytes_); }
+
+  // x: channels-last and dense; clamped: N*S*C elements; pooled: N*S*C/2^d; out: the output's elements.
+  void run(torch::Tensor x, torch::Tensor clamped, torch::Tensor pooled, torch::Tensor out,
+           torch::Tensor scratchpad) const {
+    const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
+    TORCH_CHECK(x.is_contiguous(format), "onednn_loop: the transition's input must be channels-last");
+    int64_t out_elements = 1;
+    for (int64_t size : output_shape_) out_elements *= size;
+    TORCH_CHECK(clamped.numel() >= rows_ * channels_ && pooled.numel() >= pooled_elements_ &&
+                    out.numel() >= out_elements && scratchpad.numel() >= scratchpad_bytes(),
+                "onednn_loop: a work tensor is too small for this plan");
+    clamp_into(dtype_, x.data_ptr(), channels_, clamped.data_ptr(), rows_, channels_, lo_, hi_, lo_bits_, hi_bits_);
+    dnnl::stream stream(cpu_engine());
+    memory scratch({{scratchpad_bytes()}, DataType::u8, memory::format_tag::x}, cpu_engine(), scratchpad.data_ptr());
+    pool_.execute(stream, {{DNNL_ARG_SRC, memory(pool_source_, cpu_engine(), clamped.data_ptr())},
+                           {DNNL_ARG_DST, memory(pool_destination_, cpu_engine(), pooled.data_ptr())},
+                           {DNNL_ARG_SCRATCHPAD, scratch}});
+    execute(conv_, stream, pooled.data_ptr(), out.data_ptr(), scratchpad.data_ptr());
+  }
+
+ private:
+  torch::Tensor lo_, hi_, lo_bits_, hi_bits_;
+  std::string dtype_;
+  int64_t rows_ = 0, channels_ = 0, pooled_elements_ = 0;
+  dnnl::pooling_forward pool_;
+  memory::desc pool_source_, pool_destination_;
+  Convolution conv_;
+  std::vector<int64_t> output_shape_;
+  size_t scratchpad_bytes_ = 1;
+};
+
 int64_t library_version() {
   const dnnl_version_t* version = dnnl_version();
   return version->major * 10000 + version->minor * 100 + version->patch;
@@ -404,4 +477,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       .def("output_shape", &StemPlan::output_shape)
       .def("scratchpad_bytes", &StemPlan::scratchpad_bytes)
       .def("run", &StemPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());
+  pybind11::class_<TransitionPlan>(module, "TransitionPlan")
+      .def(pybind11::init<std::vector<int64_t>, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
+                          torch::Tensor, torch::Tensor, std::string>())
+      .def("output_shape", &TransitionPlan::output_shape)
+      .def("scratchpad_bytes", &TransitionPlan::scratchpad_bytes)
+      .def("run", &TransitionPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

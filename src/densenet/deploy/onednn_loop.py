@@ -115,13 +115,10 @@ def plan(shape: tuple[int, ...], growth_rate: int, dtype: torch.dtype, lo: list[
     if extension is None:
         raise RuntimeError("the oneDNN layer loop is unavailable")
     name = _DTYPES[dtype]
+    lo_bits, hi_bits = ([bf16_bits(bound) for bound in bounds] if name == "bfloat16" else [] for bounds in (lo, hi))
     if name == "bfloat16":
-        lo_bits = [bound.to(torch.bfloat16).view(torch.int16) for bound in lo]
-        hi_bits = [bound.to(torch.bfloat16).view(torch.int16) for bound in hi]
         weight1 = [weight.to(torch.bfloat16) for weight in weight1]
         weight2 = [weight.to(torch.bfloat16) for weight in weight2]
-    else:
-        lo_bits = hi_bits = []
     if quantization is None:
         quantization = ([], [], [], [], [], [])
     bias1 = [torch.empty(0) if bias is None else bias.detach().float() for bias in bias1]
@@ -142,6 +139,37 @@ def run(block_plan: Any, buffer: Tensor, scratch: Tensor, rows: int, width: int,
     scratchpad = workspace.get("onednn_scratchpad", block_plan.scratchpad_bytes(), _BYTES)
     block_plan.run(buffer, scratch, middle, fresh, scratchpad)
 
+
+
+def bf16_bits(bound: Tensor) -> Tensor:
+    """A float32 bound rounded to bfloat16, as its bit patterns (what a bf16 clamp writes where it clamps)."""
+    return bound.to(torch.bfloat16).view(torch.int16)
+
+
+def transition_plan(shape: tuple[int, ...], dtype: torch.dtype, lo: Tensor | None, hi: Tensor | None, weight: Tensor,
+                    bias: Tensor | None) -> Any:
+    """A ``TransitionPlan`` for inputs of ``shape`` ``(N, C, *spatial)`` (even sides) in ``dtype``:
+    ``W ∗ pool(clamp(x, lo, hi)) + b`` [F3], ``weight`` ``(O, C, 1…)``."""
+    extension = module()
+    if extension is None:
+        raise RuntimeError("the oneDNN layer loop is unavailable")
+    low, high = float_bound(lo, shape[1], -math.inf), float_bound(hi, shape[1], math.inf)
+    empty = torch.empty(0, dtype=torch.int16)
+    bits = (bf16_bits(low), bf16_bits(high)) if dtype == torch.bfloat16 else (empty, empty)
+    return extension.TransitionPlan(list(shape), low, high, *bits, weight.detach().to(dtype).contiguous(),
+                                    torch.empty(0) if bias is None else bias.detach().float(), _DTYPES[dtype])
+
+
+def run_transition(transition: Any, x: Tensor, workspace: Any) -> Tensor:
+    """Run ``transition`` (a :func:`transition_plan`) on ``x`` (channels-last) into the per-thread tensors of
+    ``workspace``; returns ``(N, O, *spatial/2)``, channels-last (a view of the workspace: valid until the next
+    call)."""
+    shape = transition.output_shape()
+    clamped = workspace.get("clamped", x.numel(), x)
+    pooled = workspace.get("pooled", x.numel() >> (x.dim() - 2), x)
+    out = workspace.get("out", math.prod(shape), x)
+    transition.run(x, clamped, pooled, out, workspace.get("scratchpad", transition.scratchpad_bytes(), _BYTES))
+    return out.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
 
 def stem_plan(shape: tuple[int, ...], dtype: torch.dtype, weight: Tensor, bias: Tensor | None, stride: int,

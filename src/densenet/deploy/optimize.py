@@ -45,6 +45,7 @@ from densenet.nn.layers import DenseBlock, Transition
 _FUSED_CONV = (hasattr(torch.ops.mkldnn, "_convolution_pointwise")
                and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight") and torch.backends.mkldnn.is_available())
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)  # what oneDNN's fused convolution takes
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # by tensor rank
 
 
 def fused_conv(x: Tensor) -> bool:
@@ -254,10 +255,19 @@ class FrozenTransition(nn.Module):
         self.register_buffer("hi", clamp_bound(hi))
         self.conv = FrozenConv(weight, bias, channels_last=channels_last)
         self.workspace = Workspace()
+        self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN transition's, per input shape and dtype
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, *spatial)`` → ``(N, ⌊θ·C⌋, *⌊spatial/2⌋)``."""
         n, c, *spatial = x.shape
+        if (fused_conv(x) and not self.conv.planar and all(side % 2 == 0 for side in spatial)
+                and x.dim() in _CHANNELS_LAST and x.is_contiguous(memory_format=_CHANNELS_LAST[x.dim()])
+                and onednn_loop.applies(x) and not hooked([self.conv])):
+            # clamp, pool and conv into kept tensors (densenet.deploy.onednn_loop)
+            conv, shape = self.conv, tuple(x.shape)
+            plan = self.onednn_plans.get((shape, x.dtype), [conv.weight], lambda: onednn_loop.transition_plan(
+                shape, x.dtype, self.lo, self.hi, conv.weight, conv.bias), stamps=(conv.generation,))
+            return onednn_loop.run_transition(plan, x, self.workspace)
         out = self.workspace.get("clamped", x.numel(), x).view(n, *spatial, c).movedim(-1, 1)
         return self.conv(nd.avg_pool(torch.clamp(x, self.lo, self.hi, out=out), 2, 2))  # pool: (N, C, *spatial/2)
 
