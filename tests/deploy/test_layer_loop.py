@@ -151,3 +151,29 @@ def test_the_stem_and_transitions_on_onednn_match_the_model_at_odd_sizes(dtype, 
         assert max_relative_error(got.float(), expected) <= (1e-4 if dtype == torch.float32 else 3e-2)
     assert bool(fast.onednn_plans._plans) == (layer_loop == "onednn")
     assert planned(fast, FrozenTransition) == (layer_loop == "onednn")
+
+
+@pytest.mark.skipif(not int8.int8_supported(), reason="this CPU has no AVX-512 VNNI / AVX-VNNI / AMX")
+def test_int8_stem_and_transitions_on_onednn_give_pytorchs_codes(monkeypatch):
+    """The int8 stem (the image encoded, the int8 conv subtracting the image's zero point, the max pool on codes)
+    and the int8 transitions (clamp, 2×2 average of codes rounded half to even, 1×1 conv) planned in oneDNN give
+    the codes of PyTorch's operators: at most one code apart (a requantized value on a tie), and rarely."""
+    torch.manual_seed(0)
+    model = densenet.create_model("densenet121", block_config=(2, 2, 2, 2), num_classes=7).eval()
+    randomize_batch_norm(model)
+    quantized = quantize(model, [torch.randn(32, 3, 64, 64)], observer="minmax")
+    x = torch.randn(2, 3, 64, 64) * 1.5
+    transitions = [stage for stage in quantized.stages if isinstance(stage, int8.QuantizedTransition)]
+    outputs = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv(onednn_loop.SWITCH, mode)
+        with torch.inference_mode():
+            codes = [quantized.stem(x).clone()]
+            for stage in quantized.stages:
+                codes.append(stage(codes[-1]).clone())
+            outputs[mode] = [codes[0]] + [codes[i + 1] for i, s in enumerate(quantized.stages) if s in transitions]
+    for native, pytorch in zip(outputs["1"], outputs["0"], strict=True):
+        difference = (native.int() - pytorch.int()).abs()
+        assert difference.max() <= 1 and (difference > 0).float().mean() <= 1e-3
+        assert native.stride() == pytorch.stride()
+    assert quantized.stem.onednn_plans._plans and all(stage.onednn_plans._plans for stage in transitions)

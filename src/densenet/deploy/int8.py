@@ -283,10 +283,19 @@ class QuantizedTransition(nn.Module):
         self.pool = CodePool(len(scale))
         self.conv = QConv(scale_inputs(transition.conv.weight, scale), transition.conv.bias, 1.0, out, x_zero=zero)
         self.workspace = Workspace()
+        self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN transition's, per input shape
 
     def forward(self, x: Tensor) -> Tensor:
         """u8 ``(N, C, H, W)`` → u8 ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
         n, c, h, w = x.shape
+        if (h % 2 == 0 and w % 2 == 0 and x.is_contiguous(memory_format=torch.channels_last)
+                and onednn_loop.applies(x) and not hooked([self.conv])):
+            # clamp, pool and conv into kept tensors (densenet.deploy.onednn_loop)
+            conv = self.conv
+            plan = self.onednn_plans.get(tuple(x.shape), (), lambda: onednn_loop.transition_plan(
+                tuple(x.shape), torch.uint8, self.lo, self.hi, conv.weight, conv.bias,
+                (conv.weight_scale, conv.out.scale, conv.out.zero_point)))
+            return onednn_loop.run_transition(plan, x, self.workspace)
         out = self.workspace.get("clamped", x.numel(), x).view(n, h, w, c).permute(0, 3, 1, 2)
         return self.conv(self.pool(torch.clamp(x, self.lo, self.hi, out=out)))
 
@@ -314,10 +323,20 @@ class QuantizedStem(nn.Module):
         self.image, self.max_pool = image, max_pool
         self.conv = QConv(conv0.weight, conv0.bias, image.scale, out, stride=conv0.stride[0],
                           padding=conv0.padding[0], relu=conv0.relu, x_zero_point=image.zero_point)
+        self.workspace = Workspace()  # the oneDNN stem's codes and maps
+        self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN stem's, per input shape
 
     def forward(self, x: Tensor) -> Tensor:
         """float32 ``(N, in_chans, H, W)`` → u8 codes ``(N, C_0, H', W')``."""
-        q = self.conv(encode(x.contiguous(memory_format=torch.channels_last), self.image))
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.max_pool and onednn_loop.applies(x) and not hooked([self.conv]):
+            # encode, conv and max pool into kept tensors (densenet.deploy.onednn_loop)
+            conv = self.conv
+            plan = self.onednn_plans.get(tuple(x.shape), (), lambda: onednn_loop.stem_plan(
+                tuple(x.shape), torch.uint8, conv.weight, conv.bias, conv.stride, conv.padding, conv.relu, (3, 2, 1),
+                (self.image.scale, self.image.zero_point, conv.weight_scale, conv.out.scale, conv.out.zero_point)))
+            return onednn_loop.run_stem(plan, x, self.workspace, codes=True)
+        q = self.conv(encode(x, self.image))
         return max_pool_codes(q) if self.max_pool else q
 
 

@@ -14,6 +14,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <unordered_map>
@@ -67,12 +68,19 @@ struct Convolution {
   size_t scratchpad_bytes = 0;
 };
 
-struct Quantization {  // int8: x = s_x (q_x), w_o = s_o (q_w), y = s_y (q_y - z_y)
+struct Quantization {  // int8: x = s_x (q_x - z_x), w_o = s_o (q_w), y = s_y (q_y - z_y)
   float input_scale;
   std::vector<float> weight_scale;
   float output_scale;
   int32_t output_zero_point;
+  int32_t input_zero_point = 0;  // subtracted by oneDNN (the padding then holds a real zero)
 };
+
+memory scalar_s32(int32_t value) {
+  memory result({{1}, DataType::s32, memory::format_tag::x}, cpu_engine());
+  *static_cast<int32_t*>(result.get_data_handle()) = value;
+  return result;
+}
 
 // The output side of a window of `kernel` at `stride` with `padding` before (PyTorch's floor rule), and the padding
 // after that oneDNN needs to reach it exactly.
@@ -110,6 +118,7 @@ Convolution make_convolution(const memory::dims& input_dims, int64_t input_row, 
     attributes.set_scales_mask(DNNL_ARG_WEIGHTS, 1);  // per output channel
     attributes.set_scales_mask(DNNL_ARG_DST, 0);
     attributes.set_zero_points_mask(DNNL_ARG_DST, 0);
+    if (quantization->input_zero_point != 0) attributes.set_zero_points_mask(DNNL_ARG_SRC, 0);
   }
   if (relu) {
     dnnl::post_ops post_ops;
@@ -147,9 +156,9 @@ Convolution make_convolution(const memory::dims& input_dims, int64_t input_row, 
     conv.fixed_arguments[DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC] = small_vector({quantization->input_scale});
     conv.fixed_arguments[DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS] = small_vector(quantization->weight_scale);
     conv.fixed_arguments[DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST] = small_vector({quantization->output_scale});
-    memory zero({{1}, DataType::s32, memory::format_tag::x}, cpu_engine());
-    *static_cast<int32_t*>(zero.get_data_handle()) = quantization->output_zero_point;
-    conv.fixed_arguments[DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST] = zero;
+    conv.fixed_arguments[DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST] = scalar_s32(quantization->output_zero_point);
+    if (quantization->input_zero_point != 0)
+      conv.fixed_arguments[DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC] = scalar_s32(quantization->input_zero_point);
   }
   return conv;
 }
@@ -186,10 +195,13 @@ void clamp_row_bf16(const uint16_t* __restrict in, uint16_t* __restrict out, con
   }
 }
 
-// Rows of `channels` values from rows `in_row` elements apart into contiguous ones, `row_function(in, out)` each.
+// Up to this many elements a pass runs on the calling thread: waking the other threads costs more than it saves.
+constexpr int64_t kInlineElements = 16384;
+
+// `row_function(row)` for each of `rows` rows of `channels` values, in parallel above kInlineElements.
 template <typename Function>
 void for_rows(int64_t rows, int64_t channels, const Function& row_function) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(channels, 1)),
+  at::parallel_for(0, rows, std::max<int64_t>(1, kInlineElements / std::max<int64_t>(channels, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t row = begin; row < end; ++row) row_function(row);
                    });
@@ -324,13 +336,27 @@ class BlockPlan {
 // its CPU max pool also int64 indices, 4x the output's bytes in bfloat16), whose pages fault in on every forward.
 class StemPlan {
  public:
+  // int8 ("int8"): the float32 image is encoded first, q = clamp(round(x / s) + z, 0, 255) with the image's code
+  // (s, z) = (image_scale, image_zero_point); `weight_scale` per output channel, the output's code (s_y, z_y).
   StemPlan(std::vector<int64_t> shape, torch::Tensor weight, torch::Tensor bias, int64_t stride, int64_t padding,
-           bool relu, std::string dtype, int64_t pool_kernel, int64_t pool_stride, int64_t pool_padding) {
-    TORCH_CHECK(dtype == "float32" || dtype == "bfloat16", "onednn_loop: the stem plan takes float32 or bfloat16");
-    const DataType activations = dtype == "bfloat16" ? DataType::bf16 : DataType::f32;
+           bool relu, std::string dtype, int64_t pool_kernel, int64_t pool_stride, int64_t pool_padding,
+           double image_scale, int64_t image_zero_point, torch::Tensor weight_scale, double output_scale,
+           int64_t output_zero_point)
+      : int8_(dtype == "int8"), image_scale_(static_cast<float>(image_scale)),
+        image_zero_point_(static_cast<int32_t>(image_zero_point)) {
+    TORCH_CHECK(int8_ || dtype == "float32" || dtype == "bfloat16", "onednn_loop: the stem plan takes float32, "
+                "bfloat16 or int8");
+    const DataType activations = int8_ ? DataType::u8 : dtype == "bfloat16" ? DataType::bf16 : DataType::f32;
     memory::dims input(shape.begin(), shape.end());
-    conv_ = make_convolution(input, shape[1], weight.size(0), weight, bias, relu, activations, nullptr, stride,
-                             padding);
+    Quantization quantization;
+    if (int8_) {
+      torch::Tensor scales = weight_scale.to(torch::kFloat).contiguous();
+      quantization = {image_scale_, std::vector<float>(scales.data_ptr<float>(), scales.data_ptr<float>() +
+                                                       scales.numel()),
+                      static_cast<float>(output_scale), static_cast<int32_t>(output_zero_point), image_zero_point_};
+    }
+    conv_ = make_convolution(input, shape[1], weight.size(0), weight, bias, relu, activations,
+                             int8_ ? &quantization : nullptr, stride, padding);
     memory::dims conv_dims = conv_.destination.get_dims(), pooled = conv_dims;
     const size_t spatial = shape.size() - 2;
     memory::dims kernel(spatial, pool_kernel), strides(spatial, pool_stride), before(spatial, pool_padding),
@@ -357,15 +383,23 @@ class StemPlan {
   std::vector<int64_t> output_shape() const { return output_shape_; }
   int64_t scratchpad_bytes() const { return static_cast<int64_t>(scratchpad_bytes_); }
 
-  // x: the input, channels-last and dense; conv_out and out: flat tensors of the conv's and the pool's elements.
-  void run(torch::Tensor x, torch::Tensor conv_out, torch::Tensor out, torch::Tensor scratchpad) const {
+  // x: the input, channels-last and dense; codes (int8: the image's u8 codes, x.numel() elements), conv_out and
+  // out: flat tensors of the conv's and the pool's elements.
+  void run(torch::Tensor x, torch::Tensor codes, torch::Tensor conv_out, torch::Tensor out,
+           torch::Tensor scratchpad) const {
     const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
     TORCH_CHECK(x.is_contiguous(format), "onednn_loop: the stem's input must be channels-last");
     TORCH_CHECK(conv_out.numel() >= numel(conv_shape_) && out.numel() >= numel(output_shape_) &&
-                    scratchpad.numel() >= scratchpad_bytes(),
+                    scratchpad.numel() >= scratchpad_bytes() && (!int8_ || codes.numel() >= x.numel()),
                 "onednn_loop: a work tensor is too small for this plan");
+    void* source = x.data_ptr();
+    if (int8_) {
+      TORCH_CHECK(x.scalar_type() == torch::kFloat, "onednn_loop: the int8 stem takes float32 images");
+      encode(x.data_ptr<float>(), static_cast<uint8_t*>(codes.data_ptr()), x.numel());
+      source = codes.data_ptr();
+    }
     dnnl::stream stream(cpu_engine());
-    execute(conv_, stream, x.data_ptr(), conv_out.data_ptr(), scratchpad.data_ptr());
+    execute(conv_, stream, source, conv_out.data_ptr(), scratchpad.data_ptr());
     memory scratch({{scratchpad_bytes()}, DataType::u8, memory::format_tag::x}, cpu_engine(), scratchpad.data_ptr());
     pool_.execute(stream, {{DNNL_ARG_SRC, memory(pool_source_, cpu_engine(), conv_out.data_ptr())},
                            {DNNL_ARG_DST, memory(pool_destination_, cpu_engine(), out.data_ptr())},
@@ -379,6 +413,20 @@ class StemPlan {
     return count;
   }
 
+  // q = clamp(round(x / s) + z, 0, 255), rounding half to even (torch.round's rule)
+  void encode(const float* x, uint8_t* codes, int64_t count) const {
+    const float scale = image_scale_, zero = static_cast<float>(image_zero_point_);
+    at::parallel_for(0, count, kInlineElements, [&](int64_t begin, int64_t end) {
+      for (int64_t index = begin; index < end; ++index) {
+        const float code = std::nearbyint(x[index] / scale) + zero;
+        codes[index] = static_cast<uint8_t>(std::min(std::max(code, 0.f), 255.f));
+      }
+    });
+  }
+
+  bool int8_;
+  float image_scale_;
+  int32_t image_zero_point_;
   Convolution conv_;
   dnnl::pooling_forward pool_;
   memory::desc pool_source_, pool_destination_;
@@ -390,11 +438,16 @@ class StemPlan {
 // average pool first), each step into the caller's tensors. Even spatial sides only (the pool then covers all).
 class TransitionPlan {
  public:
+  // int8 ("int8"): u8 codes read at scale 1 (their offsets folded into `bias` [Q1]), `weight_scale` per output
+  // channel, the output's code (s_y, z_y); the pooled codes rounded half to even.
   TransitionPlan(std::vector<int64_t> shape, torch::Tensor lo, torch::Tensor hi, torch::Tensor lo_bits,
-                 torch::Tensor hi_bits, torch::Tensor weight, torch::Tensor bias, std::string dtype)
+                 torch::Tensor hi_bits, torch::Tensor weight, torch::Tensor bias, std::string dtype,
+                 torch::Tensor weight_scale, double output_scale, int64_t output_zero_point)
       : lo_(lo), hi_(hi), lo_bits_(lo_bits), hi_bits_(hi_bits), dtype_(dtype) {
-    TORCH_CHECK(dtype == "float32" || dtype == "bfloat16", "onednn_loop: the transition plan takes float32 or bfloat16");
-    const DataType activations = dtype == "bfloat16" ? DataType::bf16 : DataType::f32;
+    const bool int8 = dtype == "int8";
+    TORCH_CHECK(int8 || dtype == "float32" || dtype == "bfloat16", "onednn_loop: the transition plan takes "
+                "float32, bfloat16 or int8");
+    const DataType activations = int8 ? DataType::u8 : dtype == "bfloat16" ? DataType::bf16 : DataType::f32;
     const size_t spatial = shape.size() - 2;
     memory::dims input(shape.begin(), shape.end()), pooled = input;
     rows_ = shape[0];
@@ -413,7 +466,14 @@ class TransitionPlan {
         cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding, pool_source_,
         pool_destination_, two, two, none, none, none, attributes);
     pool_ = dnnl::pooling_forward(descriptor);
-    conv_ = make_convolution(pooled, channels_, weight.size(0), weight, bias, false, activations, nullptr);
+    Quantization quantization;
+    if (int8) {
+      torch::Tensor scales = weight_scale.to(torch::kFloat).contiguous();
+      quantization = {1.f, std::vector<float>(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel()),
+                      static_cast<float>(output_scale), static_cast<int32_t>(output_zero_point)};
+    }
+    conv_ = make_convolution(pooled, channels_, weight.size(0), weight, bias, false, activations,
+                             int8 ? &quantization : nullptr);
     scratchpad_bytes_ = std::max({conv_.scratchpad_bytes, descriptor.scratchpad_desc().get_size(), size_t{1}});
     pooled_elements_ = 1;
     for (int64_t size : pooled) pooled_elements_ *= size;
@@ -472,14 +532,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       .def("run", &BlockPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());
   pybind11::class_<StemPlan>(module, "StemPlan")
       .def(pybind11::init<std::vector<int64_t>, torch::Tensor, torch::Tensor, int64_t, int64_t, bool, std::string,
-                          int64_t, int64_t, int64_t>())
+                          int64_t, int64_t, int64_t, double, int64_t, torch::Tensor, double, int64_t>())
       .def("conv_shape", &StemPlan::conv_shape)
       .def("output_shape", &StemPlan::output_shape)
       .def("scratchpad_bytes", &StemPlan::scratchpad_bytes)
       .def("run", &StemPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());
   pybind11::class_<TransitionPlan>(module, "TransitionPlan")
       .def(pybind11::init<std::vector<int64_t>, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor,
-                          torch::Tensor, torch::Tensor, std::string>())
+                          torch::Tensor, torch::Tensor, std::string, torch::Tensor, double, int64_t>())
       .def("output_shape", &TransitionPlan::output_shape)
       .def("scratchpad_bytes", &TransitionPlan::scratchpad_bytes)
       .def("run", &TransitionPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());

@@ -147,17 +147,25 @@ def bf16_bits(bound: Tensor) -> Tensor:
 
 
 def transition_plan(shape: tuple[int, ...], dtype: torch.dtype, lo: Tensor | None, hi: Tensor | None, weight: Tensor,
-                    bias: Tensor | None) -> Any:
-    """A ``TransitionPlan`` for inputs of ``shape`` ``(N, C, *spatial)`` (even sides) in ``dtype``:
-    ``W ∗ pool(clamp(x, lo, hi)) + b`` [F3], ``weight`` ``(O, C, 1…)``."""
+                    bias: Tensor | None, quantization: tuple[Tensor, float, int] | None = None) -> Any:
+    """A ``TransitionPlan`` for inputs of ``shape`` ``(N, C, *spatial)`` (even sides) in ``dtype`` (float32,
+    bfloat16, or uint8 codes): ``W ∗ pool(clamp(x, lo, hi)) + b`` [F3], ``weight`` ``(O, C, 1…)``. int8: ``lo``/
+    ``hi`` are u8 code bounds, ``weight`` int8 codes, ``quantization`` = (weight scales, output code scale and zero
+    point) [Q1]."""
     extension = module()
     if extension is None:
         raise RuntimeError("the oneDNN layer loop is unavailable")
-    low, high = float_bound(lo, shape[1], -math.inf), float_bound(hi, shape[1], math.inf)
     empty = torch.empty(0, dtype=torch.int16)
-    bits = (bf16_bits(low), bf16_bits(high)) if dtype == torch.bfloat16 else (empty, empty)
-    return extension.TransitionPlan(list(shape), low, high, *bits, weight.detach().to(dtype).contiguous(),
-                                    torch.empty(0) if bias is None else bias.detach().float(), _DTYPES[dtype])
+    if dtype == torch.uint8:
+        low, high, bits = lo.flatten().contiguous(), hi.flatten().contiguous(), (empty, empty)
+    else:
+        low, high = float_bound(lo, shape[1], -math.inf), float_bound(hi, shape[1], math.inf)
+        bits = (bf16_bits(low), bf16_bits(high)) if dtype == torch.bfloat16 else (empty, empty)
+        weight = weight.to(dtype)
+    weight_scale, code_scale, code_zero = quantization or (torch.empty(0), 1.0, 0)
+    return extension.TransitionPlan(list(shape), low, high, *bits, weight.detach().contiguous(),
+                                    torch.empty(0) if bias is None else bias.detach().float(), _DTYPES[dtype],
+                                    weight_scale, code_scale, code_zero)
 
 
 def run_transition(transition: Any, x: Tensor, workspace: Any) -> Tensor:
@@ -173,25 +181,32 @@ def run_transition(transition: Any, x: Tensor, workspace: Any) -> Tensor:
 
 
 def stem_plan(shape: tuple[int, ...], dtype: torch.dtype, weight: Tensor, bias: Tensor | None, stride: int,
-              padding: int, relu: bool, pool: tuple[int, int, int]) -> Any:
-    """A ``StemPlan`` for images of ``shape`` ``(N, C, *spatial)`` in ``dtype`` (float32 or bfloat16): the
-    convolution ``σ(W ∗ x + b)`` (``weight`` ``(O, C, *k)``), then the max pool ``pool = (kernel, stride, padding)``."""
+              padding: int, relu: bool, pool: tuple[int, int, int],
+              quantization: tuple[float, int, Tensor, float, int] | None = None) -> Any:
+    """A ``StemPlan`` for images of ``shape`` ``(N, C, *spatial)``: the convolution ``σ(W ∗ x + b)`` (``weight``
+    ``(O, C, *k)``), then the max pool ``pool = (kernel, stride, padding)``; in ``dtype`` float32 or bfloat16, or
+    ``torch.uint8`` for int8 — float32 images encoded with their code, ``weight`` int8 codes and ``quantization`` =
+    (image code scale, zero point, weight scales, output code scale, zero point)."""
     extension = module()
     if extension is None:
         raise RuntimeError("the oneDNN layer loop is unavailable")
-    return extension.StemPlan(list(shape), weight.detach().to(dtype).contiguous(),
+    if dtype != torch.uint8:
+        weight = weight.to(dtype)
+    return extension.StemPlan(list(shape), weight.detach().contiguous(),
                               torch.empty(0) if bias is None else bias.detach().float(), stride, padding, relu,
-                              _DTYPES[dtype], *pool)
+                              _DTYPES[dtype], *pool, *(quantization or (1.0, 0, torch.empty(0), 1.0, 0)))
 
 
-def run_stem(stem: Any, x: Tensor, workspace: Any) -> Tensor:
+def run_stem(stem: Any, x: Tensor, workspace: Any, codes: bool = False) -> Tensor:
     """Run ``stem`` (a :func:`stem_plan`) on ``x`` (channels-last) into the per-thread tensors of ``workspace``;
     returns the pooled map ``(N, O, *spatial')``, channels-last (a view of the workspace: valid until the next
-    call)."""
+    call). ``codes``: an int8 stem (its maps are u8 codes)."""
     conv_shape, shape = stem.conv_shape(), stem.output_shape()
-    conv_out = workspace.get("stem_conv", math.prod(conv_shape), x)
-    out = workspace.get("stem_pooled", math.prod(shape), x)
-    stem.run(x, conv_out, out, workspace.get("stem_scratchpad", stem.scratchpad_bytes(), _BYTES))
+    like = _BYTES if codes else x
+    image = workspace.get("stem_image", x.numel() if codes else 0, _BYTES)
+    conv_out = workspace.get("stem_conv", math.prod(conv_shape), like)
+    out = workspace.get("stem_pooled", math.prod(shape), like)
+    stem.run(x, image, conv_out, out, workspace.get("stem_scratchpad", stem.scratchpad_bytes(), _BYTES))
     return out.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
 
