@@ -14,6 +14,9 @@ fused into the 1×1 conv; docs/MATH.md "Inference: batch norms folded away" and 
 
     r = clamp([x_0, …, x_{l−1}], lo_l, hi_l)      y = σ(W1_l ∗ r + b1_l)      x_l = W2_l ∗ y
 
+Where the oneDNN layer loop is available (:mod:`densenet.deploy.onednn_loop`: the primitives made once per input
+shape, no per-call set-up) it serves instead; this loop is the path without it.
+
 The functions are compiled on first use (TorchScript prints a deprecation notice on compiling, silenced here: it
 stays the one way in PyTorch to run a loop of operator calls from C++ without a compiler on the user's machine).
 """

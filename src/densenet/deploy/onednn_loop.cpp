@@ -245,6 +245,27 @@ void copy_rows(const uint8_t* input, uint8_t* output, int64_t out_row, int64_t r
   });
 }
 
+int64_t element_count(const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (int64_t size : shape) count *= size;
+  return count;
+}
+
+void check_channels_last(const torch::Tensor& x, const char* what) {
+  const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
+  TORCH_CHECK(x.is_contiguous(format), "onednn_loop: ", what, "'s input must be channels-last");
+}
+
+// A pooling primitive from `source` into `destination` with the caller's scratchpad.
+void execute_pool(const dnnl::pooling_forward& pool, dnnl::stream& stream, const memory::desc& source_desc,
+                  const memory::desc& destination_desc, void* source, void* destination, void* scratchpad,
+                  int64_t scratchpad_bytes) {
+  pool.execute(stream, {{DNNL_ARG_SRC, memory(source_desc, cpu_engine(), source)},
+                        {DNNL_ARG_DST, memory(destination_desc, cpu_engine(), destination)},
+                        {DNNL_ARG_SCRATCHPAD, memory({{scratchpad_bytes}, DataType::u8, memory::format_tag::x},
+                                                     cpu_engine(), scratchpad)}});
+}
+
 }  // namespace
 
 // The layer loop of one dense block for one input shape (N, C_0, *spatial): built once, then run on the caller's
@@ -387,9 +408,8 @@ class StemPlan {
   // out: flat tensors of the conv's and the pool's elements.
   void run(torch::Tensor x, torch::Tensor codes, torch::Tensor conv_out, torch::Tensor out,
            torch::Tensor scratchpad) const {
-    const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
-    TORCH_CHECK(x.is_contiguous(format), "onednn_loop: the stem's input must be channels-last");
-    TORCH_CHECK(conv_out.numel() >= numel(conv_shape_) && out.numel() >= numel(output_shape_) &&
+    check_channels_last(x, "the stem");
+    TORCH_CHECK(conv_out.numel() >= element_count(conv_shape_) && out.numel() >= element_count(output_shape_) &&
                     scratchpad.numel() >= scratchpad_bytes() && (!int8_ || codes.numel() >= x.numel()),
                 "onednn_loop: a work tensor is too small for this plan");
     void* source = x.data_ptr();
@@ -400,19 +420,11 @@ class StemPlan {
     }
     dnnl::stream stream(cpu_engine());
     execute(conv_, stream, source, conv_out.data_ptr(), scratchpad.data_ptr());
-    memory scratch({{scratchpad_bytes()}, DataType::u8, memory::format_tag::x}, cpu_engine(), scratchpad.data_ptr());
-    pool_.execute(stream, {{DNNL_ARG_SRC, memory(pool_source_, cpu_engine(), conv_out.data_ptr())},
-                           {DNNL_ARG_DST, memory(pool_destination_, cpu_engine(), out.data_ptr())},
-                           {DNNL_ARG_SCRATCHPAD, scratch}});
+    execute_pool(pool_, stream, pool_source_, pool_destination_, conv_out.data_ptr(), out.data_ptr(),
+                 scratchpad.data_ptr(), scratchpad_bytes());
   }
 
  private:
-  static int64_t numel(const std::vector<int64_t>& shape) {
-    int64_t count = 1;
-    for (int64_t size : shape) count *= size;
-    return count;
-  }
-
   // q = clamp(round(x / s) + z, 0, 255), rounding half to even (torch.round's rule)
   void encode(const float* x, uint8_t* codes, int64_t count) const {
     const float scale = image_scale_, zero = static_cast<float>(image_zero_point_);
@@ -475,8 +487,7 @@ class TransitionPlan {
     conv_ = make_convolution(pooled, channels_, weight.size(0), weight, bias, false, activations,
                              int8 ? &quantization : nullptr);
     scratchpad_bytes_ = std::max({conv_.scratchpad_bytes, descriptor.scratchpad_desc().get_size(), size_t{1}});
-    pooled_elements_ = 1;
-    for (int64_t size : pooled) pooled_elements_ *= size;
+    pooled_elements_ = element_count(std::vector<int64_t>(pooled.begin(), pooled.end()));
     output_shape_ = std::vector<int64_t>(pooled.begin(), pooled.end());
     output_shape_[1] = weight.size(0);
   }
@@ -487,19 +498,14 @@ class TransitionPlan {
   // x: channels-last and dense; clamped: N*S*C elements; pooled: N*S*C/2^d; out: the output's elements.
   void run(torch::Tensor x, torch::Tensor clamped, torch::Tensor pooled, torch::Tensor out,
            torch::Tensor scratchpad) const {
-    const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
-    TORCH_CHECK(x.is_contiguous(format), "onednn_loop: the transition's input must be channels-last");
-    int64_t out_elements = 1;
-    for (int64_t size : output_shape_) out_elements *= size;
+    check_channels_last(x, "the transition");
     TORCH_CHECK(clamped.numel() >= rows_ * channels_ && pooled.numel() >= pooled_elements_ &&
-                    out.numel() >= out_elements && scratchpad.numel() >= scratchpad_bytes(),
+                    out.numel() >= element_count(output_shape_) && scratchpad.numel() >= scratchpad_bytes(),
                 "onednn_loop: a work tensor is too small for this plan");
     clamp_into(dtype_, x.data_ptr(), channels_, clamped.data_ptr(), rows_, channels_, lo_, hi_, lo_bits_, hi_bits_);
     dnnl::stream stream(cpu_engine());
-    memory scratch({{scratchpad_bytes()}, DataType::u8, memory::format_tag::x}, cpu_engine(), scratchpad.data_ptr());
-    pool_.execute(stream, {{DNNL_ARG_SRC, memory(pool_source_, cpu_engine(), clamped.data_ptr())},
-                           {DNNL_ARG_DST, memory(pool_destination_, cpu_engine(), pooled.data_ptr())},
-                           {DNNL_ARG_SCRATCHPAD, scratch}});
+    execute_pool(pool_, stream, pool_source_, pool_destination_, clamped.data_ptr(), pooled.data_ptr(),
+                 scratchpad.data_ptr(), scratchpad_bytes());
     execute(conv_, stream, pooled.data_ptr(), out.data_ptr(), scratchpad.data_ptr());
   }
 
