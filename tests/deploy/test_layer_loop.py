@@ -177,3 +177,20 @@ def test_int8_stem_and_transitions_on_onednn_give_pytorchs_codes(monkeypatch):
         assert difference.max() <= 1 and (difference > 0).float().mean() <= 1e-3
         assert native.stride() == pytorch.stride()
     assert quantized.stem.onednn_plans._plans and all(stage.onednn_plans._plans for stage in transitions)
+
+
+@pytest.mark.parametrize(("dtype", "spatial"), [(torch.float32, (5, 7)), (torch.bfloat16, (3, 4)),
+                                                (torch.uint8, (7, 7)), (torch.float32, (2, 3, 4))])
+def test_the_one_pass_head_is_the_bn_relu_then_the_mean(dtype, spatial):
+    """``(1/S) Σ_s σ(a·x + b)`` per channel, against the float64 formula, for channels-last maps of every dtype the
+    plans produce (u8 codes with their code folded into ``a``, ``b``)."""
+    torch.manual_seed(0)
+    shape = (3, 40, *spatial)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8) if dtype == torch.uint8 else torch.randn(shape).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last if len(spatial) == 2 else torch.channels_last_3d)
+    scale, shift = torch.randn(40) * (0.05 if dtype == torch.uint8 else 1.0), torch.randn(40)
+    expected = torch.relu(x.double() * scale.double().view(40, *[1] * len(spatial))
+                          + shift.double().view(40, *[1] * len(spatial))).mean(dim=tuple(range(2, x.dim())))
+    got = onednn_loop.pooled_features(x, scale, shift)
+    assert got.dtype == torch.float32 and got.shape == (3, 40)
+    assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-5)

@@ -392,6 +392,8 @@ class QuantizedDenseNet(nn.Module):
             q = self.stem(x)
             for stage in self.stages:
                 q = stage(q)
+            # O_k = (1/HW) Σ_ij σ(a·x + b)_ijk   [F4], then O = Wx + b   [F5]
+            if onednn_loop.applies(q) and q.is_contiguous(memory_format=torch.channels_last):
+                return self.classifier(onednn_loop.pooled_features(q, self.scale5, self.shift5))  # one pass
             features = affine_relu(q.float(), self.scale5, self.shift5)  # (N, C, h, w)
-            # O_k = (1/HW) Σ_ij x_ijk   [F4], then O = Wx + b   [F5]
             return self.classifier(features.mean(dim=(2, 3)))

@@ -520,6 +520,54 @@ class TransitionPlan {
   size_t scratchpad_bytes_ = 1;
 };
 
+// The head's pooled features [F4] after the final BN-ReLU: out[n][c] = (1/S) sum_s max(a_c x[n][s][c] + b_c, 0), in
+// float32 from channels-last float32, bfloat16 or u8 (codes, their affine code folded into a and b) maps — one pass
+// where PyTorch's operators make three (convert, BN-ReLU, mean), each a parallel region on a small map at batch 1.
+torch::Tensor relu_affine_mean(torch::Tensor x, torch::Tensor scale, torch::Tensor shift) {
+  check_channels_last(x, "the head");
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat && shift.scalar_type() == torch::kFloat &&
+                  scale.is_contiguous() && shift.is_contiguous() && scale.numel() == x.size(1) &&
+                  shift.numel() == x.size(1),
+              "onednn_loop: the head's scale and shift are contiguous float32 vectors of the channels");
+  const int64_t batch = x.size(0), channels = x.size(1), positions = x.numel() / std::max<int64_t>(batch * channels, 1);
+  torch::Tensor out = torch::empty({batch, channels}, torch::kFloat);
+  const float *a = scale.data_ptr<float>(), *b = shift.data_ptr<float>();
+  float* result = out.data_ptr<float>();
+  auto pool = [&](auto load) {
+    at::parallel_for(0, batch, std::max<int64_t>(1, kInlineElements / std::max<int64_t>(positions * channels, 1)),
+                     [&](int64_t begin, int64_t end) {
+      std::vector<float> sums(channels);
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(sums.begin(), sums.end(), 0.f);
+        float* __restrict total = sums.data();
+        for (int64_t position = 0; position < positions; ++position) {
+          const int64_t row = (n * positions + position) * channels;
+#pragma omp simd
+          for (int64_t c = 0; c < channels; ++c) total[c] += std::max(a[c] * load(row + c) + b[c], 0.f);
+        }
+        for (int64_t c = 0; c < channels; ++c) result[n * channels + c] = total[c] / static_cast<float>(positions);
+      }
+    });
+  };
+  if (x.scalar_type() == torch::kByte) {
+    const uint8_t* data = x.data_ptr<uint8_t>();
+    pool([data](int64_t index) { return static_cast<float>(data[index]); });
+  } else if (x.scalar_type() == torch::kFloat) {
+    const float* data = x.data_ptr<float>();
+    pool([data](int64_t index) { return data[index]; });
+  } else {
+    TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "onednn_loop: the head takes float32, bfloat16 or u8 maps");
+    const auto* data = static_cast<const uint16_t*>(x.data_ptr());
+    pool([data](int64_t index) {
+      const uint32_t widened = static_cast<uint32_t>(data[index]) << 16;
+      float value;
+      std::memcpy(&value, &widened, sizeof value);
+      return value;
+    });
+  }
+  return out;
+}
+
 int64_t library_version() {
   const dnnl_version_t* version = dnnl_version();
   return version->major * 10000 + version->minor * 100 + version->patch;
@@ -527,6 +575,8 @@ int64_t library_version() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.attr("header_version") = DNNL_VERSION_MAJOR * 10000 + DNNL_VERSION_MINOR * 100 + DNNL_VERSION_PATCH;
+  module.def("relu_affine_mean", &relu_affine_mean, "the head's pooled features after the final BN-ReLU",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
   module.def("library_version", &library_version, "the version of the oneDNN library loaded (major·10⁴ + minor·10² + patch)");
   pybind11::class_<BlockPlan>(module, "BlockPlan")
       .def(pybind11::init<std::vector<int64_t>, int64_t, std::vector<torch::Tensor>, std::vector<torch::Tensor>,

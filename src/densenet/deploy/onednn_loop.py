@@ -210,6 +210,17 @@ def run_stem(stem: Any, x: Tensor, workspace: Any, codes: bool = False) -> Tenso
     return out.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
 
+def pooled_features(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``(1/S) Σ_s σ(a·x + b)`` per channel [F4] — the final BN-ReLU and the global average pool in one pass — of a
+    channels-last ``(N, C, *spatial)`` map (float32, bfloat16, or u8 codes with their code folded into ``a``,
+    ``b``); ``(N, C)`` float32."""
+    extension = module()
+    if extension is None:
+        raise RuntimeError("the oneDNN layer loop is unavailable")
+    return extension.relu_affine_mean(x, scale.detach().flatten().float().contiguous(),
+                                      shift.detach().flatten().float().contiguous())
+
+
 class PlanCache:
     """Plans by input shape and dtype, each made again when one of the weights it was made from was replaced or
     changed in place (its version counter; a weight made under ``torch.inference_mode()`` has none, so only its

@@ -309,6 +309,11 @@ class OptimizedDenseNet(nn.Module):
     @torch.no_grad()
     def forward_features(self, x: Tensor) -> Tensor:
         """``(N, in_chans, *spatial)`` → ``(N, C, *spatial')``, after the final BN-ReLU."""
+        return affine_relu(self._trunk(x), self.scale5, self.shift5)
+
+    def _trunk(self, x: Tensor) -> Tensor:
+        """``(N, in_chans, *spatial)`` → the last dense block's output ``(N, C, *spatial')`` (before the final
+        BN-ReLU)."""
         if self.channels_last:
             x = nd.channels_last(x)
         if (self.imagenet_stem and self.channels_last and fused_conv(x) and not self.conv0.planar
@@ -321,7 +326,7 @@ class OptimizedDenseNet(nn.Module):
                 x = nd.max_pool(x, 3, 2, 1)
         for stage in self.stages:
             x = stage(x)
-        return affine_relu(x, self.scale5, self.shift5)
+        return x
 
     def _stem_plan(self, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
         """The oneDNN stem's plan for images of ``shape`` and ``dtype`` (made again when ``conv0`` changed)."""
@@ -343,8 +348,14 @@ class OptimizedDenseNet(nn.Module):
         # range (a pruned channel); run a lower precision by optimizing the converted model instead.
         with torch.autocast(x.device.type, enabled=False):
             # O_k = (1/HW) Σ_ij x_ijk   [F4] (over every spatial axis), then O = Wx + b   [F5]
-            features = self.forward_features(x)
-            logits = self.classifier(features.mean(dim=tuple(range(2, 2 + self.config.spatial_dims))))
+            trunk = self._trunk(x)
+            if onednn_loop.applies(trunk) and trunk.dim() in _CHANNELS_LAST and trunk.is_contiguous(
+                    memory_format=_CHANNELS_LAST[trunk.dim()]):  # the BN-ReLU and the pool in one pass
+                pooled = onednn_loop.pooled_features(trunk, self.scale5, self.shift5).to(compute)
+            else:
+                pooled = affine_relu(trunk, self.scale5, self.shift5).mean(
+                    dim=tuple(range(2, 2 + self.config.spatial_dims)))
+            logits = self.classifier(pooled)
         return logits if self.io_dtype is None else logits.to(self.io_dtype)
 
 
