@@ -1,4 +1,5 @@
-// A dense block's inference layer loop on oneDNN primitives made once per input shape (densenet.deploy.onednn_loop).
+// Inference on oneDNN primitives made once per input shape (densenet.deploy.onednn_loop): a dense block's layer
+// loop (BlockPlan), the stem (StemPlan), a transition (TransitionPlan) and the head's pooled features.
 //
 // Per layer l [F2], on the channels-last buffer [x_0, ..., x_L] (rows of `total` channels, one row per pixel):
 //     r = clamp([x_0, ..., x_{l-1}], lo_l, hi_l)     y = relu(W1_l * r + b1_l)     x_l = W2_l * y

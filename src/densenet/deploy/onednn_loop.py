@@ -1,4 +1,5 @@
-"""A dense block's inference layer loop on oneDNN primitives that are made once (``onednn_loop.cpp``).
+"""Inference on oneDNN primitives that are made once (``onednn_loop.cpp``): a dense block's layer loop, the stem, the
+transitions and the head.
 
 PyTorch's oneDNN convolution operators (``mkldnn._convolution_pointwise``, ``onednn.qconv_pointwise``) create the
 primitive's descriptor and allocate its scratchpad on every call: ~20–35 µs of fixed cost, ~120 calls in a
@@ -18,6 +19,11 @@ oneDNN itself comes from Intel's ``onednn-cpu-gomp`` wheels (a dependency on Lin
 runtime PyTorch's CPU wheels load, so both share one thread pool. The source is compiled on first use
 (:mod:`densenet.extensions`); where the wheels are missing or the build fails, one warning says why and the
 TorchScript loop serves. ``DENSENET_ONEDNN_LOOP=0`` turns it off (to compare the two).
+
+Around the blocks, in the same way: the ImageNet stem's conv and max pool (:func:`stem_plan`; ATen's max pool also
+writes int64 indices, and every fresh output faults its pages in), a transition's clamp, 2×2 average pool and 1×1
+conv (:func:`transition_plan`), each into the module's kept tensors, and the head's final BN-ReLU and global pool
+in one pass (:func:`pooled_features`).
 """
 
 from __future__ import annotations
