@@ -195,3 +195,13 @@ def test_bf16_volumes_pool_train_and_infer_on_cpu():
     fast = densenet.optimize_for_inference(ours.eval(), dtype=torch.bfloat16)
     with torch.no_grad():
         assert max_relative_error(fast(x), ours(x)) <= 5e-2
+
+
+def test_is_channels_last_means_a_dense_channels_last_map_in_2d_and_3d_only():
+    image, volume = torch.zeros(2, 5, 4, 3), torch.zeros(2, 5, 4, 3, 2)
+    assert nd.is_channels_last(image.contiguous(memory_format=torch.channels_last))
+    assert nd.is_channels_last(volume.contiguous(memory_format=torch.channels_last_3d))
+    assert not nd.is_channels_last(image) and not nd.is_channels_last(volume)  # plain contiguous
+    buffer = torch.zeros(2, 4, 3, 8).movedim(-1, 1)  # (N, 8, H, W) channels-last
+    assert nd.is_channels_last(buffer) and not nd.is_channels_last(buffer[:, :5])  # a channel slice has gaps
+    assert not nd.is_channels_last(torch.zeros(2, 5, 7).movedim(1, -1).movedim(-1, 1))  # 1D has no such format

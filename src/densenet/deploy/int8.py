@@ -37,6 +37,7 @@ from densenet.deploy.layer_loop import block_buffer, clamp_inputs, compiled, hoo
 from densenet.deploy.optimize import FrozenConv, FrozenDenseBlock, FrozenTransition, OptimizedDenseNet, Workspace
 from densenet.model import check_input
 from densenet.nn.batchnorm import affine_relu
+from densenet.nn.dims import is_channels_last
 
 CODE_MIN, CODE_MAX = 0, 255  # u8 activation codes
 # the overload itself: calling the packet resolves it among its overloads on every call (~5 µs, 120 calls a forward)
@@ -205,8 +206,7 @@ class QuantizedDenseBlock(nn.Module):
             if onednn_loop.applies(x):  # oneDNN primitives made once per input shape (densenet.deploy.onednn_loop)
                 block_plan = self.onednn_plans.get(tuple(x.shape), (), lambda: self._onednn_plan(tuple(x.shape)))
                 features = block_buffer(x, buffer, total)
-                onednn_loop.run(block_plan, buffer, scratch, n * h * w, self.conv2[0].weight.shape[1],
-                                self.growth_rate, self.workspace)
+                onednn_loop.run(block_plan, buffer, scratch, self.workspace)
                 return features
             # the layer loop in C++ (densenet.deploy.layer_loop): ~120 operator calls a forward without Python's share
             arguments = self.plans.get(tuple(x.shape), lambda: self._arguments(tuple(x.shape)))
@@ -288,8 +288,8 @@ class QuantizedTransition(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """u8 ``(N, C, H, W)`` → u8 ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
         n, c, h, w = x.shape
-        if (h % 2 == 0 and w % 2 == 0 and x.is_contiguous(memory_format=torch.channels_last)
-                and onednn_loop.applies(x) and not hooked([self.conv])):
+        if (h % 2 == 0 and w % 2 == 0 and is_channels_last(x) and onednn_loop.applies(x)
+                and not hooked([self.conv])):
             # clamp, pool and conv into kept tensors (densenet.deploy.onednn_loop)
             conv = self.conv
             plan = self.onednn_plans.get(tuple(x.shape), (), lambda: onednn_loop.transition_plan(
@@ -393,7 +393,7 @@ class QuantizedDenseNet(nn.Module):
             for stage in self.stages:
                 q = stage(q)
             # O_k = (1/HW) Σ_ij σ(a·x + b)_ijk   [F4], then O = Wx + b   [F5]
-            if onednn_loop.applies(q) and q.is_contiguous(memory_format=torch.channels_last):
+            if onednn_loop.applies(q) and is_channels_last(q):
                 return self.classifier(onednn_loop.pooled_features(q, self.scale5, self.shift5))  # one pass
             features = affine_relu(q.float(), self.scale5, self.shift5)  # (N, C, h, w)
             return self.classifier(features.mean(dim=(2, 3)))

@@ -314,6 +314,8 @@ class BlockPlan {
   }
 
   int64_t scratchpad_bytes() const { return static_cast<int64_t>(scratchpad_bytes_); }
+  // the elements of the bottleneck (N*S*width) and of the new map (N*S*k), the work tensors `run` takes
+  std::pair<int64_t, int64_t> work_elements() const { return {rows_ * width_, rows_ * growth_rate_}; }
 
   // buffer: N*S*total elements, the block input already in its first C_0 channels of each row; scratch: N*S*(total - k);
   // middle: N*S*width; fresh: N*S*k; scratchpad: scratchpad_bytes() bytes (u8).
@@ -586,6 +588,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
                           std::vector<torch::Tensor>, std::vector<double>, std::vector<int64_t>,
                           std::vector<torch::Tensor>, std::vector<double>, std::vector<int64_t>>())
       .def("scratchpad_bytes", &BlockPlan::scratchpad_bytes)
+      .def("work_elements", &BlockPlan::work_elements)
       .def("run", &BlockPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());
   pybind11::class_<StemPlan>(module, "StemPlan")
       .def(pybind11::init<std::vector<int64_t>, torch::Tensor, torch::Tensor, int64_t, int64_t, bool, std::string,

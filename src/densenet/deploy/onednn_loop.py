@@ -94,6 +94,14 @@ def module() -> ModuleType | None:
     return _module or None
 
 
+def _extension() -> ModuleType:
+    """The built extension, for making plans (only called where :func:`applies` said yes)."""
+    extension = module()
+    if extension is None:
+        raise RuntimeError("the oneDNN layer loop is unavailable")
+    return extension
+
+
 def applies(x: Tensor) -> bool:
     """Whether the loop serves a block input ``x``: a CPU tensor in float32, bfloat16 or u8 codes, outside
     ``torch.compile``, not switched off, and the extension built."""
@@ -117,9 +125,7 @@ def plan(shape: tuple[int, ...], growth_rate: int, dtype: torch.dtype, lo: list[
     ``weight*``: ``(O, I, *k)`` (float, or int8 codes); ``quantization`` (int8): per layer the 1×1 conv's weight
     scales, bottleneck code scale and zero point, the 3×3 conv's weight scales, new map's code scale and zero
     point."""
-    extension = module()
-    if extension is None:
-        raise RuntimeError("the oneDNN layer loop is unavailable")
+    extension = _extension()
     name = _DTYPES[dtype]
     lo_bits, hi_bits = ([bf16_bits(bound) for bound in bounds] if name == "bfloat16" else [] for bounds in (lo, hi))
     if name == "bfloat16":
@@ -134,17 +140,16 @@ def plan(shape: tuple[int, ...], growth_rate: int, dtype: torch.dtype, lo: list[
                                [weight.detach().contiguous() for weight in weight2], name, *quantization)
 
 
-def run(block_plan: Any, buffer: Tensor, scratch: Tensor, rows: int, width: int, growth_rate: int,
-        workspace: Any) -> None:
-    """Run ``block_plan`` on ``buffer`` (flat; the block input already in the first ``C_0`` channels of each of its
-    ``rows`` rows) with ``scratch`` and the per-thread work tensors of ``workspace`` (a
-    :class:`~densenet.deploy.optimize.Workspace`): the bottleneck ``(rows, width)``, the new map ``(rows, k)`` and
-    oneDNN's scratchpad."""
-    middle = workspace.get("onednn_middle", rows * width, buffer)
-    fresh = workspace.get("onednn_fresh", rows * growth_rate, buffer)
+def run(block_plan: Any, buffer: Tensor, scratch: Tensor, workspace: Any) -> None:
+    """Run ``block_plan`` on ``buffer`` (flat; the block input already in the first ``C_0`` channels of each row)
+    with ``scratch`` and the per-thread work tensors of ``workspace`` (a
+    :class:`~densenet.deploy.optimize.Workspace`): the bottleneck, the new map and oneDNN's scratchpad, sized by the
+    plan."""
+    middle_elements, fresh_elements = block_plan.work_elements()
+    middle = workspace.get("onednn_middle", middle_elements, buffer)
+    fresh = workspace.get("onednn_fresh", fresh_elements, buffer)
     scratchpad = workspace.get("onednn_scratchpad", block_plan.scratchpad_bytes(), _BYTES)
     block_plan.run(buffer, scratch, middle, fresh, scratchpad)
-
 
 
 def bf16_bits(bound: Tensor) -> Tensor:
@@ -158,9 +163,7 @@ def transition_plan(shape: tuple[int, ...], dtype: torch.dtype, lo: Tensor | Non
     bfloat16, or uint8 codes): ``W ∗ pool(clamp(x, lo, hi)) + b`` [F3], ``weight`` ``(O, C, 1…)``. int8: ``lo``/
     ``hi`` are u8 code bounds, ``weight`` int8 codes, ``quantization`` = (weight scales, output code scale and zero
     point) [Q1]."""
-    extension = module()
-    if extension is None:
-        raise RuntimeError("the oneDNN layer loop is unavailable")
+    extension = _extension()
     empty = torch.empty(0, dtype=torch.int16)
     if dtype == torch.uint8:
         low, high, bits = lo.flatten().contiguous(), hi.flatten().contiguous(), (empty, empty)
@@ -193,9 +196,7 @@ def stem_plan(shape: tuple[int, ...], dtype: torch.dtype, weight: Tensor, bias: 
     ``(O, C, *k)``), then the max pool ``pool = (kernel, stride, padding)``; in ``dtype`` float32 or bfloat16, or
     ``torch.uint8`` for int8 — float32 images encoded with their code, ``weight`` int8 codes and ``quantization`` =
     (image code scale, zero point, weight scales, output code scale, zero point)."""
-    extension = module()
-    if extension is None:
-        raise RuntimeError("the oneDNN layer loop is unavailable")
+    extension = _extension()
     if dtype != torch.uint8:
         weight = weight.to(dtype)
     return extension.StemPlan(list(shape), weight.detach().contiguous(),
@@ -220,9 +221,7 @@ def pooled_features(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """``(1/S) Σ_s σ(a·x + b)`` per channel [F4] — the final BN-ReLU and the global average pool in one pass — of a
     channels-last ``(N, C, *spatial)`` map (float32, bfloat16, or u8 codes with their code folded into ``a``,
     ``b``); ``(N, C)`` float32."""
-    extension = module()
-    if extension is None:
-        raise RuntimeError("the oneDNN layer loop is unavailable")
+    extension = _extension()
     return extension.relu_affine_mean(x, scale.detach().flatten().float().contiguous(),
                                       shift.detach().flatten().float().contiguous())
 
@@ -248,10 +247,6 @@ class PlanCache:
             with self._lock:
                 entry = self._plans[key] = (list(weights), versions, make())
         return entry[2]
-
-    def clear(self) -> None:
-        """Drop every plan."""
-        self._plans = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {}

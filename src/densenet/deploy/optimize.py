@@ -45,7 +45,6 @@ from densenet.nn.layers import DenseBlock, Transition
 _FUSED_CONV = (hasattr(torch.ops.mkldnn, "_convolution_pointwise")
                and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight") and torch.backends.mkldnn.is_available())
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)  # what oneDNN's fused convolution takes
-_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # by tensor rank
 
 
 def fused_conv(x: Tensor) -> bool:
@@ -215,8 +214,7 @@ class FrozenDenseBlock(nn.Module):
         if self.bottleneck and fused_conv(x) and not self.conv1[0].planar and not hooked([*self.conv1, *self.conv2]):
             if onednn_loop.applies(x):  # oneDNN primitives made once per input shape (densenet.deploy.onednn_loop)
                 features = block_buffer(x, buffer, total)
-                onednn_loop.run(self._onednn_plan(tuple(x.shape), x.dtype), buffer, scratch, m,
-                                self.conv2[0].weight.shape[1], k, self.workspace)
+                onednn_loop.run(self._onednn_plan(tuple(x.shape), x.dtype), buffer, scratch, self.workspace)
                 return features
             # the layer loop in C++ (densenet.deploy.layer_loop): ~120 operator calls a forward without Python's share
             width, dims, layers = self.conv2[0].weight.shape[1], len(spatial), range(self.num_layers)
@@ -261,8 +259,7 @@ class FrozenTransition(nn.Module):
         """``(N, C, *spatial)`` → ``(N, ⌊θ·C⌋, *⌊spatial/2⌋)``."""
         n, c, *spatial = x.shape
         if (fused_conv(x) and not self.conv.planar and all(side % 2 == 0 for side in spatial)
-                and x.dim() in _CHANNELS_LAST and x.is_contiguous(memory_format=_CHANNELS_LAST[x.dim()])
-                and onednn_loop.applies(x) and not hooked([self.conv])):
+                and nd.is_channels_last(x) and onednn_loop.applies(x) and not hooked([self.conv])):
             # clamp, pool and conv into kept tensors (densenet.deploy.onednn_loop)
             conv, shape = self.conv, tuple(x.shape)
             plan = self.onednn_plans.get((shape, x.dtype), [conv.weight], lambda: onednn_loop.transition_plan(
@@ -349,8 +346,7 @@ class OptimizedDenseNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             # O_k = (1/HW) Σ_ij x_ijk   [F4] (over every spatial axis), then O = Wx + b   [F5]
             trunk = self._trunk(x)
-            if onednn_loop.applies(trunk) and trunk.dim() in _CHANNELS_LAST and trunk.is_contiguous(
-                    memory_format=_CHANNELS_LAST[trunk.dim()]):  # the BN-ReLU and the pool in one pass
+            if onednn_loop.applies(trunk) and nd.is_channels_last(trunk):  # the BN-ReLU and the pool in one pass
                 pooled = onednn_loop.pooled_features(trunk, self.scale5, self.shift5).to(compute)
             else:
                 pooled = affine_relu(trunk, self.scale5, self.shift5).mean(

@@ -182,6 +182,13 @@ def channel_stride_one(x: Tensor) -> Tensor:
     return x.as_strided(x.shape, strides)
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is a dense channels-last 2-D or 3-D map (``(N, *spatial, C)`` in memory, no gaps); False in 1D,
+    which has no channels-last format."""
+    dims = spatial_dims(x)
+    return dims in _FORMATS and x.is_contiguous(memory_format=_FORMATS[dims])
+
+
 def memory_format(dims: int) -> torch.memory_format:
     """The channels-last memory format of ``d``-dimensional maps (plain contiguous for 1D, which has none)."""
     return _FORMATS.get(dims, torch.contiguous_format)
