@@ -9,6 +9,10 @@
 // PyTorch's convolution operators build oneDNN's primitive descriptor and allocate its scratchpad on every call
 // (~20-35 us each, ~120 calls per DenseNet-121 forward); here each convolution's primitive and reordered weights
 // are made once, and a call is one `execute` on the caller's tensors and scratchpad.
+//
+// One file over the usual ~400 lines: the four plans share the helpers of one anonymous namespace (convolutions,
+// pools, clamps) and build as one extension; split, they would need a header between translation units for what
+// is one concern.
 
 #include <torch/extension.h>
 
@@ -55,6 +59,12 @@ DataType data_type_of(const torch::Tensor& tensor) {
   }
 }
 
+// A tensor's values as float32 (per-channel scales, a bias).
+std::vector<float> to_floats(const torch::Tensor& values) {
+  torch::Tensor dense = values.to(torch::kFloat).contiguous();
+  return std::vector<float>(dense.data_ptr<float>(), dense.data_ptr<float>() + dense.numel());
+}
+
 memory small_vector(const std::vector<float>& values) {
   memory result({{static_cast<int64_t>(values.size())}, DataType::f32, memory::format_tag::x}, cpu_engine());
   std::memcpy(result.get_data_handle(), values.data(), values.size() * sizeof(float));
@@ -90,6 +100,41 @@ std::pair<int64_t, int64_t> window_output(int64_t side, int64_t kernel, int64_t 
   return {output, (output - 1) * stride + kernel - side - padding};
 }
 
+// The attributes of a convolution: the caller's scratchpad; int8: scales (per output channel for the weights) and
+// zero points; the ReLU as a post-op.
+dnnl::primitive_attr convolution_attributes(const Quantization* quantization, bool relu) {
+  dnnl::primitive_attr attributes;
+  attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // the caller's, per thread
+  if (quantization != nullptr) {
+    attributes.set_scales_mask(DNNL_ARG_SRC, 0);
+    attributes.set_scales_mask(DNNL_ARG_WEIGHTS, 1);  // per output channel
+    attributes.set_scales_mask(DNNL_ARG_DST, 0);
+    attributes.set_zero_points_mask(DNNL_ARG_DST, 0);
+    if (quantization->input_zero_point != 0) attributes.set_zero_points_mask(DNNL_ARG_SRC, 0);
+  }
+  if (relu) {
+    dnnl::post_ops post_ops;
+    post_ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attributes.set_post_ops(post_ops);
+  }
+  return attributes;
+}
+
+// The weights (O, I, *k), reordered once into the layout `layout` the primitive chose.
+memory reordered_weights(const torch::Tensor& weight, const memory::desc& layout) {
+  const size_t spatial = weight.dim() - 2;
+  const auto user_tag = spatial == 1 ? memory::format_tag::oiw
+                        : spatial == 2 ? memory::format_tag::oihw : memory::format_tag::oidhw;
+  torch::Tensor dense = weight.contiguous();
+  memory user_weights({memory::dims(weight.sizes().begin(), weight.sizes().end()), data_type_of(weight), user_tag},
+                      cpu_engine(), dense.data_ptr());
+  memory weights(layout, cpu_engine());
+  dnnl::stream stream(cpu_engine());
+  dnnl::reorder(user_weights, weights).execute(stream, user_weights, weights);
+  stream.wait();
+  return weights;
+}
+
 Convolution make_convolution(const memory::dims& input_dims, int64_t input_row, int64_t output_row,
                              const torch::Tensor& weight, const torch::Tensor& bias, bool relu, DataType activations,
                              const Quantization* quantization, int64_t stride = 1, int64_t pad = -1) {
@@ -112,20 +157,7 @@ Convolution make_convolution(const memory::dims& input_dims, int64_t input_row, 
   const memory::desc any_weights(weight_dims, data_type_of(weight), memory::format_tag::any);
   const memory::desc bias_desc({out_channels}, DataType::f32, memory::format_tag::x);
 
-  dnnl::primitive_attr attributes;
-  attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // the caller's, per thread
-  if (quantization != nullptr) {
-    attributes.set_scales_mask(DNNL_ARG_SRC, 0);
-    attributes.set_scales_mask(DNNL_ARG_WEIGHTS, 1);  // per output channel
-    attributes.set_scales_mask(DNNL_ARG_DST, 0);
-    attributes.set_zero_points_mask(DNNL_ARG_DST, 0);
-    if (quantization->input_zero_point != 0) attributes.set_zero_points_mask(DNNL_ARG_SRC, 0);
-  }
-  if (relu) {
-    dnnl::post_ops post_ops;
-    post_ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-    attributes.set_post_ops(post_ops);
-  }
+  const dnnl::primitive_attr attributes = convolution_attributes(quantization, relu);
   const bool has_bias = bias.defined() && bias.numel() > 0;
   auto descriptor = has_bias
       ? dnnl::convolution_forward::primitive_desc(cpu_engine(), dnnl::prop_kind::forward_inference,
@@ -138,21 +170,8 @@ Convolution make_convolution(const memory::dims& input_dims, int64_t input_row, 
   conv.primitive = dnnl::convolution_forward(descriptor);
   conv.scratchpad_bytes = descriptor.scratchpad_desc().get_size();
 
-  // the weights, reordered once from (O, I, *k) contiguous into the layout the primitive chose
-  const auto user_tag = spatial == 1 ? memory::format_tag::oiw
-                        : spatial == 2 ? memory::format_tag::oihw : memory::format_tag::oidhw;
-  torch::Tensor dense = weight.contiguous();
-  memory user_weights({weight_dims, data_type_of(weight), user_tag}, cpu_engine(), dense.data_ptr());
-  memory weights(descriptor.weights_desc(), cpu_engine());
-  dnnl::stream stream(cpu_engine());
-  dnnl::reorder(user_weights, weights).execute(stream, user_weights, weights);
-  stream.wait();
-  conv.fixed_arguments[DNNL_ARG_WEIGHTS] = weights;
-  if (has_bias) {
-    torch::Tensor values = bias.to(torch::kFloat).contiguous();
-    conv.fixed_arguments[DNNL_ARG_BIAS] =
-        small_vector(std::vector<float>(values.data_ptr<float>(), values.data_ptr<float>() + out_channels));
-  }
+  conv.fixed_arguments[DNNL_ARG_WEIGHTS] = reordered_weights(weight, descriptor.weights_desc());
+  if (has_bias) conv.fixed_arguments[DNNL_ARG_BIAS] = small_vector(to_floats(bias));
   if (quantization != nullptr) {
     conv.fixed_arguments[DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC] = small_vector({quantization->input_scale});
     conv.fixed_arguments[DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS] = small_vector(quantization->weight_scale);
@@ -342,11 +361,6 @@ class BlockPlan {
   }
 
  private:
-  static std::vector<float> to_floats(const torch::Tensor& values) {
-    torch::Tensor dense = values.to(torch::kFloat).contiguous();
-    return std::vector<float>(dense.data_ptr<float>(), dense.data_ptr<float>() + dense.numel());
-  }
-
   std::vector<int64_t> shape_;
   int64_t growth_rate_, rows_ = 0, width_ = 0, total_ = 0;
   std::vector<torch::Tensor> lo_, hi_, lo_bits_, hi_bits_;
@@ -374,10 +388,8 @@ class StemPlan {
     memory::dims input(shape.begin(), shape.end());
     Quantization quantization;
     if (int8_) {
-      torch::Tensor scales = weight_scale.to(torch::kFloat).contiguous();
-      quantization = {image_scale_, std::vector<float>(scales.data_ptr<float>(), scales.data_ptr<float>() +
-                                                       scales.numel()),
-                      static_cast<float>(output_scale), static_cast<int32_t>(output_zero_point), image_zero_point_};
+      quantization = {image_scale_, to_floats(weight_scale), static_cast<float>(output_scale),
+                      static_cast<int32_t>(output_zero_point), image_zero_point_};
     }
     conv_ = make_convolution(input, shape[1], weight.size(0), weight, bias, relu, activations,
                              int8_ ? &quantization : nullptr, stride, padding);
@@ -483,9 +495,8 @@ class TransitionPlan {
     pool_ = dnnl::pooling_forward(descriptor);
     Quantization quantization;
     if (int8) {
-      torch::Tensor scales = weight_scale.to(torch::kFloat).contiguous();
-      quantization = {1.f, std::vector<float>(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel()),
-                      static_cast<float>(output_scale), static_cast<int32_t>(output_zero_point)};
+      quantization = {1.f, to_floats(weight_scale), static_cast<float>(output_scale),
+                      static_cast<int32_t>(output_zero_point)};
     }
     conv_ = make_convolution(pooled, channels_, weight.size(0), weight, bias, false, activations,
                              int8 ? &quantization : nullptr);
