@@ -8,7 +8,7 @@ import torch
 
 import densenet
 from densenet.deploy.folding import fold_batch_norm, fold_relu_affine, relu_affine_as_clamp
-from densenet.deploy.optimize import OptimizedDenseNet, optimize_for_inference
+from densenet.deploy.optimize import FrozenConv, OptimizedDenseNet, optimize_for_inference
 from helpers import max_relative_error, randomize_batch_norm
 
 CASES = [("densenet121", 64, {}), ("densenet_bc100_k12", 32, {}), ("densenet40_k12", 35, {}),
@@ -235,3 +235,17 @@ def test_new_shapes_dtypes_and_copies_recompute_the_cached_weights():
         conv.weight.data.mul_(3.0)  # not seen by the version counter: clear_cache is the documented remedy
         conv.clear_cache()
         assert torch.equal(fast(x), copy.deepcopy(fast)(x))
+        conv.bias.add_(1.0)  # a bias changed in place
+        assert torch.equal(fast(x), copy.deepcopy(fast)(x))
+        # whole convolution modules replaced: in a block's list, and a transition's
+        before = fast(x)
+        replaced = copy.deepcopy(conv)
+        replaced.weight.mul_(-1.0)
+        fast.stages[0].conv1[0] = replaced
+        after = fast(x)
+        assert not torch.allclose(after, before)
+        assert torch.equal(after, copy.deepcopy(fast)(x))
+        transition = fast.stages[1].conv
+        fast.stages[1].conv = FrozenConv(transition.weight * 2, transition.bias, relu=transition.relu)
+        assert torch.equal(fast(x), copy.deepcopy(fast)(x))
+        assert not torch.allclose(fast(x), after)

@@ -22,8 +22,7 @@ float32: the final BN-ReLU, pooling and classifier.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +34,7 @@ from torch.ao.quantization.observer import PerChannelMinMaxObserver
 from densenet.deploy import onednn_loop
 from densenet.deploy.layer_loop import block_buffer, clamp_inputs, compiled, hooked, int8_layers
 from densenet.deploy.optimize import FrozenConv, FrozenDenseBlock, FrozenTransition, OptimizedDenseNet, Workspace
+from densenet.deploy.revision import Revision, Tracked, TrackedList
 from densenet.model import check_input
 from densenet.nn.batchnorm import affine_relu
 from densenet.nn.dims import is_channels_last
@@ -88,30 +88,7 @@ def encode(x: Tensor, code: QParams) -> Tensor:
     return torch.round(x / code.scale).add_(code.zero_point).clamp_(CODE_MIN, CODE_MAX).to(torch.uint8)
 
 
-class ShapeCache:
-    """Values built once per input shape under a lock (oneDNN's packed int8 weights of one convolution, a block's
-    layer-loop arguments). Copies and pickles start empty (a cache)."""
-
-    def __init__(self) -> None:
-        self._values: dict[tuple[int, ...], Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[int, ...], build: Callable[[], Any]) -> Any:
-        """The value for input shape ``key``, ``build()`` on first use."""
-        value = self._values.get(key)
-        if value is None:
-            with self._lock:
-                value = self._values[key] = build()
-        return value
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()
-
-
-class QConv(nn.Module):
+class QConv(Tracked):
     """``q_y = clamp(round(σ(Σ (s_x·s_w,o)·q_x·q_w + b)/s_y) + z_y, 0, 255)``: one oneDNN int8 convolution with
     the bias, the ReLU (σ, optional) and the requantization fused; int8 weights per output channel
     (:func:`quantize_weight`) packed once per input shape.
@@ -139,7 +116,7 @@ class QConv(nn.Module):
         self.register_buffer("bias", bias.float())
         self.x_scale, self.out, self.stride, self.padding, self.relu = float(x_scale), out, stride, padding, relu
         self.x_zero_point = int(x_zero_point)
-        self.packed = ShapeCache()
+        self.packed = onednn_loop.PlanCache()
         # the operator's stride, padding and post-op arguments, built once (~120 calls a forward)
         self._arguments = ([stride] * 2, [padding] * 2, "relu" if relu else "none")
 
@@ -183,9 +160,10 @@ class QuantizedDenseBlock(nn.Module):
         self.register_buffer("channel_scale", torch.cat([torch.full((n,), q.scale) for n, q in segments]))
         self.register_buffer("channel_zero", torch.cat([torch.full((n,), float(q.zero_point)) for n, q in segments]))
         self.workspace = Workspace()
-        self.plans = ShapeCache()  # the layer loop's arguments per input shape
+        self.plans = onednn_loop.PlanCache()  # the layer loop's arguments per input shape
         self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN layer loop's plans per input shape
-        self.conv1, self.conv2 = nn.ModuleList(), nn.ModuleList()
+        self.revision = Revision()  # its convolutions' replacements and hooks, counted
+        self.conv1, self.conv2 = TrackedList(self.revision), TrackedList(self.revision)
         for index in range(self.num_layers):
             channels = c0 + index * self.growth_rate
             scale, zero = self.channel_scale[:channels], self.channel_zero[:channels]
@@ -202,9 +180,10 @@ class QuantizedDenseBlock(nn.Module):
         total = c0 + self.num_layers * self.growth_rate
         buffer = self.workspace.get("buffer", n * h * w * total, x)
         scratch = self.workspace.get("scratch", n * h * w * (total - self.growth_rate), x)
-        if not hooked([*self.conv1, *self.conv2]):
+        if not hooked(itertools.chain(self.conv1, self.conv2), self.revision):
             if onednn_loop.applies(x):  # oneDNN primitives made once per input shape (densenet.deploy.onednn_loop)
-                block_plan = self.onednn_plans.get(tuple(x.shape), (), lambda: self._onednn_plan(tuple(x.shape)))
+                block_plan = self.onednn_plans.get(tuple(x.shape), lambda: self._onednn_plan(tuple(x.shape)),
+                                                   self.revision)
                 features = block_buffer(x, buffer, total)
                 onednn_loop.run(block_plan, buffer, scratch, self.workspace)
                 return features
@@ -261,7 +240,7 @@ class CodePool(nn.Module):
         self.register_buffer("weight_scale", torch.full((channels,), 0.25))
         self.register_buffer("weight_zero", torch.zeros(channels, dtype=torch.int32))
         self.channels = channels
-        self.packed = ShapeCache()
+        self.packed = onednn_loop.PlanCache()
 
     def forward(self, x: Tensor) -> Tensor:
         """u8 ``(N, C, H, W)`` → u8 ``(N, C, ⌊H/2⌋, ⌊W/2⌋)``."""
@@ -289,12 +268,12 @@ class QuantizedTransition(nn.Module):
         """u8 ``(N, C, H, W)`` → u8 ``(N, ⌊θ·C⌋, ⌊H/2⌋, ⌊W/2⌋)``."""
         n, c, h, w = x.shape
         if (h % 2 == 0 and w % 2 == 0 and is_channels_last(x) and onednn_loop.applies(x)
-                and not hooked([self.conv])):
+                and not hooked([self.conv], self.conv.revision)):
             # clamp, pool and conv into kept tensors (densenet.deploy.onednn_loop)
             conv = self.conv
-            plan = self.onednn_plans.get(tuple(x.shape), (), lambda: onednn_loop.transition_plan(
+            plan = self.onednn_plans.get(tuple(x.shape), lambda: onednn_loop.transition_plan(
                 tuple(x.shape), torch.uint8, self.lo, self.hi, conv.weight, conv.bias,
-                (conv.weight_scale, conv.out.scale, conv.out.zero_point)))
+                (conv.weight_scale, conv.out.scale, conv.out.zero_point)), conv.revision)
             return onednn_loop.run_transition(plan, x, self.workspace)
         out = self.workspace.get("clamped", x.numel(), x).view(n, h, w, c).permute(0, 3, 1, 2)
         return self.conv(self.pool(torch.clamp(x, self.lo, self.hi, out=out)))
@@ -329,12 +308,13 @@ class QuantizedStem(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """float32 ``(N, in_chans, H, W)`` → u8 codes ``(N, C_0, H', W')``."""
         x = x.contiguous(memory_format=torch.channels_last)
-        if self.max_pool and onednn_loop.applies(x) and not hooked([self.conv]):
+        if self.max_pool and onednn_loop.applies(x) and not hooked([self.conv], self.conv.revision):
             # encode, conv and max pool into kept tensors (densenet.deploy.onednn_loop)
             conv = self.conv
-            plan = self.onednn_plans.get(tuple(x.shape), (), lambda: onednn_loop.stem_plan(
+            plan = self.onednn_plans.get(tuple(x.shape), lambda: onednn_loop.stem_plan(
                 tuple(x.shape), torch.uint8, conv.weight, conv.bias, conv.stride, conv.padding, conv.relu, (3, 2, 1),
-                (self.image.scale, self.image.zero_point, conv.weight_scale, conv.out.scale, conv.out.zero_point)))
+                (self.image.scale, self.image.zero_point, conv.weight_scale, conv.out.scale, conv.out.zero_point)),
+                conv.revision)
             return onednn_loop.run_stem(plan, x, self.workspace, codes=True)
         q = self.conv(encode(x, self.image))
         return max_pool_codes(q) if self.max_pool else q

@@ -202,7 +202,9 @@ void clamp_row(const T* __restrict in, T* __restrict out, const T* __restrict lo
 }
 
 // bfloat16: compared as float32 (exact), the selected bf16 value copied bit for bit (NaN kept, as torch.clamp).
-void clamp_row_bf16(const uint16_t* __restrict in, uint16_t* __restrict out, const float* __restrict lo,
+// Never inlined: GCC drops the `omp simd` vectorisation of a copy inlined into at::parallel_for's serial branch
+// (one thread, or a pass below kInlineElements), which then ran a branch per element — 30x slower.
+__attribute__((noinline)) void clamp_row_bf16(const uint16_t* __restrict in, uint16_t* __restrict out, const float* __restrict lo,
                     const float* __restrict hi, const uint16_t* __restrict lo_bits,
                     const uint16_t* __restrict hi_bits, int64_t channels) {
 #pragma omp simd
@@ -582,6 +584,28 @@ torch::Tensor relu_affine_mean(torch::Tensor x, torch::Tensor scale, torch::Tens
   return out;
 }
 
+// The version counters of the tensors a plan was made from (the module's weights), to tell when one was changed
+// in place: one call per forward instead of one Python attribute read per tensor. An inference-mode tensor has no
+// counter (only its replacement can be seen, by the caller).
+class VersionWatch {
+ public:
+  explicit VersionWatch(std::vector<torch::Tensor> tensors) : tensors_(std::move(tensors)) {
+    for (const auto& tensor : tensors_) versions_.push_back(version(tensor));
+  }
+
+  bool changed() const {
+    for (size_t index = 0; index < tensors_.size(); ++index)
+      if (version(tensors_[index]) != versions_[index]) return true;
+    return false;
+  }
+
+ private:
+  static int64_t version(const torch::Tensor& tensor) { return tensor.is_inference() ? -1 : tensor._version(); }
+
+  std::vector<torch::Tensor> tensors_;
+  std::vector<int64_t> versions_;
+};
+
 int64_t library_version() {
   const dnnl_version_t* version = dnnl_version();
   return version->major * 10000 + version->minor * 100 + version->patch;
@@ -592,6 +616,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("relu_affine_mean", &relu_affine_mean, "the head's pooled features after the final BN-ReLU",
              pybind11::call_guard<pybind11::gil_scoped_release>());
   module.def("library_version", &library_version, "the version of the oneDNN library loaded (major·10⁴ + minor·10² + patch)");
+  pybind11::class_<VersionWatch>(module, "VersionWatch")
+      .def(pybind11::init<std::vector<torch::Tensor>>())
+      .def("changed", &VersionWatch::changed);
   pybind11::class_<BlockPlan>(module, "BlockPlan")
       .def(pybind11::init<std::vector<int64_t>, int64_t, std::vector<torch::Tensor>, std::vector<torch::Tensor>,
                           std::vector<torch::Tensor>, std::vector<torch::Tensor>, std::vector<torch::Tensor>,

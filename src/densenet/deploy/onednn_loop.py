@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from densenet.deploy.revision import Revision
 from densenet.extensions import build, first_line
 
 SWITCH = "DENSENET_ONEDNN_LOOP"
@@ -227,26 +228,31 @@ def pooled_features(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 
 
 class PlanCache:
-    """Plans by input shape and dtype, each made again when one of the weights it was made from was replaced or
-    changed in place (its version counter; a weight made under ``torch.inference_mode()`` has none, so only its
-    replacement is seen — as :meth:`densenet.deploy.optimize.FrozenConv.packed_weight` sees it). Copies and pickles
-    start empty (a cache; the plans themselves are neither copyable nor picklable)."""
+    """Plans by input shape and dtype (and other values built once per input shape: int8 packed weights, the
+    TorchScript loop's arguments), each made again when its owner's :class:`~densenet.deploy.revision.Revision`
+    counts a replaced weight or a cleared cache, or when one of the tensors it was made from changed in place (their
+    version counters, read in one C++ call: ``VersionWatch``; a tensor made under ``torch.inference_mode()`` has
+    none, so only its replacement is seen — as :meth:`densenet.deploy.optimize.FrozenConv.packed_weight` sees it).
+    Copies and pickles start empty (a cache; the plans themselves are neither copyable nor picklable)."""
 
     def __init__(self) -> None:
-        self._plans: dict[tuple[Any, ...], tuple[list[Tensor], tuple[int | None, ...], Any]] = {}
+        # key → (the owner's revision and its count then, the version watch (None: nothing watched), the plan)
+        self._plans: dict[tuple[Any, ...], tuple[Revision | None, int, Any, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[Any, ...], weights: Sequence[Tensor], make: Callable[[], Any],
-            stamps: tuple[int, ...] = ()) -> Any:
-        """The plan for ``key``, made by ``make()`` on first use, after a change to ``weights``, or when ``stamps``
-        (the owners' cache generations: :meth:`~densenet.deploy.optimize.FrozenConv.clear_cache`) differ."""
-        versions = (*stamps, *(None if weight.is_inference() else weight._version for weight in weights))
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any], revision: Revision | None = None,
+            watched: Callable[[], Sequence[Tensor]] = tuple) -> Any:
+        """The plan for ``key``, made by ``make()`` on first use, after ``revision.weights`` moved on, or after a
+        change in place to one of the tensors ``watched()`` returns (read when the plan is made)."""
+        count = 0 if revision is None else revision.weights
         entry = self._plans.get(key)
-        if (entry is None or entry[1] != versions or len(entry[0]) != len(weights)
-                or any(kept is not weight for kept, weight in zip(entry[0], weights, strict=True))):
+        if (entry is None or entry[0] is not revision or entry[1] != count
+                or (entry[2] is not None and entry[2].changed())):
             with self._lock:
-                entry = self._plans[key] = (list(weights), versions, make())
-        return entry[2]
+                tensors = list(watched())
+                watch = _extension().VersionWatch(tensors) if tensors else None
+                entry = self._plans[key] = (revision, count, watch, make())
+        return entry[3]
 
     def __getstate__(self) -> dict[str, Any]:
         return {}

@@ -26,6 +26,7 @@ What changes (the weights' function does not; the algebra is in :mod:`densenet.d
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from densenet.deploy import onednn_loop
 from densenet.deploy.folding import batch_norm_affine, fold_batch_norm, fold_relu_affine
 from densenet.deploy.layer_loop import block_buffer, clamp_inputs, compiled, features_view, fused_layers, hooked
+from densenet.deploy.revision import Revision, Tracked, TrackedList
 from densenet.model import DenseNet, check_input
 from densenet.nn import dims as nd
 from densenet.nn.batchnorm import affine_relu
@@ -59,7 +61,7 @@ def clamp_bound(bound: Tensor) -> Tensor | None:
     return None if bool(torch.isinf(bound).all()) else bound
 
 
-class FrozenConv(nn.Module):
+class FrozenConv(Tracked):
     """``σ(W ∗ x + b)`` (σ optional) with fixed weights.
 
     On CPU in float32/bfloat16: one oneDNN call with the bias and the ReLU fused, the weight reordered into oneDNN's
@@ -72,6 +74,8 @@ class FrozenConv(nn.Module):
     repack in turn (correct, slower). Otherwise (CUDA, float64, float16) ``F.conv{d}d`` and an in-place ReLU.
 
     A 1-D kernel ``(C_out, C_in, K)`` is kept as ``(C_out, C_in, 1, K)`` and its signals run as images of height 1.
+    Replacements, cleared caches and hooks are counted in :attr:`revision` (shared by a block's convolutions: the
+    oneDNN plans made from them are stale after either of the first two).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 0, relu: bool = False,
@@ -88,7 +92,6 @@ class FrozenConv(nn.Module):
         self.relu = relu
         # (the weight it was packed from, (input shape, input dtype, weight version), the packed weight)
         self._packed: tuple[Tensor, tuple[Any, ...], Tensor] | None = None
-        self.generation = 0  # counts clear_cache calls: the oneDNN layer loop's plans made before are stale
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_in, *spatial)`` → ``(N, C_out, *spatial')``."""
@@ -117,10 +120,14 @@ class FrozenConv(nn.Module):
         return packed[2]
 
     def clear_cache(self) -> None:
-        """Drop the packed weight; the next CPU call packs ``weight`` afresh (and the oneDNN layer loop of the block
-        it belongs to plans afresh: :attr:`generation`)."""
+        """Drop the packed weight; the next CPU call packs ``weight`` afresh (and the oneDNN plans made from it are
+        made afresh: :attr:`revision`)."""
         self._packed = None
-        self.generation += 1
+        self.revision.weights += 1
+
+    def tensors(self) -> list[Tensor]:
+        """The weight and the bias (where there is one): what a plan made from this convolution reads."""
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the packed weight out: it is a cache, rebuilt on the next call."""
@@ -169,8 +176,9 @@ class FrozenDenseBlock(nn.Module):
         self.num_layers = len(block)
         self.workspace = Workspace()
         self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN layer loop's, per input shape and dtype
-        self.conv1 = nn.ModuleList()
-        self.conv2 = nn.ModuleList()
+        self.revision = Revision()  # its convolutions' replacements and hooks, counted
+        self.conv1 = TrackedList(self.revision)
+        self.conv2 = TrackedList(self.revision)
         for index, layer in enumerate(block.values()):
             scale, shift = batch_norm_affine(layer.norm1)
             if self.bottleneck:
@@ -187,8 +195,8 @@ class FrozenDenseBlock(nn.Module):
                 self.conv1.append(FrozenConv(layer.conv1.weight, None, padding=1, channels_last=channels_last))
 
     def _onednn_plan(self, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
-        """The oneDNN layer loop's plan for inputs of ``shape`` and ``dtype``, made again when a weight was replaced
-        or changed in place (what :meth:`FrozenConv.packed_weight` sees, the same way)."""
+        """The oneDNN layer loop's plan for inputs of ``shape`` and ``dtype``, made again when a weight or bias was
+        replaced or changed in place (what :meth:`FrozenConv.packed_weight` sees, the same way)."""
         layers = range(self.num_layers)
 
         def make() -> Any:
@@ -200,9 +208,8 @@ class FrozenDenseBlock(nn.Module):
                 [conv.weight for conv in self.conv1], [conv.bias for conv in self.conv1],
                 [conv.weight for conv in self.conv2])
 
-        convs = [*self.conv1, *self.conv2]
-        return self.onednn_plans.get((shape, dtype), [conv.weight for conv in convs], make,
-                                     stamps=tuple(conv.generation for conv in convs))
+        return self.onednn_plans.get((shape, dtype), make, self.revision, lambda: [
+            tensor for conv in itertools.chain(self.conv1, self.conv2) for tensor in conv.tensors()])
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C_0, *spatial)`` → ``(N, C_0 + L·k, *spatial)`` (channels-last strides)."""
@@ -211,7 +218,8 @@ class FrozenDenseBlock(nn.Module):
         total, m = c0 + self.num_layers * k, x.numel() // c0  # M = N·∏ spatial
         buffer = self.workspace.get("buffer", m * total, x)  # [x_0, …, x_L], channels-last
         scratch = self.workspace.get("scratch", m * (total - k), x)
-        if self.bottleneck and fused_conv(x) and not self.conv1[0].planar and not hooked([*self.conv1, *self.conv2]):
+        if (self.bottleneck and fused_conv(x) and not self.conv1[0].planar
+                and not hooked(itertools.chain(self.conv1, self.conv2), self.revision)):
             if onednn_loop.applies(x):  # oneDNN primitives made once per input shape (densenet.deploy.onednn_loop)
                 features = block_buffer(x, buffer, total)
                 onednn_loop.run(self._onednn_plan(tuple(x.shape), x.dtype), buffer, scratch, self.workspace)
@@ -259,11 +267,11 @@ class FrozenTransition(nn.Module):
         """``(N, C, *spatial)`` → ``(N, ⌊θ·C⌋, *⌊spatial/2⌋)``."""
         n, c, *spatial = x.shape
         if (fused_conv(x) and not self.conv.planar and all(side % 2 == 0 for side in spatial)
-                and nd.is_channels_last(x) and onednn_loop.applies(x) and not hooked([self.conv])):
+                and nd.is_channels_last(x) and onednn_loop.applies(x) and not hooked([self.conv], self.conv.revision)):
             # clamp, pool and conv into kept tensors (densenet.deploy.onednn_loop)
             conv, shape = self.conv, tuple(x.shape)
-            plan = self.onednn_plans.get((shape, x.dtype), [conv.weight], lambda: onednn_loop.transition_plan(
-                shape, x.dtype, self.lo, self.hi, conv.weight, conv.bias), stamps=(conv.generation,))
+            plan = self.onednn_plans.get((shape, x.dtype), lambda: onednn_loop.transition_plan(
+                shape, x.dtype, self.lo, self.hi, conv.weight, conv.bias), conv.revision, conv.tensors)
             return onednn_loop.run_transition(plan, x, self.workspace)
         out = self.workspace.get("clamped", x.numel(), x).view(n, *spatial, c).movedim(-1, 1)
         return self.conv(nd.avg_pool(torch.clamp(x, self.lo, self.hi, out=out), 2, 2))  # pool: (N, C, *spatial/2)
@@ -314,7 +322,7 @@ class OptimizedDenseNet(nn.Module):
         if self.channels_last:
             x = nd.channels_last(x)
         if (self.imagenet_stem and self.channels_last and fused_conv(x) and not self.conv0.planar
-                and onednn_loop.applies(x) and not hooked([self.conv0])):
+                and onednn_loop.applies(x) and not hooked([self.conv0], self.conv0.revision)):
             # conv and max pool into kept tensors (densenet.deploy.onednn_loop): no fresh pages, no pool indices
             x = onednn_loop.run_stem(self._stem_plan(tuple(x.shape), x.dtype), x, self.workspace)
         else:
@@ -328,9 +336,9 @@ class OptimizedDenseNet(nn.Module):
     def _stem_plan(self, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
         """The oneDNN stem's plan for images of ``shape`` and ``dtype`` (made again when ``conv0`` changed)."""
         conv = self.conv0
-        return self.onednn_plans.get((shape, dtype), [conv.weight], lambda: onednn_loop.stem_plan(
+        return self.onednn_plans.get((shape, dtype), lambda: onednn_loop.stem_plan(
             shape, dtype, conv.weight, conv.bias, conv.stride[0], conv.padding[0], conv.relu, (3, 2, 1)),
-            stamps=(conv.generation,))
+            conv.revision, conv.tensors)
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
