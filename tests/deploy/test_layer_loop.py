@@ -12,7 +12,7 @@ import torch
 import densenet
 from densenet.deploy import int8, onednn_loop
 from densenet.deploy.int8 import QuantizedDenseBlock
-from densenet.deploy.optimize import FrozenDenseBlock, FrozenTransition, optimize_for_inference
+from densenet.deploy.optimize import FrozenDenseBlock, FrozenTransition, Workspace, optimize_for_inference
 from densenet.deploy.quantize import quantize
 from helpers import max_relative_error, randomize_batch_norm
 
@@ -194,3 +194,38 @@ def test_the_one_pass_head_is_the_bn_relu_then_the_mean(dtype, spatial):
     got = onednn_loop.pooled_features(x, scale, shift)
     assert got.dtype == torch.float32 and got.shape == (3, 40)
     assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_one_call_head_is_the_pooled_features_then_the_classifier(dtype):
+    """``W·p + b`` of the pooled features in one call, against the float64 formula (bf16: the features rounded to
+    bf16 and the logits written in bf16, as PyTorch's bf16 linear); a hooked classifier is called instead, and a
+    classifier changed in place or replaced is followed."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 48, 3, 5).to(dtype).contiguous(memory_format=torch.channels_last)
+    scale, shift = torch.randn(48), torch.randn(48)
+    classifier = torch.nn.Linear(48, 7).to(dtype)
+    plans, workspace = onednn_loop.PlanCache(), Workspace()
+
+    def expected() -> torch.Tensor:
+        pooled = onednn_loop.pooled_features(x, scale, shift).to(dtype).double()
+        return pooled @ classifier.weight.double().T + classifier.bias.double()
+
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    with torch.inference_mode():
+        got = onednn_loop.classify(x, scale, shift, classifier, plans, workspace)
+        assert got.dtype == dtype and got.shape == (2, 7)
+        assert torch.allclose(got.double(), expected(), rtol=tolerance, atol=tolerance)
+    with torch.no_grad():
+        classifier.weight.mul_(-1.0)  # in place: seen by the version counter
+    with torch.inference_mode():
+        assert torch.allclose(onednn_loop.classify(x, scale, shift, classifier, plans, workspace).double(),
+                              expected(), rtol=tolerance, atol=tolerance)
+    classifier.weight = torch.nn.Parameter(classifier.weight.detach() * 3)  # replaced
+    with torch.inference_mode():
+        assert torch.allclose(onednn_loop.classify(x, scale, shift, classifier, plans, workspace).double(),
+                              expected(), rtol=tolerance, atol=tolerance)
+        handle = classifier.register_forward_hook(lambda *_: None)
+        assert onednn_loop.classify(x, scale, shift, classifier, plans, workspace) is None  # the caller calls it
+        handle.remove()
+        assert onednn_loop.classify(x, scale, shift, torch.nn.Sequential(classifier), plans, workspace) is None

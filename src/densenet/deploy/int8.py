@@ -359,6 +359,8 @@ class QuantizedDenseNet(nn.Module):
         self.register_buffer("scale5", model.scale5.float() * scale.view(-1, 1, 1))
         self.register_buffer("shift5", model.shift5.float() - model.scale5.float() * (scale * zero).view(-1, 1, 1))
         self.classifier = model.classifier.float()
+        self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN head's, per batch size
+        self.workspace = Workspace()  # its work tensors
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
@@ -373,7 +375,10 @@ class QuantizedDenseNet(nn.Module):
             for stage in self.stages:
                 q = stage(q)
             # O_k = (1/HW) Σ_ij σ(a·x + b)_ijk   [F4], then O = Wx + b   [F5]
-            if onednn_loop.applies(q) and is_channels_last(q):
-                return self.classifier(onednn_loop.pooled_features(q, self.scale5, self.shift5))  # one pass
+            if onednn_loop.applies(q) and is_channels_last(q):  # in one call (or the pooled features in one pass)
+                logits = onednn_loop.classify(q, self.scale5, self.shift5, self.classifier, self.onednn_plans,
+                                              self.workspace)
+                return logits if logits is not None else self.classifier(
+                    onednn_loop.pooled_features(q, self.scale5, self.shift5))
             features = affine_relu(q.float(), self.scale5, self.shift5)  # (N, C, h, w)
             return self.classifier(features.mean(dim=(2, 3)))

@@ -99,21 +99,22 @@ def int8_layers(x: Tensor, buffer: Tensor, scratch: Tensor, growth_rate: int, lo
     return features
 
 
-def hooked(modules: Iterable[nn.Module], revision: Revision) -> bool:
+def hooked(modules: Iterable[nn.Module], revision: Revision | None = None) -> bool:
     """Whether a call of any of ``modules`` would run a forward hook (its own or a global one). The compiled loop
     does not call the convolution modules, so a block whose convolutions are hooked (calibration observes their
     outputs that way) runs its Python loop.
 
     ``revision``: the modules' shared :class:`~densenet.deploy.revision.Revision`, which counts hook registrations:
     while no hook was registered since a check found none, the modules are not read again (``modules`` may be a lazy
-    iterable)."""
+    iterable). Without one, every module is read."""
     if _global_forward_hooks or _global_forward_pre_hooks:
         return True
-    if revision.unhooked_at == revision.hooks:
+    if revision is not None and revision.unhooked_at == revision.hooks:
         return False
     if any(module._forward_hooks or module._forward_pre_hooks for module in modules):
         return True
-    revision.unhooked_at = revision.hooks
+    if revision is not None:
+        revision.unhooked_at = revision.hooks
     return False
 
 

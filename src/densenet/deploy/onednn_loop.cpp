@@ -537,18 +537,17 @@ class TransitionPlan {
 };
 
 // The head's pooled features [F4] after the final BN-ReLU: out[n][c] = (1/S) sum_s max(a_c x[n][s][c] + b_c, 0), in
-// float32 from channels-last float32, bfloat16 or u8 (codes, their affine code folded into a and b) maps — one pass
-// where PyTorch's operators make three (convert, BN-ReLU, mean), each a parallel region on a small map at batch 1.
-torch::Tensor relu_affine_mean(torch::Tensor x, torch::Tensor scale, torch::Tensor shift) {
+// float32 (into `result`, N*C) from channels-last float32, bfloat16 or u8 (codes, their affine code folded into a
+// and b) maps — one pass where PyTorch's operators make three (convert, BN-ReLU, mean), each a parallel region on a
+// small map at batch 1.
+void pool_features(const torch::Tensor& x, const torch::Tensor& scale, const torch::Tensor& shift, float* result) {
   check_channels_last(x, "the head");
   TORCH_CHECK(scale.scalar_type() == torch::kFloat && shift.scalar_type() == torch::kFloat &&
                   scale.is_contiguous() && shift.is_contiguous() && scale.numel() == x.size(1) &&
                   shift.numel() == x.size(1),
               "onednn_loop: the head's scale and shift are contiguous float32 vectors of the channels");
   const int64_t batch = x.size(0), channels = x.size(1), positions = x.numel() / std::max<int64_t>(batch * channels, 1);
-  torch::Tensor out = torch::empty({batch, channels}, torch::kFloat);
   const float *a = scale.data_ptr<float>(), *b = shift.data_ptr<float>();
-  float* result = out.data_ptr<float>();
   auto pool = [&](auto load) {
     at::parallel_for(0, batch, std::max<int64_t>(1, kInlineElements / std::max<int64_t>(positions * channels, 1)),
                      [&](int64_t begin, int64_t end) {
@@ -581,8 +580,66 @@ torch::Tensor relu_affine_mean(torch::Tensor x, torch::Tensor scale, torch::Tens
       return value;
     });
   }
+}
+
+torch::Tensor relu_affine_mean(torch::Tensor x, torch::Tensor scale, torch::Tensor shift) {
+  torch::Tensor out = torch::empty({x.size(0), x.size(1)}, torch::kFloat);
+  pool_features(x, scale, shift, out.data_ptr<float>());
   return out;
 }
+
+// float32 to bfloat16 bits, rounded to nearest even (NaN kept quiet), as PyTorch's conversion rounds.
+uint16_t bfloat16_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  if (std::isnan(value)) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// The head [F4][F5]: the pooled features after the final BN-ReLU (pool_features), then the classifier O = W p + b
+// as a 1x1 convolution of the (N, C, 1, 1) features, in the classifier's dtype (float32, or bfloat16: the features
+// rounded to bf16 and the logits written in bf16, as PyTorch's bf16 linear does). Made once per batch size.
+class HeadPlan {
+ public:
+  HeadPlan(int64_t batch, torch::Tensor weight, torch::Tensor bias, torch::Tensor scale, torch::Tensor shift)
+      : scale_(scale.to(torch::kFloat).contiguous()), shift_(shift.to(torch::kFloat).contiguous()),
+        batch_(batch), channels_(weight.size(1)), classes_(weight.size(0)),
+        bf16_(weight.scalar_type() == torch::kBFloat16) {
+    TORCH_CHECK(bf16_ || weight.scalar_type() == torch::kFloat, "onednn_loop: the head plan takes a float32 or "
+                "bfloat16 classifier");
+    conv_ = make_convolution({batch, channels_, 1, 1}, channels_, classes_,
+                             weight.reshape({classes_, channels_, 1, 1}), bias, false, data_type_of(weight), nullptr);
+    scratchpad_bytes_ = std::max(conv_.scratchpad_bytes, size_t{1});
+  }
+
+  int64_t scratchpad_bytes() const { return static_cast<int64_t>(scratchpad_bytes_); }
+
+  // x: the last block's map (channels-last, dense, batch N); pooled: N*C float32; features: N*C of the classifier's
+  // dtype; out: N*classes of it.
+  void run(torch::Tensor x, torch::Tensor pooled, torch::Tensor features, torch::Tensor out,
+           torch::Tensor scratchpad) const {
+    TORCH_CHECK(x.size(0) == batch_ && x.size(1) == channels_ && pooled.numel() >= batch_ * channels_ &&
+                    features.numel() >= batch_ * channels_ && out.numel() >= batch_ * classes_ &&
+                    scratchpad.numel() >= scratchpad_bytes(),
+                "onednn_loop: the head's input or a work tensor does not fit this plan");
+    float* means = pooled.data_ptr<float>();
+    pool_features(x, scale_, shift_, means);
+    if (bf16_) {
+      auto* rounded = static_cast<uint16_t*>(features.data_ptr());
+      for (int64_t index = 0; index < batch_ * channels_; ++index) rounded[index] = bfloat16_bits(means[index]);
+    }
+    dnnl::stream stream(cpu_engine());
+    execute(conv_, stream, bf16_ ? features.data_ptr() : means, out.data_ptr(), scratchpad.data_ptr());
+  }
+
+ private:
+  torch::Tensor scale_, shift_;
+  int64_t batch_, channels_, classes_;
+  bool bf16_;
+  Convolution conv_;
+  size_t scratchpad_bytes_ = 1;
+};
 
 // The version counters of the tensors a plan was made from (the module's weights), to tell when one was changed
 // in place: one call per forward instead of one Python attribute read per tensor. An inference-mode tensor has no
@@ -619,6 +676,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   pybind11::class_<VersionWatch>(module, "VersionWatch")
       .def(pybind11::init<std::vector<torch::Tensor>>())
       .def("changed", &VersionWatch::changed);
+  pybind11::class_<HeadPlan>(module, "HeadPlan")
+      .def(pybind11::init<int64_t, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor>())
+      .def("scratchpad_bytes", &HeadPlan::scratchpad_bytes)
+      .def("run", &HeadPlan::run, pybind11::call_guard<pybind11::gil_scoped_release>());
   pybind11::class_<BlockPlan>(module, "BlockPlan")
       .def(pybind11::init<std::vector<int64_t>, int64_t, std::vector<torch::Tensor>, std::vector<torch::Tensor>,
                           std::vector<torch::Tensor>, std::vector<torch::Tensor>, std::vector<torch::Tensor>,

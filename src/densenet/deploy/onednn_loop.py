@@ -40,8 +40,9 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from densenet.deploy.layer_loop import hooked
 from densenet.deploy.revision import Revision
 from densenet.extensions import build, first_line
 
@@ -50,6 +51,7 @@ LIBRARY, HEADERS = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"  # the wheels: lib
 _SOURCE = Path(__file__).with_name("onednn_loop.cpp")
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.uint8: "int8"}
 _BYTES = torch.empty(0, dtype=torch.uint8)  # the scratchpad's dtype, for Workspace.get
+_FLOATS = torch.empty(0)  # float32 work tensors' dtype
 _module: ModuleType | bool | None = None  # None: not tried yet; False: tried, unavailable
 
 
@@ -225,6 +227,29 @@ def pooled_features(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     extension = _extension()
     return extension.relu_affine_mean(x, scale.detach().flatten().float().contiguous(),
                                       shift.detach().flatten().float().contiguous())
+
+
+def classify(x: Tensor, scale: Tensor, shift: Tensor, classifier: nn.Module, plans: PlanCache,
+             workspace: Any) -> Tensor | None:
+    """The logits ``W·p + b`` [F5] of the pooled features ``p = (1/S) Σ_s σ(a·x + b)`` [F4] of a channels-last map
+    ``x`` ``(N, C, *spatial)``, in one call (``HeadPlan``, kept in ``plans``; its work tensors from ``workspace``), in
+    the classifier's dtype; None where that does not apply (a classifier other than an unhooked float32 or bfloat16
+    ``nn.Linear``: it is then called by the caller)."""
+    weight, bias = getattr(classifier, "weight", None), getattr(classifier, "bias", None)
+    if type(classifier) is not nn.Linear or weight.dtype not in (torch.float32, torch.bfloat16) or hooked(
+            [classifier]):
+        return None
+    batch, channels = x.shape[:2]
+    tensors = [tensor for tensor in (weight, bias, scale, shift) if tensor is not None]
+    key = ("head", batch, *(id(tensor) for tensor in tensors))  # a replaced tensor: another key
+    plan = plans.get(key, lambda: _extension().HeadPlan(
+        batch, weight.detach(), torch.empty(0) if bias is None else bias.detach(), scale.detach().flatten(),
+        shift.detach().flatten()), watched=lambda: tensors)
+    pooled = workspace.get("head_pooled", batch * channels, _FLOATS)
+    features = workspace.get("head_features", batch * channels, weight)
+    logits = weight.new_empty(batch, weight.shape[0])  # returned: a fresh tensor
+    plan.run(x, pooled, features, logits, workspace.get("head_scratchpad", plan.scratchpad_bytes(), _BYTES))
+    return logits
 
 
 class PlanCache:

@@ -308,8 +308,8 @@ class OptimizedDenseNet(nn.Module):
         self.register_buffer("scale5", scale5)
         self.register_buffer("shift5", shift5)
         self.classifier = copy.deepcopy(model.classifier).requires_grad_(False)
-        self.workspace = Workspace()  # the stem's outputs (oneDNN stem)
-        self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN stem's, per input shape and dtype
+        self.workspace = Workspace()  # the stem's outputs and the head's work tensors (oneDNN stem and head)
+        self.onednn_plans = onednn_loop.PlanCache()  # the oneDNN stem's and head's, per input shape and dtype
 
     @torch.no_grad()
     def forward_features(self, x: Tensor) -> Tensor:
@@ -354,12 +354,15 @@ class OptimizedDenseNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             # O_k = (1/HW) Σ_ij x_ijk   [F4] (over every spatial axis), then O = Wx + b   [F5]
             trunk = self._trunk(x)
-            if onednn_loop.applies(trunk) and nd.is_channels_last(trunk):  # the BN-ReLU and the pool in one pass
-                pooled = onednn_loop.pooled_features(trunk, self.scale5, self.shift5).to(compute)
-            else:
-                pooled = affine_relu(trunk, self.scale5, self.shift5).mean(
-                    dim=tuple(range(2, 2 + self.config.spatial_dims)))
-            logits = self.classifier(pooled)
+            one_pass = onednn_loop.applies(trunk) and nd.is_channels_last(trunk)
+            # the BN-ReLU, the pool and the classifier in one call (or the first two in one pass)
+            logits = onednn_loop.classify(trunk, self.scale5, self.shift5, self.classifier, self.onednn_plans,
+                                          self.workspace) if one_pass else None
+            if logits is None:
+                pooled = (onednn_loop.pooled_features(trunk, self.scale5, self.shift5).to(compute) if one_pass
+                          else affine_relu(trunk, self.scale5, self.shift5).mean(
+                              dim=tuple(range(2, 2 + self.config.spatial_dims))))
+                logits = self.classifier(pooled)
         return logits if self.io_dtype is None else logits.to(self.io_dtype)
 
 
