@@ -205,3 +205,26 @@ def test_is_channels_last_means_a_dense_channels_last_map_in_2d_and_3d_only():
     buffer = torch.zeros(2, 4, 3, 8).movedim(-1, 1)  # (N, 8, H, W) channels-last
     assert nd.is_channels_last(buffer) and not nd.is_channels_last(buffer[:, :5])  # a channel slice has gaps
     assert not nd.is_channels_last(torch.zeros(2, 5, 7).movedim(1, -1).movedim(-1, 1))  # 1D has no such format
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_gradcheck_channels_last_transition(dims, block_kernels):
+    """gradcheck of a transition's BN-ReLU-average-pool [F3b] on a channels-last map (what a dense block hands it),
+    whose backward is one fused BN-ReLU pass on the CPU (``block_kernels``: and ATen's operations), float64, with
+    a pool window that drops the odd last row."""
+    torch.manual_seed(0)
+    config = densenet.DenseNetConfig(growth_rate=2, block_config=(1, 1), num_init_features=3, bn_size=0,
+                                     spatial_dims=dims)
+    transition = densenet.DenseNet(config).double().train().features.transition1.norm
+    with torch.no_grad():
+        transition.weight.uniform_(-1, 1)  # scales of both signs
+        transition.bias.uniform_(-1, 1)
+    memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d
+    y = torch.randn(2, 5, *[3] * dims, dtype=torch.float64).contiguous(memory_format=memory_format)
+    y.requires_grad_()
+    params = [t.detach().clone().requires_grad_() for t in (transition.weight, transition.bias)]
+
+    def run(y, weight, bias):
+        return ConvBatchNormReLUPoolFunction.apply(transition, ("avg", 2, 2, 0), None, y, weight, bias, None)
+
+    assert torch.autograd.gradcheck(run, (y, *params), eps=1e-6, atol=1e-6)

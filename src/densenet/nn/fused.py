@@ -10,8 +10,9 @@ backward):
 - :func:`bn_relu_backward_rows`: ``δ = ∂L/∂r ⊙ 1[σ(a·x + b) > 0]`` (the mask recomputed from ``x`` by the same
   arithmetic as the forward's), ``∂L/∂x += a·δ`` in place, and returns ``∂L/∂γ = Σδx̂ = σ⁻¹Σδ(x − μ)`` and
   ``∂L/∂β = Σδ`` — what :func:`densenet.nn.batchnorm.bn_relu_backward_into` computes with ATen's operations;
-- :func:`bn_relu_backward_full_rows`: the whole BN-ReLU backward of contiguous rows (a dense layer's BN2), the
-  sums in one pass and ``∂L/∂x = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` in a second — ATen: σ', the sums, two ``addcmul``;
+- :func:`bn_relu_backward_full_rows`: the whole BN-ReLU backward of contiguous rows (a dense layer's BN2; the
+  transitions' and the 2-D stem's BN, :mod:`densenet.nn.recompute`), the sums in one pass and
+  ``∂L/∂x = a·(δ − (1/M)(Σδ + x̂·Σδx̂))`` in a second — ATen: σ', the sums, two ``addcmul``;
 - :func:`copy_rows_with_stats`: a new map (or a bottleneck output) copied into its place and its batch statistics
   taken in the same pass — ATen: the copy, then ``native_batch_norm`` (which also writes a discarded output);
 - :func:`affine_add_rows`: ``out = y + (a·x + b)`` from strided rows into contiguous ones — a new map's complete

@@ -23,8 +23,10 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
 from densenet.nn import dims as nd
+from densenet.nn import fused
 from densenet.nn.batchnorm import affine, affine_relu, count_batch, input_grad, parameter_grads
 from densenet.nn.double_backward import announce, differentiable_grads
+from densenet.nn.rows import image, rows_of
 
 Pool = tuple[str, int, int, int]  # kind ("avg" | "max"), kernel, stride, padding (the same along every axis)
 Conv = tuple[tuple[int, ...], tuple[int, ...]]  # stride, padding, one per spatial axis
@@ -68,12 +70,13 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
             if ctx.conv is not None and nd.spatial_dims(x) == 3 and x.shape[0] > 1:
                 return (None, None, None, *_stem_backward_in_halves(ctx, grad_out, x, weight, bias, mean, invstd,
                                                                     conv_weight))
-            z, grad_u = _recomputed_grad(ctx, grad_out, x, weight, bias, mean, invstd, conv_weight)
-            grad_weight, grad_bias = parameter_grads(grad_u, z, weight, mean, invstd, True, ctx.eps)
-            grad_z = input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True)
+            z = _conv(x, conv_weight, ctx.conv, ctx.dtype)  # recomputed
+            # the BN-ReLU's backward: one fused pass on channels-last rows, or ATen's operations
+            backward = _fused_bn_relu_backward if nd.is_channels_last(z) and fused.applies(z) else _bn_relu_backward
+            grad_z, grad_weight, grad_bias = backward(ctx, grad_out, z, weight, bias, mean, invstd)
             if ctx.conv is None:
                 return None, None, None, grad_z.to(x.dtype), grad_weight, grad_bias, None
-            del z, grad_u  # the conv's backward needs δ_z, x and W only
+            del z  # the conv's backward needs δ_z, x and W only
             # ∂L/∂X = Wᵀ ∗ δ_z, ∂L/∂W = X ⋆ δ_z   [F1b]
             grad_x, grad_conv, _ = nd.conv_backward(
                 grad_z, nd.channel_stride_one(x.to(ctx.dtype)), conv_weight.to(ctx.dtype), False, *ctx.conv,
@@ -82,12 +85,52 @@ class ConvBatchNormReLUPoolFunction(torch.autograd.Function):
                 None if grad_conv is None else grad_conv.to(conv_weight.dtype))
 
 
+def _bn_relu_backward(ctx: Any, grad_out: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
+                      invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(∂L/∂z, ∂L/∂γ, ∂L/∂β)`` [F3b / max-pool, BN] with ATen's operations (:func:`_pooled_grad`, then the
+    sums and the input gradient of :mod:`densenet.nn.batchnorm`)."""
+    grad_u = _pooled_grad(ctx, grad_out, z, weight, bias, mean, invstd)
+    grad_weight, grad_bias = parameter_grads(grad_u, z, weight, mean, invstd, True, ctx.eps)
+    return input_grad(grad_u, z, weight, mean, invstd, grad_weight, grad_bias, True), grad_weight, grad_bias
+
+
+def _fused_bn_relu_backward(ctx: Any, grad_out: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
+                            invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(∂L/∂z, ∂L/∂γ, ∂L/∂β)`` [F3b / max-pool, BN] on the rows of a channels-last ``z`` (the recomputed conv, or
+    the transition's input) with the fused kernels (:mod:`densenet.nn.fused`): the pool's gradient — for the
+    max-pool taken through σ onto ``r = σ(a·z + b)``, recomputed in one pass — then one BN-ReLU backward pass
+    (σ' from ``a·z + b``, the sums ``Σδ``, ``Σδx̂`` and ``∂L/∂z = a·(δ − (1/M)(Σδ + x̂·Σδx̂))``). ATen's operations
+    make six passes over ``z``'s size for the same (``r``, σ', the sums, two ``addcmul``), and their per-channel
+    ``addcmul`` on a channels-last map is several times slower than a pass (benchmarks/NOTES.md, "The stem's and the
+    transitions' BN-ReLU backward on the fused kernels")."""
+    n, _, *spatial = z.shape
+    rows = rows_of(z)  # (M, C)
+    scale, shift = (fused.opmath(vector, rows) for vector in affine(weight, bias, mean, invstd))
+    grad_out = nd.same_layout(grad_out.to(z.dtype), z)
+    if ctx.pool[0] == "max":  # δ through σ, written over r (nd.pool_backward's through_relu)
+        relu = image(fused.affine_relu_rows(rows, scale, shift, torch.empty_like(rows)), n, tuple(spatial))
+        grad_relu = _pool_backward(grad_out, relu, ctx.pool, out=relu, through_relu=True)
+    else:
+        grad_relu = nd.channels_last(_pool_backward(grad_out, z, ctx.pool))
+    grad_rows = torch.empty_like(rows)
+    grad_weight, grad_bias = fused.bn_relu_backward_full_rows(
+        rows_of(grad_relu), rows, scale, shift, fused.opmath(mean, rows), fused.opmath(invstd, rows), True, grad_rows)
+    return image(grad_rows, n, tuple(spatial)), grad_weight.to(weight.dtype), grad_bias.to(bias.dtype)
+
+
 def _recomputed_grad(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
                      invstd: Tensor, conv_weight: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``z = W ∗ x`` (or ``x``) recomputed, and ``δ = ∂L/∂u`` at ``u = BN(z)``: the pool's backward, then σ'.
+    """``z = W ∗ x`` (or ``x``) recomputed, and ``δ = ∂L/∂u`` at ``u = BN(z)`` (:func:`_pooled_grad`).
 
     ``x`` and ``grad_out`` may be a part of the batch: the batch statistics ``μ, 1/σ`` are the whole batch's."""
     z = _conv(x, conv_weight, ctx.conv, ctx.dtype)  # recomputed
+    return z, _pooled_grad(ctx, grad_out, z, weight, bias, mean, invstd)
+
+
+def _pooled_grad(ctx: Any, grad_out: Tensor, z: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
+                 invstd: Tensor) -> Tensor:
+    """``δ = ∂L/∂u`` at ``u = BN(z)`` with ATen's operations: ``r = σ(BN(z))`` recomputed, the pool's backward,
+    then σ'."""
     scale, shift = affine(weight, bias, mean, invstd)
     dims = nd.spatial_dims(z)
     # r = σ(BN(z)), recomputed
@@ -97,10 +140,10 @@ def _recomputed_grad(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tensor, bias
         # the stem: the max-pool's gradient through σ, δ = ∂L/∂u at u = BN(z), written over r (z and r are the
         # most held at once: in 3D the stem's map is the network's largest); σ' is taken on the pooled map
         # (nd.pool_backward's through_relu), not as a mask of r's size
-        return z, _pool_backward(grad_out, relu, ctx.pool, out=relu, through_relu=True)
+        return _pool_backward(grad_out, relu, ctx.pool, out=relu, through_relu=True)
     grad_relu = _pool_backward(grad_out, relu, ctx.pool)
     # through σ: δ ⊙ 1[r > 0]
-    return z, torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
+    return torch.ops.aten.threshold_backward.grad_input(grad_relu, relu, 0, grad_input=grad_relu)
 
 
 def _stem_backward_in_halves(ctx: Any, grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor,
