@@ -199,8 +199,8 @@ def test_the_one_pass_head_is_the_bn_relu_then_the_mean(dtype, spatial):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_one_call_head_is_the_pooled_features_then_the_classifier(dtype):
     """``W·p + b`` of the pooled features in one call, against the float64 formula (bf16: the features rounded to
-    bf16 and the logits written in bf16, as PyTorch's bf16 linear); a hooked classifier is called instead, and a
-    classifier changed in place or replaced is followed."""
+    bf16 and the logits written in bf16, as PyTorch's bf16 linear); a classifier changed in place or replaced is
+    followed; a hooked classifier, or one that is not an ``nn.Linear``, is called on the pooled features."""
     torch.manual_seed(0)
     x = torch.randn(2, 48, 3, 5).to(dtype).contiguous(memory_format=torch.channels_last)
     scale, shift = torch.randn(48), torch.randn(48)
@@ -213,19 +213,23 @@ def test_the_one_call_head_is_the_pooled_features_then_the_classifier(dtype):
 
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     with torch.inference_mode():
-        got = onednn_loop.classify(x, scale, shift, classifier, plans, workspace)
+        got = onednn_loop.classify(x, scale, shift, classifier, dtype, plans, workspace)
         assert got.dtype == dtype and got.shape == (2, 7)
         assert torch.allclose(got.double(), expected(), rtol=tolerance, atol=tolerance)
     with torch.no_grad():
         classifier.weight.mul_(-1.0)  # in place: seen by the version counter
     with torch.inference_mode():
-        assert torch.allclose(onednn_loop.classify(x, scale, shift, classifier, plans, workspace).double(),
+        assert torch.allclose(onednn_loop.classify(x, scale, shift, classifier, dtype, plans, workspace).double(),
                               expected(), rtol=tolerance, atol=tolerance)
     classifier.weight = torch.nn.Parameter(classifier.weight.detach() * 3)  # replaced
     with torch.inference_mode():
-        assert torch.allclose(onednn_loop.classify(x, scale, shift, classifier, plans, workspace).double(),
+        assert torch.allclose(onednn_loop.classify(x, scale, shift, classifier, dtype, plans, workspace).double(),
                               expected(), rtol=tolerance, atol=tolerance)
-        handle = classifier.register_forward_hook(lambda *_: None)
-        assert onednn_loop.classify(x, scale, shift, classifier, plans, workspace) is None  # the caller calls it
+        calls = []
+        handle = classifier.register_forward_hook(lambda *_: calls.append(1))
+        hooked_logits = onednn_loop.classify(x, scale, shift, classifier, dtype, plans, workspace)
+        wrapped = onednn_loop.classify(x, scale, shift, torch.nn.Sequential(classifier), dtype, plans, workspace)
         handle.remove()
-        assert onednn_loop.classify(x, scale, shift, torch.nn.Sequential(classifier), plans, workspace) is None
+        assert calls == [1, 1]  # both called, not bypassed
+        for logits in (hooked_logits, wrapped):
+            assert torch.allclose(logits.double(), expected(), rtol=tolerance, atol=tolerance)

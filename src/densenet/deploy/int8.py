@@ -376,9 +376,7 @@ class QuantizedDenseNet(nn.Module):
                 q = stage(q)
             # O_k = (1/HW) Σ_ij σ(a·x + b)_ijk   [F4], then O = Wx + b   [F5]
             if onednn_loop.applies(q) and is_channels_last(q):  # in one call (or the pooled features in one pass)
-                logits = onednn_loop.classify(q, self.scale5, self.shift5, self.classifier, self.onednn_plans,
-                                              self.workspace)
-                return logits if logits is not None else self.classifier(
-                    onednn_loop.pooled_features(q, self.scale5, self.shift5))
+                return onednn_loop.classify(q, self.scale5, self.shift5, self.classifier, torch.float32,
+                                            self.onednn_plans, self.workspace)
             features = affine_relu(q.float(), self.scale5, self.shift5)  # (N, C, h, w)
             return self.classifier(features.mean(dim=(2, 3)))

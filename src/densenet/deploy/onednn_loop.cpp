@@ -1,5 +1,6 @@
 // Inference on oneDNN primitives made once per input shape (densenet.deploy.onednn_loop): a dense block's layer
-// loop (BlockPlan), the stem (StemPlan), a transition (TransitionPlan) and the head's pooled features.
+// loop (BlockPlan), the stem (StemPlan), a transition (TransitionPlan), the head's pooled features and classifier
+// (HeadPlan), and the version watch that tells when a plan's weights changed in place (VersionWatch).
 //
 // Per layer l [F2], on the channels-last buffer [x_0, ..., x_L] (rows of `total` channels, one row per pixel):
 //     r = clamp([x_0, ..., x_{l-1}], lo_l, hi_l)     y = relu(W1_l * r + b1_l)     x_l = W2_l * y
@@ -10,7 +11,7 @@
 // (~20-35 us each, ~120 calls per DenseNet-121 forward); here each convolution's primitive and reordered weights
 // are made once, and a call is one `execute` on the caller's tensors and scratchpad.
 //
-// One file over the usual ~400 lines: the four plans share the helpers of one anonymous namespace (convolutions,
+// One file over the usual ~400 lines: the plans share the helpers of one anonymous namespace (convolutions,
 // pools, clamps) and build as one extension; split, they would need a header between translation units for what
 // is one concern.
 
@@ -201,6 +202,23 @@ void clamp_row(const T* __restrict in, T* __restrict out, const T* __restrict lo
   for (int64_t c = 0; c < channels; ++c) out[c] = std::min(std::max(in[c], lo[c]), hi[c]);
 }
 
+// A bfloat16's bits as the float32 they denote (exact: a bf16 is a float32's upper half).
+inline float from_bfloat16(uint16_t bits) {
+  const uint32_t widened = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &widened, sizeof value);
+  return value;
+}
+
+// float32 to bfloat16 bits, rounded to nearest even; NaN as PyTorch's conversion writes it.
+inline uint16_t to_bfloat16(float value) {
+  if (std::isnan(value)) return 0x7fc0;
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
 // bfloat16: compared as float32 (exact), the selected bf16 value copied bit for bit (NaN kept, as torch.clamp).
 // Never inlined: GCC drops the `omp simd` vectorisation of a copy inlined into at::parallel_for's serial branch
 // (one thread, or a pass below kInlineElements), which then ran a branch per element — 30x slower.
@@ -209,9 +227,7 @@ __attribute__((noinline)) void clamp_row_bf16(const uint16_t* __restrict in, uin
                     const uint16_t* __restrict hi_bits, int64_t channels) {
 #pragma omp simd
   for (int64_t c = 0; c < channels; ++c) {
-    const uint32_t widened = static_cast<uint32_t>(in[c]) << 16;
-    float value;
-    std::memcpy(&value, &widened, sizeof value);
+    const float value = from_bfloat16(in[c]);
     const uint16_t kept = value < lo[c] ? lo_bits[c] : in[c];
     out[c] = value > hi[c] ? hi_bits[c] : kept;
   }
@@ -573,12 +589,7 @@ void pool_features(const torch::Tensor& x, const torch::Tensor& scale, const tor
   } else {
     TORCH_CHECK(x.scalar_type() == torch::kBFloat16, "onednn_loop: the head takes float32, bfloat16 or u8 maps");
     const auto* data = static_cast<const uint16_t*>(x.data_ptr());
-    pool([data](int64_t index) {
-      const uint32_t widened = static_cast<uint32_t>(data[index]) << 16;
-      float value;
-      std::memcpy(&value, &widened, sizeof value);
-      return value;
-    });
+    pool([data](int64_t index) { return from_bfloat16(data[index]); });
   }
 }
 
@@ -586,15 +597,6 @@ torch::Tensor relu_affine_mean(torch::Tensor x, torch::Tensor scale, torch::Tens
   torch::Tensor out = torch::empty({x.size(0), x.size(1)}, torch::kFloat);
   pool_features(x, scale, shift, out.data_ptr<float>());
   return out;
-}
-
-// float32 to bfloat16 bits, rounded to nearest even (NaN kept quiet), as PyTorch's conversion rounds.
-uint16_t bfloat16_bits(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  if (std::isnan(value)) return static_cast<uint16_t>((bits >> 16) | 0x40);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
 }
 
 // The head [F4][F5]: the pooled features after the final BN-ReLU (pool_features), then the classifier O = W p + b
@@ -627,7 +629,7 @@ class HeadPlan {
     pool_features(x, scale_, shift_, means);
     if (bf16_) {
       auto* rounded = static_cast<uint16_t*>(features.data_ptr());
-      for (int64_t index = 0; index < batch_ * channels_; ++index) rounded[index] = bfloat16_bits(means[index]);
+      for (int64_t index = 0; index < batch_ * channels_; ++index) rounded[index] = to_bfloat16(means[index]);
     }
     dnnl::stream stream(cpu_engine());
     execute(conv_, stream, bf16_ ? features.data_ptr() : means, out.data_ptr(), scratchpad.data_ptr());

@@ -22,8 +22,8 @@ TorchScript loop serves. ``DENSENET_ONEDNN_LOOP=0`` turns it off (to compare the
 
 Around the blocks, in the same way: the ImageNet stem's conv and max pool (:func:`stem_plan`; ATen's max pool also
 writes int64 indices, and every fresh output faults its pages in), a transition's clamp, 2×2 average pool and 1×1
-conv (:func:`transition_plan`), each into the module's kept tensors, and the head's final BN-ReLU and global pool
-in one pass (:func:`pooled_features`).
+conv (:func:`transition_plan`), each into the module's kept tensors, and the head: the final BN-ReLU and global
+pool in one pass (:func:`pooled_features`), with the classifier in the same call (:func:`classify`).
 """
 
 from __future__ import annotations
@@ -229,16 +229,16 @@ def pooled_features(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
                                       shift.detach().flatten().float().contiguous())
 
 
-def classify(x: Tensor, scale: Tensor, shift: Tensor, classifier: nn.Module, plans: PlanCache,
-             workspace: Any) -> Tensor | None:
+def classify(x: Tensor, scale: Tensor, shift: Tensor, classifier: nn.Module, dtype: torch.dtype, plans: PlanCache,
+             workspace: Any) -> Tensor:
     """The logits ``W·p + b`` [F5] of the pooled features ``p = (1/S) Σ_s σ(a·x + b)`` [F4] of a channels-last map
-    ``x`` ``(N, C, *spatial)``, in one call (``HeadPlan``, kept in ``plans``; its work tensors from ``workspace``), in
-    the classifier's dtype; None where that does not apply (a classifier other than an unhooked float32 or bfloat16
-    ``nn.Linear``: it is then called by the caller)."""
+    ``x`` ``(N, C, *spatial)``: in one call (``HeadPlan``, kept in ``plans``; its work tensors from ``workspace``) in
+    the classifier's dtype where it is an unhooked float32 or bfloat16 ``nn.Linear``; otherwise the features of
+    :func:`pooled_features`, in ``dtype``, through the classifier module (its hooks run)."""
     weight, bias = getattr(classifier, "weight", None), getattr(classifier, "bias", None)
     if type(classifier) is not nn.Linear or weight.dtype not in (torch.float32, torch.bfloat16) or hooked(
             [classifier]):
-        return None
+        return classifier(pooled_features(x, scale, shift).to(dtype))
     batch, channels = x.shape[:2]
     tensors = [tensor for tensor in (weight, bias, scale, shift) if tensor is not None]
     key = ("head", batch, *(id(tensor) for tensor in tensors))  # a replaced tensor: another key

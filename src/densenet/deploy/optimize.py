@@ -354,15 +354,13 @@ class OptimizedDenseNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             # O_k = (1/HW) Σ_ij x_ijk   [F4] (over every spatial axis), then O = Wx + b   [F5]
             trunk = self._trunk(x)
-            one_pass = onednn_loop.applies(trunk) and nd.is_channels_last(trunk)
-            # the BN-ReLU, the pool and the classifier in one call (or the first two in one pass)
-            logits = onednn_loop.classify(trunk, self.scale5, self.shift5, self.classifier, self.onednn_plans,
-                                          self.workspace) if one_pass else None
-            if logits is None:
-                pooled = (onednn_loop.pooled_features(trunk, self.scale5, self.shift5).to(compute) if one_pass
-                          else affine_relu(trunk, self.scale5, self.shift5).mean(
-                              dim=tuple(range(2, 2 + self.config.spatial_dims))))
-                logits = self.classifier(pooled)
+            if onednn_loop.applies(trunk) and nd.is_channels_last(trunk):
+                # the BN-ReLU, the pool and the classifier in one call (or the first two in one pass)
+                logits = onednn_loop.classify(trunk, self.scale5, self.shift5, self.classifier, compute,
+                                              self.onednn_plans, self.workspace)
+            else:
+                logits = self.classifier(affine_relu(trunk, self.scale5, self.shift5).mean(
+                    dim=tuple(range(2, 2 + self.config.spatial_dims))))
         return logits if self.io_dtype is None else logits.to(self.io_dtype)
 
 

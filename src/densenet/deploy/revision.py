@@ -3,8 +3,8 @@ instead of every convolution module.
 
 A dense block's oneDNN plan (:mod:`densenet.deploy.onednn_loop`) is made from its 2·L convolutions' weights, and its
 compiled loops bypass the convolution modules, which is only right while none of them has a forward hook. Checking
-both by reading each module on every forward costs ~50 µs of Python per block in a tight loop and 4–6× that inside a
-network, where the modules' objects have left the caches by the time the next block runs (benchmarks/NOTES.md,
+both by reading each module on every forward costs ~50 µs of Python per block in a tight loop and 200–360 µs inside
+a network, where the modules' objects have left the caches by the time the next block runs (benchmarks/NOTES.md,
 "Python between the plans"). Here each convolution module counts, in a :class:`Revision` it shares with the other
 modules of its block, every replacement of a buffer (assigned, registered again, or converted by ``.to()`` and the
 like), every cleared cache, and every forward (pre-)hook registered. In-place changes to a weight are not seen here:
