@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from densenet.capability import onednn_bfloat16
 from densenet.deploy.layer_loop import hooked
 from densenet.deploy.revision import Revision
 from densenet.extensions import build, first_line
@@ -106,9 +107,12 @@ def _extension() -> ModuleType:
 
 
 def applies(x: Tensor) -> bool:
-    """Whether the loop serves a block input ``x``: a CPU tensor in float32, bfloat16 or u8 codes, outside
-    ``torch.compile``, not switched off, and the extension built."""
+    """Whether the loop serves a block input ``x``: a CPU tensor in float32, bfloat16 (where this CPU has oneDNN's
+    bfloat16, :func:`densenet.capability.onednn_bfloat16`) or u8 codes, outside ``torch.compile``, not switched off,
+    and the extension built."""
     if x.device.type != "cpu" or x.dtype not in _DTYPES or torch.compiler.is_compiling():
+        return False
+    if x.dtype == torch.bfloat16 and not onednn_bfloat16():
         return False
     return module() is not None
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from densenet.capability import warn_slow_bfloat16
 from densenet.data.datasets import load_split, preprocessing_for
 from densenet.data.images import Split
 from densenet.data.loader import EpochBatches, Loader
@@ -100,6 +101,8 @@ def check_recipe(config: TrainConfig, context: Context) -> int:
     device = context.device
     if config.amp == "fp16" and device.type != "cuda":
         raise ValueError("amp fp16 needs CUDA; use amp bf16 on CPU")
+    if config.amp == "bf16" and device.type == "cpu":
+        warn_slow_bfloat16()  # where this CPU has no bfloat16 instructions: once, with the reason
     if config.sync_bn and device.type != "cuda":
         raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm does not run on CPU")
     if config.nesterov and config.momentum == 0:
