@@ -128,6 +128,28 @@ def test_bfloat16_rows_compute_in_float32_and_round_once():
                                atol=1e-3)
 
 
+def test_bfloat16_backward_mask_is_the_forwards_where_the_affine_rounds_to_zero():
+    """``a·x + b`` with ``x = 0`` is ``b``: tiny positive ``b`` that round to bfloat16's zero (below half its
+    smallest subnormal, 2⁻¹³⁴) make the forward's output 0, so the backward must not pass their gradient; just
+    above, both are positive; NaN (stored as NaN) and ∞ follow the forward too."""
+    shift = torch.tensor([1e-45, 3e-41, 2 ** -134, 4.6e-41, 4.7e-41, 9e-41, 1e-40, 1e-38, -1e-45, 0.0,
+                          float("nan"), float("inf"), 1.0], dtype=torch.float32)
+    channels = len(shift)
+    x = torch.zeros(64, channels, dtype=torch.bfloat16)
+    scale = torch.full((channels,), 0.75)
+    out = torch.empty_like(x)
+    fused.affine_relu_rows(x, scale, shift, out)
+    active = out > 0  # NaN is not
+    assert active.any() and not active.all()
+    stats = torch.zeros(channels), torch.ones(channels)
+    grad = torch.zeros_like(x)
+    fused.bn_relu_backward_rows(grad, torch.ones_like(x), x, scale, shift, *stats)
+    assert torch.equal(grad != 0, active)
+    full = torch.empty_like(x)
+    fused.bn_relu_backward_full_rows(torch.ones_like(x), x, scale, shift, *stats, False, full)
+    assert torch.equal(full != 0, active)
+
+
 def test_bad_arguments_raise_one_clear_error():
     x = torch.randn(8, 4)
     out = torch.empty(8, 4)
