@@ -7,7 +7,8 @@ rate of oneDNN's own convolution — the fused float32/bfloat16 convolution of
 :class:`~densenet.deploy.optimize.FrozenConv` and the u8×s8 convolution of :class:`~densenet.deploy.int8.QConv` —
 over a few of densenet121's larger layer shapes, in isolation (data in cache where it fits, no other work); for
 bfloat16 on a CPU without oneDNN's bfloat16 (:mod:`densenet.capability`), PyTorch's generic kernels, which the
-model then runs too. A whole network runs below it (memory-bound passes, small layers); ≤ 100% is expected, not guaranteed.
+model then runs too. A whole network runs below it (memory-bound passes, small layers); ≤ 100% is expected, not
+guaranteed.
 """
 
 from __future__ import annotations
