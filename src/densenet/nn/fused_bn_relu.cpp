@@ -15,10 +15,10 @@
 //   densenet::affine_add_rows(y, x, a, b, out):  out = y + (a·x + b) per channel      (the deferred BN terms, F2b)
 //
 // All compute σ(a·x + b) with one explicit fma, rounded to the tensor's dtype (affine_relu); the backward's ReLU mask
-// (relu_active) asks whether that rounded value is > 0 without storing it, so it is exactly the forward's. Arithmetic is in float for float and bfloat16 tensors and in
-// double for double ones (float16 is not taken: the caller keeps ATen's operations for it); the per-channel vectors
-// a, b, μ, invstd come in that type. Sums are accumulated per thread over contiguous row ranges and combined in
-// double.
+// (relu_active) asks whether that rounded value is > 0 without storing it, so it is exactly the forward's.
+// Arithmetic is in float for float and bfloat16 tensors and in double for double ones (float16 is not taken: the
+// caller keeps ATen's operations for it); the per-channel vectors a, b, μ, invstd come in that type. Sums are
+// accumulated per thread over contiguous row ranges and combined in double.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
