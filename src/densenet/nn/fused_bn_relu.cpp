@@ -49,18 +49,16 @@ template <> struct Storage<at::BFloat16> {
   using raw_t = uint16_t;
   using opmath_t = float;
   static float load(uint16_t v) { return std::bit_cast<float>(static_cast<uint32_t>(v) << 16); }
-  static uint16_t store(float v) {
+  // A non-NaN float's bits rounded to nearest even at bit 16: its bfloat16 bits in the low half.
+  static uint32_t rounded_bits(float v) {
     const uint32_t bits = std::bit_cast<uint32_t>(v);
-    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-    return v != v ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
+    return (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
   }
+  static uint16_t store(float v) { return v != v ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded_bits(v)); }
   // load(store(v)) > 0 without the round trip, whose NaN select keeps GCC from vectorising the backward loops on
   // AVX2 (it does on AVX-512): a positive float stays positive unless it rounds to zero (a tiny subnormal); NaN is
   // not positive.
-  static bool positive_once_stored(float v) {
-    const uint32_t bits = std::bit_cast<uint32_t>(v);
-    return (v > 0.0f) & (((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16) != 0u);
-  }
+  static bool positive_once_stored(float v) { return (v > 0.0f) & (rounded_bits(v) != 0u); }
 };
 
 // A tensor's values as the dtype's stored type (raw bits for bfloat16).
