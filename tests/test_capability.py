@@ -9,6 +9,7 @@ import torch
 
 import densenet
 from densenet import capability
+from densenet.cli import main
 from densenet.deploy import onednn_loop
 from densenet.deploy import optimize as optimize_module
 from densenet.deploy.optimize import FrozenDenseBlock, optimize_for_inference
@@ -61,3 +62,18 @@ def test_bfloat16_training_on_such_a_cpu_says_why_it_is_slow(no_onednn_bfloat16)
         warnings.simplefilter("error")
         check_recipe(TrainConfig(dataset="digits", amp="off", keep_freed_memory=False), context)
 
+
+
+def test_the_command_line_shows_the_warning_as_one_line(no_onednn_bfloat16, tmp_path, capsys):
+    """``densenet train --amp bf16`` on such a CPU: the warning is one ``densenet train: warning: …`` line on stderr,
+    not Python's two lines quoting the source that warned; the process's warning display is back afterwards."""
+    shown_before = warnings.showwarning
+    code = main(["train", "--dataset", "synthetic", "--train-limit", "8", "--eval-limit", "8", "--image-size", "16",
+                 "--epochs", "1", "--batch-size", "8", "--amp", "bf16", "--model-arg", "block_config=[1,1]",
+                 "--model-arg", "growth_rate=4", "--log-every", "0", "--out", str(tmp_path / "run")])
+    assert code == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("densenet train: warning: this CPU has no bfloat16 instructions")
+    assert warned[0].endswith("float32 is the faster choice here")
+    assert warnings.showwarning is shown_before

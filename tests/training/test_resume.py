@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import densenet
+from densenet.cli import main
 from densenet.training.checkpoint import load_checkpoint
 from densenet.training.engine import train
 from densenet.training.recipe import TrainConfig
@@ -22,9 +23,9 @@ from helpers import assert_same_run_weights
 
 TINY = {"dataset": "synthetic", "train_limit": 512, "eval_limit": 128, "image_size": 16, "model": "densenet_bc100_k12",
         "model_args": {"block_config": [2, 2], "growth_rate": 8}, "batch_size": 32, "epochs": 2, "log_every": 0}
-# 32 steps per epoch, so that a signal sent on seeing the progress line of step 2 lands well inside the epoch;
+# 16 steps per epoch, so that a signal sent on seeing the progress line of step 2 lands well inside the epoch;
 # dropout draws random numbers, so the generators' states must survive the stop too.
-RESUMABLE = {**TINY, "train_limit": 1024, "image_size": 32, "epochs": 3, "schedule": "cosine", "warmup_epochs": 0.5,
+RESUMABLE = {**TINY, "train_limit": 512, "image_size": 32, "epochs": 3, "schedule": "cosine", "warmup_epochs": 0.5,
              "model_args": {"block_config": [2, 2], "growth_rate": 8, "drop_rate": 0.1}, "label_smoothing": 0.1}
 
 
@@ -82,34 +83,35 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_mid_epoch_gives_the_same_weights(tmp_path, uninterrupted):
+def test_resume_after_kill_mid_epoch_gives_the_same_weights(tmp_path, uninterrupted, capsys):
     out = tmp_path / "run"
-    killed = _start_and_stop(out, signal.SIGKILL, after="epoch 2/3 step 2/32 ")
+    killed = _start_and_stop(out, signal.SIGKILL, after="epoch 2/3 step 2/16 ")
     assert killed.returncode == -signal.SIGKILL
     state = load_checkpoint(out / "checkpoint.pt")
     assert (state["epoch"], state["step"]) == (1, 0)  # killed inside epoch 2: only epoch 1 was saved
-    resumed = subprocess.run(_cli("--resume", str(out)), capture_output=True, text=True, check=False)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming at epoch 2, step 0" in resumed.stderr
+    assert main(["train", "--resume", str(out)]) == 0  # resumed in this process: a second one costs seconds
+    assert "resuming at epoch 2, step 0" in capsys.readouterr().err
     assert_same_run_weights(out, uninterrupted)
     assert [int(r["epoch"]) for r in csv.DictReader((out / "metrics.csv").open())] == [1, 2, 3]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
-def test_signal_saves_mid_epoch_exits_128_plus_it_and_resume_gives_the_same_weights(tmp_path, uninterrupted, sig):
+def test_ctrl_c_saves_mid_epoch_exits_128_plus_it_and_resume_gives_the_same_weights(tmp_path, uninterrupted,
+                                                                                    capsys, monkeypatch):
+    """SIGINT in a real process. SIGTERM takes the same path: in a real process in tests/cli/test_cli_stop_signals.py,
+    and resumed exactly in test_sigterm_abandons_the_step_saves_and_resumes_exactly."""
     out = tmp_path / "run"
-    stopped = _start_and_stop(out, sig, after="epoch 2/3 step 2/32 ")
+    sig = signal.SIGINT
+    stopped = _start_and_stop(out, sig, after="epoch 2/3 step 2/16 ")
     assert stopped.returncode == 128 + sig, stopped.stderr
     assert f"stopped by {signal.Signals(sig).name} at epoch 2, step " in stopped.stderr
     assert f"continue with: densenet train --resume {out}" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["epoch"] == 1 and 2 <= state["step"] < state["steps_per_epoch"]  # saved mid-epoch, after step 2
-    resumed = subprocess.run(_cli("--resume", str(out)), capture_output=True, text=True, check=False,
-                             env={**os.environ, "DENSENET_DEBUG": "1"})
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming at epoch 2, step {state['step']}" in resumed.stderr
+    monkeypatch.setenv("DENSENET_DEBUG", "1")  # a failure shows its traceback
+    assert main(["train", "--resume", str(out)]) == 0
+    assert f"resuming at epoch 2, step {state['step']}" in capsys.readouterr().err
     assert_same_run_weights(out, uninterrupted)
 
 

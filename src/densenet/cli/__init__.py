@@ -2,7 +2,8 @@
 
 Every subcommand reports a user's mistake as one line on stderr and a non-zero exit: status 2 for a command line
 argparse rejects (unknown flag, value of the wrong type), 1 for everything else (unknown model, missing file, bad
-value); set ``DENSENET_DEBUG=1`` to see the traceback of the latter instead.
+value); a warning is one line too (``densenet train: warning: …``). Set ``DENSENET_DEBUG=1`` to see the traceback of
+an error and Python's own warning format instead.
 
 The groups: :mod:`~densenet.cli.models` (``summary``, ``list``), :mod:`~densenet.cli.train` (``train``, ``demo``),
 :mod:`~densenet.cli.inference` (``eval``, ``predict``), :mod:`~densenet.cli.deploy` (``export``, ``bench``),
@@ -19,7 +20,9 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from densenet import __version__
 from densenet.cli import deploy, explain, inference, models, train
@@ -48,6 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("train", "demo", "eval"):
         log_to_stderr()
     handler: Handler = args.handler
+    with warnings.catch_warnings():  # restores the process's warning display when the command returns
+        if not os.environ.get("DENSENET_DEBUG"):
+            warnings.showwarning = _one_line_warning(f"densenet {args.command}")
+        return _run(handler, args)
+
+
+def _run(handler: Handler, args: argparse.Namespace) -> int:
+    """Call the subcommand and turn what it raises into the exit status and the one line on stderr."""
     try:
         code = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
@@ -71,6 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"out of memory ({message[:200]}): use a smaller batch, image or model"
         print(f"densenet {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _one_line_warning(prog: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints ``densenet train: warning: <first line of the message>`` (through
+    tqdm, so a progress bar is not broken) instead of Python's two lines quoting the source that warned."""
+    from tqdm import tqdm
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        text = text.removeprefix("densenet: ")
+        tqdm.write(f"{prog}: warning: {text}", file=file or sys.stderr)
+
+    return show
 
 
 def _silence_stdout() -> None:
