@@ -1,6 +1,6 @@
 """bfloat16 on a CPU without oneDNN's bfloat16 (an AVX2 CPU): the deploy paths leave oneDNN for PyTorch's generic
-kernels and compute the same function, and inference and training say once why it is slow. Forced here on any CPU
-by patching the capability test; on such a CPU it is the real case."""
+kernels and compute the same function, inference and training say once why it is slow, and ``amp: auto`` trains in
+float32 there. Forced here on any CPU by patching the capability test; on such a CPU it is the real case."""
 
 import warnings
 
@@ -13,16 +13,18 @@ from densenet.cli import main
 from densenet.deploy import onednn_loop
 from densenet.deploy import optimize as optimize_module
 from densenet.deploy.optimize import FrozenDenseBlock, optimize_for_inference
-from densenet.training.build import check_recipe
+from densenet.training import build
+from densenet.training.build import check_recipe, with_autocast
 from densenet.training.distributed import Context
-from densenet.training.recipe import TrainConfig
+from densenet.training.engine import train
+from densenet.training.recipe import TrainConfig, load_config
 from helpers import max_relative_error, randomize_batch_norm
 
 
 @pytest.fixture
 def no_onednn_bfloat16(monkeypatch):
     """This CPU as one without oneDNN's bfloat16, the once-per-process warning re-armed."""
-    for module in (capability, optimize_module, onednn_loop):
+    for module in (capability, optimize_module, onednn_loop, build):
         monkeypatch.setattr(module, "onednn_bfloat16", lambda: False)
     capability.warn_slow_bfloat16.cache_clear()
     yield
@@ -77,3 +79,25 @@ def test_the_command_line_shows_the_warning_as_one_line(no_onednn_bfloat16, tmp_
     assert warned[0].startswith("densenet train: warning: this CPU has no bfloat16 instructions")
     assert warned[0].endswith("float32 is the faster choice here")
     assert warnings.showwarning is shown_before
+
+
+@pytest.mark.parametrize("fast, chosen", [(True, "bf16"), (False, "off")])
+def test_amp_auto_takes_bfloat16_only_where_this_cpu_computes_it_fast(monkeypatch, fast, chosen):
+    monkeypatch.setattr(build, "onednn_bfloat16", lambda: fast)
+    cpu = torch.device("cpu")
+    assert with_autocast(TrainConfig(amp="auto"), cpu).amp == chosen
+    for amp in ("off", "bf16"):  # a mode the recipe names is kept
+        assert with_autocast(TrainConfig(amp=amp), cpu).amp == amp
+    assert with_autocast(TrainConfig(amp="auto"), torch.device("meta")).amp == "off"  # no such device to ask
+
+
+def test_amp_auto_on_such_a_cpu_trains_in_float32_and_records_it(no_onednn_bfloat16, tmp_path):
+    """The run says nothing (float32 is not slow) and its config.yaml records ``amp: off``, so a resume keeps it."""
+    run = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(TrainConfig(dataset="synthetic", train_limit=16, eval_limit=8, image_size=8, batch_size=8, epochs=1,
+                          model_args={"block_config": [1, 1], "growth_rate": 4}, log_every=0, amp="auto",
+                          workers=0, out=str(run)))
+    assert not [w for w in caught if "bfloat16" in str(w.message)]
+    assert load_config(run / "config.yaml").amp == "off"

@@ -4,6 +4,7 @@ the gradient scaler, in one typed :class:`Run`."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from densenet.capability import warn_slow_bfloat16
+from densenet.capability import onednn_bfloat16, warn_slow_bfloat16
 from densenet.data.datasets import load_split, preprocessing_for
 from densenet.data.images import Split
 from densenet.data.loader import EpochBatches, Loader
@@ -91,6 +92,21 @@ class Run:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
+
+
+def with_autocast(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """``config`` with ``amp: auto`` resolved for ``device``: ``bf16`` where the device computes bfloat16 fast (CUDA
+    with bfloat16, a CPU whose oneDNN has it: :func:`densenet.capability.onednn_bfloat16`), ``off`` elsewhere (on an
+    AVX2 CPU bfloat16 convolutions are several times slower than float32). The resolved mode goes into the run's
+    ``config.yaml``, so a resumed run keeps it."""
+    if config.amp != "auto":
+        return config
+    if device.type == "cuda":
+        fast = torch.cuda.is_bf16_supported()
+    else:
+        fast = device.type == "cpu" and onednn_bfloat16()
+    logger.info("amp auto: %s", "bf16" if fast else "off (this device has no fast bfloat16: float32)")
+    return dataclasses.replace(config, amp="bf16" if fast else "off")
 
 
 def check_recipe(config: TrainConfig, context: Context) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 from densenet.model import DenseNet
 from densenet.training import distributed, progress
-from densenet.training.build import build_run, check_recipe
+from densenet.training.build import build_run, check_recipe, with_autocast
 from densenet.training.checkpoint import CheckpointError, EpochTotals, TrainingCheckpoint, kept_checkpoint, rng_state
 from densenet.training.distributed import Context
 from densenet.training.earlystop import should_stop
@@ -110,7 +110,7 @@ def train(config: TrainConfig, model: DenseNet | None = None) -> TrainResult:
     try:
         with stop.handling_signals():
             with stop.region(abortable=True):  # until training starts, there is nothing to lose
-                config = with_image_size(config)
+                config = with_autocast(with_image_size(config), context.device)
                 run_dir = run_directory(config, context)
             with run_lock(run_dir, context.is_main):
                 with stop.region(abortable=True):

@@ -27,7 +27,7 @@ SCHEDULES = ("step", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
 # The defaults of lr and weight_decay for each optimiser: the paper's SGD, and AdamW's usual fine-tuning values
 OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 1e-4}, "adamw": {"lr": 1e-3, "weight_decay": 0.05}}
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("off", "bf16", "fp16", "auto")
 POS_WEIGHTS = ("none", "auto")
 
 
@@ -92,7 +92,9 @@ class TrainConfig:
     early_stop: int | None = _field(None, "stop after this many epochs without a better evaluation top-1 (multi-"
                                           "label: mean AUROC) (default: none, train every epoch)")
     # execution
-    amp: str = _field("off", "autocast: bf16 (CPU or CUDA) or fp16 (CUDA, with gradient scaling)", choices=AMP_MODES)
+    amp: str = _field("off", "autocast: bf16 (CPU or CUDA), fp16 (CUDA, with gradient scaling), or auto: bf16 where "
+                             "the device computes it fast (CUDA with bf16, a CPU whose oneDNN has it), off elsewhere",
+                      choices=AMP_MODES)
     channels_last: bool = _field(False, "channels-last memory format")
     compile: bool = _field(False, "torch.compile the model")
     keep_freed_memory: bool = _field(True, "CPU with glibc: malloc keeps freed memory for reuse instead of returning "
