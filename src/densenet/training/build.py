@@ -101,10 +101,8 @@ def with_autocast(config: TrainConfig, device: torch.device) -> TrainConfig:
     ``config.yaml``, so a resumed run keeps it."""
     if config.amp != "auto":
         return config
-    if device.type == "cuda":
-        fast = torch.cuda.is_bf16_supported()
-    else:
-        fast = device.type == "cpu" and onednn_bfloat16()
+    on_cuda = device.type == "cuda"
+    fast = torch.cuda.is_bf16_supported() if on_cuda else device.type == "cpu" and onednn_bfloat16()
     logger.info("amp auto: %s", "bf16" if fast else "off (this device has no fast bfloat16: float32)")
     return dataclasses.replace(config, amp="bf16" if fast else "off")
 
