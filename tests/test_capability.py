@@ -10,10 +10,8 @@ import torch
 import densenet
 from densenet import capability
 from densenet.cli import main
-from densenet.deploy import onednn_loop
 from densenet.deploy import optimize as optimize_module
 from densenet.deploy.optimize import FrozenDenseBlock, optimize_for_inference
-from densenet.training import build
 from densenet.training.build import check_recipe, with_autocast
 from densenet.training.distributed import Context
 from densenet.training.engine import train
@@ -23,9 +21,9 @@ from helpers import max_relative_error, randomize_batch_norm
 
 @pytest.fixture
 def no_onednn_bfloat16(monkeypatch):
-    """This CPU as one without oneDNN's bfloat16, the once-per-process warning re-armed."""
-    for module in (capability, optimize_module, onednn_loop, build):
-        monkeypatch.setattr(module, "onednn_bfloat16", lambda: False)
+    """This CPU as one without oneDNN's bfloat16 (every caller asks ``densenet.capability``), the once-per-process
+    warning re-armed."""
+    monkeypatch.setattr(capability, "onednn_bfloat16", lambda: False)
     capability.warn_slow_bfloat16.cache_clear()
     yield
     capability.warn_slow_bfloat16.cache_clear()
@@ -65,7 +63,6 @@ def test_bfloat16_training_on_such_a_cpu_says_why_it_is_slow(no_onednn_bfloat16)
         check_recipe(TrainConfig(dataset="digits", amp="off", keep_freed_memory=False), context)
 
 
-
 def test_the_command_line_shows_the_warning_as_one_line(no_onednn_bfloat16, tmp_path, capsys):
     """``densenet train --amp bf16`` on such a CPU: the warning is one ``densenet train: warning: …`` line on stderr,
     not Python's two lines quoting the source that warned; the process's warning display is back afterwards."""
@@ -83,7 +80,7 @@ def test_the_command_line_shows_the_warning_as_one_line(no_onednn_bfloat16, tmp_
 
 @pytest.mark.parametrize("fast, chosen", [(True, "bf16"), (False, "off")])
 def test_amp_auto_takes_bfloat16_only_where_this_cpu_computes_it_fast(monkeypatch, fast, chosen):
-    monkeypatch.setattr(build, "onednn_bfloat16", lambda: fast)
+    monkeypatch.setattr(capability, "onednn_bfloat16", lambda: fast)
     cpu = torch.device("cpu")
     assert with_autocast(TrainConfig(amp="auto"), cpu).amp == chosen
     for amp in ("off", "bf16"):  # a mode the recipe names is kept

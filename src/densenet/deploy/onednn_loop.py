@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from densenet.capability import onednn_bfloat16
+from densenet import capability
 from densenet.deploy.layer_loop import hooked
 from densenet.deploy.revision import Revision
 from densenet.extensions import build, first_line
@@ -112,7 +112,7 @@ def applies(x: Tensor) -> bool:
     and the extension built."""
     if x.device.type != "cpu" or x.dtype not in _DTYPES or torch.compiler.is_compiling():
         return False
-    if x.dtype == torch.bfloat16 and not onednn_bfloat16():
+    if x.dtype == torch.bfloat16 and not capability.onednn_bfloat16():
         return False
     return module() is not None
 

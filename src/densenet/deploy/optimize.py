@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from densenet.capability import onednn_bfloat16, warn_slow_bfloat16
+from densenet import capability
 from densenet.deploy import onednn_loop
 from densenet.deploy.folding import batch_norm_affine, fold_batch_norm, fold_relu_affine
 from densenet.deploy.layer_loop import block_buffer, clamp_inputs, compiled, features_view, fused_layers, hooked
@@ -54,7 +54,7 @@ def fused_conv(x: Tensor) -> bool:
     """Whether convolutions on ``x`` run as oneDNN's fused CPU convolution on packed weights (bfloat16: where this
     CPU has oneDNN's bfloat16, :func:`densenet.capability.onednn_bfloat16`)."""
     return (_FUSED_CONV and x.device.type == "cpu" and x.dtype in _FUSED_DTYPES
-            and (x.dtype != torch.bfloat16 or onednn_bfloat16()))
+            and (x.dtype != torch.bfloat16 or capability.onednn_bfloat16()))
 
 
 def clamp_bound(bound: Tensor) -> Tensor | None:
@@ -388,7 +388,7 @@ def optimize_for_inference(model: DenseNet, channels_last: bool = True,
         raise TypeError(f"optimize_for_inference expects a densenet.DenseNet, got {type(model).__name__}")
     reference = model.features.conv0.weight
     if (dtype or reference.dtype) == torch.bfloat16 and reference.device.type == "cpu":
-        warn_slow_bfloat16()
+        capability.warn_slow_bfloat16()
     if dtype is None or dtype == reference.dtype:
         return OptimizedDenseNet(model, channels_last).to(device=reference.device, dtype=reference.dtype)
     if not dtype.is_floating_point:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from densenet.capability import onednn_bfloat16, warn_slow_bfloat16
+from densenet import capability
 from densenet.data.datasets import load_split, preprocessing_for
 from densenet.data.images import Split
 from densenet.data.loader import EpochBatches, Loader
@@ -102,7 +102,7 @@ def with_autocast(config: TrainConfig, device: torch.device) -> TrainConfig:
     if config.amp != "auto":
         return config
     on_cuda = device.type == "cuda"
-    fast = torch.cuda.is_bf16_supported() if on_cuda else device.type == "cpu" and onednn_bfloat16()
+    fast = torch.cuda.is_bf16_supported() if on_cuda else device.type == "cpu" and capability.onednn_bfloat16()
     logger.info("amp auto: %s", "bf16" if fast else "off (this device has no fast bfloat16: float32)")
     return dataclasses.replace(config, amp="bf16" if fast else "off")
 
@@ -116,7 +116,7 @@ def check_recipe(config: TrainConfig, context: Context) -> int:
     if config.amp == "fp16" and device.type != "cuda":
         raise ValueError("amp fp16 needs CUDA; use amp bf16 on CPU")
     if config.amp == "bf16" and device.type == "cpu":
-        warn_slow_bfloat16()  # where this CPU has no bfloat16 instructions: once, with the reason
+        capability.warn_slow_bfloat16()  # where this CPU has no bfloat16 instructions: once, with the reason
     if config.sync_bn and device.type != "cuda":
         raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm does not run on CPU")
     if config.nesterov and config.momentum == 0:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from densenet import capability
 from densenet.analysis import Summary
-from densenet.capability import onednn_bfloat16, slow_bfloat16_reason
 from densenet.deploy.optimize import optimize_for_inference
 from densenet.model import DenseNet
 
@@ -71,8 +71,8 @@ def ours_runners(model: DenseNet, x: torch.Tensor, dtypes: tuple[str, ...], cali
     notes: list[str] = []
     if "bfloat16" in dtypes and wanted("ours-bfloat16"):
         runners["ours-bfloat16"] = _inference(optimize_for_inference(model, dtype=torch.bfloat16), x)
-        if not onednn_bfloat16():
-            notes.append(f"ours-bfloat16: {slow_bfloat16_reason()}")
+        if not capability.onednn_bfloat16():
+            notes.append(f"ours-bfloat16: {capability.slow_bfloat16_reason()}")
     if "int8" in dtypes and wanted("ours-int8"):
         try:
             check_int8_model(model)
