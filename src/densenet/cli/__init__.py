@@ -27,6 +27,7 @@ from typing import TextIO
 from densenet import __version__
 from densenet.cli import deploy, explain, inference, models, train
 from densenet.cli.common import Handler, OneLineErrorParser, log_to_stderr, usage_error
+from densenet.extensions import first_line
 from densenet.training.signals import Stopped
 
 __all__ = ["build_parser", "main"]
@@ -77,7 +78,7 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
     except (ValueError, OSError, MemoryError, RuntimeError) as error:
         if os.environ.get("DENSENET_DEBUG") or (isinstance(error, RuntimeError) and not _out_of_memory(error)):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         if isinstance(error, (MemoryError, RuntimeError)):
             message = f"out of memory ({message[:200]}): use a smaller batch, image or model"
         print(f"densenet {args.command}: error: {message}", file=sys.stderr)
@@ -89,11 +90,9 @@ def _one_line_warning(prog: str) -> Callable[..., None]:
     tqdm, so a progress bar is not broken) instead of Python's two lines quoting the source that warned."""
     from tqdm import tqdm
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: TextIO | None = None, line: str | None = None) -> None:
-        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-        text = text.removeprefix("densenet: ")
-        tqdm.write(f"{prog}: warning: {text}", file=file or sys.stderr)
+    def show(message: Warning, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
+             line: str | None = None) -> None:
+        tqdm.write(f"{prog}: warning: {first_line(message).removeprefix('densenet: ')}", file=file or sys.stderr)
 
     return show
 
