@@ -1,7 +1,7 @@
 """DenseNet with the tutorial's math made explicit, torchvision-compatible weights and a complete tool.
 
-The public API. The core (``config``, ``meta``, ``model``, ``registry``, ``weights``, ``analysis``, the
-``nn`` blocks and the ``tutorial`` formulas) loads with ``import densenet``; data, training, deployment and the
+The public API. The core (``config``, ``meta``, ``model``, ``registry``, ``weights``, the ``nn``
+blocks and the ``tutorial`` formulas) loads with ``import densenet``; data, training, deployment and the
 command line live in their own subpackages and load when used (``optimize_for_inference`` and ``quantize`` on
 first access).
 """

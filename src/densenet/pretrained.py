@@ -81,18 +81,6 @@ _WEIGHTS: dict[str, PretrainedWeights] = {
 }
 
 
-def register_weights(weights: PretrainedWeights) -> PretrainedWeights:
-    """Add ``weights`` to the registry (e.g. a private registry's file for a registered architecture).
-
-    Raises:
-        ValueError: weights of that name are registered already.
-    """
-    if weights.name in _WEIGHTS:
-        raise ValueError(f"weights {weights.name!r} are already registered")
-    _WEIGHTS[weights.name] = weights
-    return weights
-
-
 def list_pretrained(architecture: str | None = None) -> list[PretrainedWeights]:
     """Every registered weights entry (of ``architecture`` only, if given), sorted by name."""
     return [_WEIGHTS[key] for key in sorted(_WEIGHTS) if architecture in (None, _WEIGHTS[key].architecture)]

@@ -147,12 +147,12 @@ def ignore_sigint(_: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def decode_all(files: ImageFiles, mode: str, side: int, workers: int | None = None) -> ImageTensors:
-    """Decode every image once into memory, resized (shorter side) and centre-cropped to ``side × side``
-    (``workers`` processes; default: every CPU, up to 8, since nothing else runs meanwhile)."""
+def decode_all(files: ImageFiles, mode: str, side: int) -> ImageTensors:
+    """Decode every image once into memory, resized (shorter side) and centre-cropped to ``side × side``, with
+    one worker process per CPU (at most 8: nothing else runs meanwhile, whatever the loader's own ``--workers``)."""
     transform = v2.Compose([v2.Resize(side, antialias=True), v2.CenterCrop(side), v2.PILToTensor()])
     loader = DataLoader(FileDataset(files, mode, transform, 0), batch_size=256, collate_fn=collate,
-                        num_workers=min(8, os.cpu_count() or 1) if workers is None else workers,
+                        num_workers=min(8, os.cpu_count() or 1),
                         worker_init_fn=ignore_sigint,
                         sampler=[(0, i) for i in range(len(files))])
     images, targets, skipped = [], [], []

@@ -5,7 +5,7 @@ inference model (:mod:`~densenet.deploy.optimize`), prediction and evaluation wi
 :mod:`~densenet.deploy.runtime`), and the side-by-side benchmark behind ``densenet bench``
 (:mod:`~densenet.deploy.bench`).
 
-May import: the core, :mod:`densenet.nn`, :mod:`densenet.data`, :mod:`densenet.training` (metrics only). Imported
-by :mod:`densenet.cli`; ``import densenet`` loads :mod:`~densenet.deploy.optimize` alone, on first use of
-``densenet.optimize_for_inference``, and never onnx.
+May import: the core, :mod:`densenet.nn`, :mod:`densenet.data`, :mod:`densenet.training` (``task``,
+``multilabel``: evaluation). Imported by :mod:`densenet.cli`; ``import densenet`` loads
+:mod:`~densenet.deploy.optimize` alone, on first use of ``densenet.optimize_for_inference``, and never onnx.
 """

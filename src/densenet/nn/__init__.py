@@ -9,5 +9,6 @@ per-channel-affine form of the tutorial's reference ``densenet.tutorial.batch_no
 read and tested against; :mod:`~densenet.nn.rows` the ``(M, C)`` row form of channels-last maps the block computes
 on.
 
-May import: torch and :mod:`densenet.tutorial`. Imported by :mod:`densenet.model` and the deploy room.
+May import: torch, :mod:`densenet.tutorial` and :mod:`densenet.extensions` (building the fused kernels). Imported
+by :mod:`densenet.model` and the deploy room.
 """

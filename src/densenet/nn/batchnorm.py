@@ -118,8 +118,8 @@ def parameter_grads(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, inv
 
 
 def input_grad(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, grad_weight: Tensor,
-               grad_bias: Tensor, training: bool, out: Tensor | None = None, count: int | None = None) -> Tensor:
-    """``∂L/∂x`` of ``(N, C, *spatial)`` (into ``out`` if given): with batch statistics
+               grad_bias: Tensor, training: bool, count: int | None = None) -> Tensor:
+    """``∂L/∂x`` of ``(N, C, *spatial)``: with batch statistics
     ``a·(δ − (1/M)(Σδ + x̂·Σδx̂)) = a·δ + (c + d·x)`` with per-channel ``c, d``; with running ones ``a·δ``.
 
     ``M`` is ``count`` if given — ``x`` is then a part of the batch whose statistics and sums ``Σδ = ∂L/∂β``,
@@ -127,11 +127,11 @@ def input_grad(grad_u: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: 
     dims = x.dim() - 2
     scale = per_channel(weight * invstd, dims)
     if not training:
-        return torch.mul(grad_u, scale.to(x.dtype), out=out)
+        return grad_u * scale.to(x.dtype)
     count = x.numel() // x.shape[1] if count is None else count
     slope = per_channel(-weight * invstd.square() * grad_weight / count, dims)
     offset = per_channel(-weight * invstd * grad_bias / count, dims) - slope * per_channel(mean, dims)
-    grad_x = torch.addcmul(offset.to(x.dtype), x, slope.to(x.dtype), out=out)
+    grad_x = torch.addcmul(offset.to(x.dtype), x, slope.to(x.dtype))
     return grad_x.addcmul_(grad_u, scale.to(x.dtype))
 
 

@@ -2,8 +2,8 @@
 
 Each layer type is a ``<op>_forward`` / ``<op>_backward`` pair whose docstrings quote the formula and its id
 (docs/MATH.md), and an autograd Function joining them; ``tests/tutorial`` checks every pair against autograd in
-float64. Students read this package; the training path (:mod:`densenet.nn`) reuses its convolution and dropout
-pairs and is tested against the rest.
+float64. Students read this package; the training path (:mod:`densenet.nn`) reuses its dropout pair and is
+tested against the rest.
 
 May import: torch only. Imported by :mod:`densenet.nn` and the tests.
 """

@@ -43,7 +43,8 @@ class Measurement:
 
 
 def matmul_peak_gflops(threads: int, size: int = 4096, repeats: int = 3) -> float:
-    """Measured float32 ``size×size`` matrix-multiply throughput with ``threads`` threads (the ceiling)."""
+    """Measured float32 ``size×size`` matrix-multiply throughput with ``threads`` threads (kept for reference; the
+    ceiling is oneDNN's convolution rate, :mod:`~densenet.deploy.bench.ceiling`)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
