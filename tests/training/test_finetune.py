@@ -1,9 +1,11 @@
 """Fine-tuning runs: --init-from (a previous run's best/, another head), --pretrained (the weights registry, from a
-cached file), --freeze-epochs and --backbone-lr-factor."""
+cached file), --freeze-epochs and --backbone-lr-factor, and the fine-tuning recipe
+(configs/finetune_chest_xray.yaml)."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torchvision
 from safetensors.torch import load_file
 
 import densenet
+from densenet.data.shapes import LABELS, write_shapes_dataset
 from densenet.training.engine import train
 from densenet.training.recipe import load_config
 from densenet.weights import WeightsError
@@ -87,7 +90,13 @@ def test_backbone_learning_rate_factor(tmp_path):
     assert captured["lrs"] == pytest.approx([0.01, 0.1])
 
 
-def test_pretrained_start_uses_the_weights_normalisation(tmp_path, monkeypatch):
+FINETUNE_RECIPE = Path(__file__).parents[2] / "configs" / "finetune_chest_xray.yaml"
+
+
+@pytest.fixture
+def cached_densenet121(tmp_path, monkeypatch) -> dict[str, torch.Tensor]:
+    """torchvision's densenet121 file (random weights, its legacy key names) in torch.hub's cache, and a mirror
+    nothing listens on: the registry must read the cached file, not download. Returns the file's state dict."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("DENSENET_WEIGHTS_MIRROR", "http://127.0.0.1:9")
     torch.manual_seed(0)
@@ -97,6 +106,11 @@ def test_pretrained_start_uses_the_weights_normalisation(tmp_path, monkeypatch):
     folder = tmp_path / "torch_home" / "hub" / "checkpoints"
     folder.mkdir(parents=True)
     torch.save(legacy, folder / "densenet121-a639ec97.pth")
+    return legacy
+
+
+def test_pretrained_start_uses_the_weights_normalisation(tmp_path, cached_densenet121):
+    legacy = cached_densenet121
     result = train(load_config(dataset="synthetic", train_limit=16, eval_limit=8, image_size=32, model="densenet121",
                                pretrained=True, freeze_epochs=1, epochs=1, batch_size=8, workers=0, log_every=0,
                                out=str(tmp_path / "run")))
@@ -128,3 +142,38 @@ def test_start_trained_on_other_classes_gets_a_fresh_head(source_run, tmp_path, 
     head = result.model.classifier.weight.detach()
     assert not torch.allclose(head, start["classifier.weight"]) and torch.allclose(head, fresh.classifier.weight,
                                                                                   atol=1e-6)
+
+
+def test_fine_tuning_recipe_trains_a_multi_label_table_from_the_pretrained_start(tmp_path, cached_densenet121,
+                                                                                  caplog):
+    """The recipe as written, on a generated multi-label CSV table at 32² (the size, epochs, batch and loader are
+    overridden to fit the suite): the pretrained start, the frozen first epoch, the backbone's lower rate under
+    AdamW, positive weights, a multi-label head, and the recipe recorded in the run's config.yaml."""
+    data = write_shapes_dataset(tmp_path / "shapes", train=32, val=16, size=32, seed=0)
+    lrs: list[list[float]] = []
+    original = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        lrs.append([group["lr"] for group in self.param_groups])
+        return original(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = spy
+    try:
+        with caplog.at_level("INFO", logger="densenet"):
+            result = train(load_config(FINETUNE_RECIPE, data_dir=str(data), image_size=32, epochs=2, batch_size=16,
+                                       workers=0, log_every=0, out=str(tmp_path / "run")))
+    finally:
+        torch.optim.AdamW.step = original
+    assert "positive weights circle" in caplog.text and result.epoch == 2
+    # the file's features with a fresh 5-label head
+    assert "fresh classifier; left at initialisation: classifier.weight, classifier.bias" in caplog.text
+    saved = densenet.from_pretrained(tmp_path / "run" / "last")
+    assert saved.meta.task == "multi_label" and saved.meta.class_names == LABELS
+    assert saved.meta.preprocessing.mean == (0.485, 0.456, 0.406)  # the ImageNet weights' normalisation
+    # epoch 1 trains the head alone (the features keep the file's weights), epoch 2 everything at a tenth of its rate
+    assert len(lrs) == 4 and all(len(group) == 2 for group in lrs)
+    assert lrs[2][0] == pytest.approx(0.1 * lrs[2][1]) and lrs[2][1] < 1e-3
+    assert not torch.equal(saved.features.conv0.weight, cached_densenet121["features.conv0.weight"])
+    recorded = load_config(tmp_path / "run" / "config.yaml")
+    assert (recorded.model, recorded.pretrained, recorded.optimizer, recorded.pos_weight) == (
+        "densenet121", True, "adamw", "auto")
