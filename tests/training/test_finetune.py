@@ -73,21 +73,30 @@ def test_init_from_another_architecture_names_the_keys(source_run, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_backbone_learning_rate_factor(tmp_path):
-    captured = {}
-    original = torch.optim.SGD.step
+@pytest.fixture
+def step_learning_rates(monkeypatch):
+    """``record(optimizer_class)``: from then on each ``step`` of that class appends its groups' learning rates to
+    the list it returns (the class's own ``step`` still runs; restored after the test)."""
 
-    def spy(self, *args, **kwargs):
-        captured.setdefault("lrs", [group["lr"] for group in self.param_groups])
-        return original(self, *args, **kwargs)
+    def record(optimizer_class: type[torch.optim.Optimizer]) -> list[list[float]]:
+        steps: list[list[float]] = []
+        original = optimizer_class.step
 
-    torch.optim.SGD.step = spy
-    try:
-        train(load_config(**{**TINY, "train_limit": 64}, lr=0.1, backbone_lr_factor=0.1, warmup_epochs=0,
-                          out=str(tmp_path / "run")))
-    finally:
-        torch.optim.SGD.step = original
-    assert captured["lrs"] == pytest.approx([0.01, 0.1])
+        def spy(self, *args, **kwargs):
+            steps.append([group["lr"] for group in self.param_groups])
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(optimizer_class, "step", spy)
+        return steps
+
+    return record
+
+
+def test_backbone_learning_rate_factor(tmp_path, step_learning_rates):
+    lrs = step_learning_rates(torch.optim.SGD)
+    train(load_config(**{**TINY, "train_limit": 64}, lr=0.1, backbone_lr_factor=0.1, warmup_epochs=0,
+                      out=str(tmp_path / "run")))
+    assert lrs[0] == pytest.approx([0.01, 0.1])
 
 
 FINETUNE_RECIPE = Path(__file__).parents[2] / "configs" / "finetune_chest_xray.yaml"
@@ -145,32 +154,23 @@ def test_start_trained_on_other_classes_gets_a_fresh_head(source_run, tmp_path, 
 
 
 def test_fine_tuning_recipe_trains_a_multi_label_table_from_the_pretrained_start(tmp_path, cached_densenet121,
-                                                                                  caplog):
+                                                                                  step_learning_rates, caplog):
     """The recipe as written, on a generated multi-label CSV table at 32² (the size, epochs, batch and loader are
     overridden to fit the suite): the pretrained start, the frozen first epoch, the backbone's lower rate under
     AdamW, positive weights, a multi-label head, and the recipe recorded in the run's config.yaml."""
     data = write_shapes_dataset(tmp_path / "shapes", train=32, val=16, size=32, seed=0)
-    lrs: list[list[float]] = []
-    original = torch.optim.AdamW.step
-
-    def spy(self, *args, **kwargs):
-        lrs.append([group["lr"] for group in self.param_groups])
-        return original(self, *args, **kwargs)
-
-    torch.optim.AdamW.step = spy
-    try:
-        with caplog.at_level("INFO", logger="densenet"):
-            result = train(load_config(FINETUNE_RECIPE, data_dir=str(data), image_size=32, epochs=2, batch_size=16,
-                                       workers=0, log_every=0, out=str(tmp_path / "run")))
-    finally:
-        torch.optim.AdamW.step = original
+    lrs = step_learning_rates(torch.optim.AdamW)
+    with caplog.at_level("INFO", logger="densenet"):
+        result = train(load_config(FINETUNE_RECIPE, data_dir=str(data), image_size=32, epochs=2, batch_size=16,
+                                   workers=0, log_every=0, out=str(tmp_path / "run")))
     assert "positive weights circle" in caplog.text and result.epoch == 2
     # the file's features with a fresh 5-label head
     assert "fresh classifier; left at initialisation: classifier.weight, classifier.bias" in caplog.text
     saved = densenet.from_pretrained(tmp_path / "run" / "last")
     assert saved.meta.task == "multi_label" and saved.meta.class_names == LABELS
     assert saved.meta.preprocessing.mean == (0.485, 0.456, 0.406)  # the ImageNet weights' normalisation
-    # epoch 1 trains the head alone (the features keep the file's weights), epoch 2 everything at a tenth of its rate
+    # two steps an epoch, each with the backbone's and the head's group; from epoch 2 on (the backbone released)
+    # the backbone's rate is a tenth of the head's, on the cosine schedule's way down from 1e-3
     assert len(lrs) == 4 and all(len(group) == 2 for group in lrs)
     assert lrs[2][0] == pytest.approx(0.1 * lrs[2][1]) and lrs[2][1] < 1e-3
     assert not torch.equal(saved.features.conv0.weight, cached_densenet121["features.conv0.weight"])
